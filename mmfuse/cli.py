@@ -1,0 +1,123 @@
+"""The ``mmfuse`` command line: parses options and calls the library; errors print as one line."""
+from __future__ import annotations
+
+import contextlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import MmfuseError
+
+app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print library errors as one line and exit 1, instead of a traceback."""
+    try:
+        yield
+    except MmfuseError as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+class OnError(str, Enum):
+    raise_ = "raise"
+    skip = "skip"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class StoreDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
+@app.command()
+def extract(
+    data_dir: Path = typer.Argument(..., help="Course-format folder (train.txt, test_without_label.txt, data/)."),
+    split: str = typer.Option("train", help="train or test."),
+    out: Optional[Path] = typer.Option(None, help="Cache file to write [default: features/{split}.h5]."),
+    text_model: str = typer.Option("bert-base-uncased", help="HF hub id, local folder, or 'minilm' (offline)."),
+    image_model: str = typer.Option("resnet50", help="torchvision model name or efficientnet-lite0/1/2."),
+    image_weights: str = typer.Option("DEFAULT", help="DEFAULT, a weights name, none (seeded init) or a file."),
+    batch_size: int = typer.Option(32, help="Images per forward pass (texts: 2x this)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    max_length: int = typer.Option(128, help="Max tokens per text."),
+    precision: Precision = typer.Option(Precision.fp32, help="Autocast the backbones (bf16 works on CPU too)."),
+    store_dtype: StoreDtype = typer.Option(StoreDtype.float32, help="dtype of the stored features."),
+    num_workers: int = typer.Option(-1, help="Image decode workers (-1: min(4, cores))."),
+    on_error: OnError = typer.Option(OnError.raise_, help="raise: stop at a bad record; skip: record and skip it."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache of another configuration."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Run the text and image backbones once over a split and write the HDF5 feature cache."""
+    from .extract import ImageExtractorConfig, TextExtractorConfig
+    from .extract import extract as run_extract
+
+    with user_errors():
+        report = run_extract(
+            data_dir, split, out, device=device, precision=precision.value, store_dtype=store_dtype.value,
+            on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo,
+            text=TextExtractorConfig(text_model, max_length, batch_size * 2),
+            image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers))
+    speed = ", ".join(f"{m} {report.computed[m]} in {s:.1f} s ({report.computed[m] / max(s, 1e-9):.1f}/s)"
+                      for m, s in report.seconds.items())
+    typer.echo(f"wrote {report.path}: {report.rows} rows, {len(report.skipped)} skipped; computed {speed}")
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
+    """Print a cache's shapes, provenance, class balance and skipped rows."""
+    from .cache import FeatureCache
+
+    with user_errors():
+        cache = FeatureCache(path, allow_incomplete=True)
+    p = cache.provenance
+    typer.echo(f"{path}: {len(cache)} rows ({len(cache.skipped)} skipped)"
+               f"{'' if cache.complete else '  INCOMPLETE: re-run the extract command to resume'}")
+    for name in cache.feature_names:
+        typer.echo(f"  {name:14s} ({len(cache)}, {cache.dims[name]}) {cache.dtypes[name]}")
+    counts = cache.class_counts()
+    total = max(sum(counts.values()), 1)
+    typer.echo("classes: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items()))
+    typer.echo(f"text:  {p['text']['model']} ({p['text']['source']}), max_length {p['text']['max_length']}")
+    typer.echo(f"image: {p['image']['model']}, weights {json.dumps(p['image']['weights'])}")
+    typer.echo(f"       preprocessing {json.dumps(p['image']['preprocessing'])}")
+    d = p["data"]
+    typer.echo(f"data:  {d['root']} split {d['split']}, fingerprint {d['fingerprint'][:16]}, "
+               f"text encodings {json.dumps(d['encodings'])}")
+    typer.echo(f"built: {p['created']} on {p['device']}, precision {p['precision']}, "
+               f"versions {json.dumps(p['versions'])}")
+    for guid, reason in cache.skipped:
+        typer.echo(f"skipped guid {guid}: {reason}")
+
+
+@app.command("demo-data")
+def demo_data(
+    out_dir: Path = typer.Argument(..., help="Folder to write the synthetic course-format data set into."),
+    n_train: int = typer.Option(300, help="Labelled rows."),
+    n_test: int = typer.Option(60, help="Unlabelled rows (true tags in test_labels.txt)."),
+    seed: int = typer.Option(0, help="Random seed."),
+):
+    """Write a small synthetic data set whose labels show partly in the texts, partly in the images."""
+    from .demo import make_demo_data
+
+    make_demo_data(out_dir, n_train, n_test, seed)
+    typer.echo(f"wrote {n_train} labelled and {n_test} unlabelled pairs to {out_dir}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Extraction: run the text and image backbones once over a data set split into a feature cache."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..cache import CacheWriter
+from ..data import DataSet, read_course
+from ..errors import DataError
+from .common import library_versions, resolve_device
+from .image import ImageExtractorConfig, encode_images, load_image_encoder
+from .text import TextExtractorConfig, encode_texts, load_text_encoder
+
+STORE_DTYPES = ("float32", "float16")
+
+
+@dataclass
+class ExtractReport:
+    path: Path
+    rows: int  # rows in the cache, skipped included
+    skipped: list[tuple[str, str]]  # (guid, reason), read-time and decode-time
+    encodings: dict[str, int]  # text encoding -> count
+    complete: bool
+    seconds: dict[str, float] = field(default_factory=dict)  # text / image wall time of this run
+    computed: dict[str, int] = field(default_factory=dict)  # rows computed in this run (resume: fewer)
+
+
+def _labels(ds: DataSet) -> np.ndarray:
+    index = {n: i for i, n in enumerate(ds.label_names)}
+    if ds.multilabel:
+        y = np.zeros((len(ds.records), len(ds.label_names)), np.uint8)
+        for row, r in enumerate(ds.records):
+            y[row, [index[t] for t in r.labels if t in index]] = 1
+        return y
+    return np.array([index[r.labels[0]] if r.labels and r.labels[0] in index else -1 for r in ds.records],
+                    np.int64)
+
+
+def extract(data_dir: str | Path, split: str = "train", out: str | Path | None = None, *,
+            text: TextExtractorConfig | None = None, image: ImageExtractorConfig | None = None,
+            device: str = "auto", precision: str = "fp32", store_dtype: str = "float32",
+            on_error: str = "raise", overwrite: bool = False, progress: bool = True,
+            log: Callable[[str], None] = print) -> ExtractReport:
+    """Extract text and image features of one split into ``out`` (default features/{split}.h5).
+
+    Resumes an interrupted run with the same configuration; refuses to replace a cache of another
+    configuration unless ``overwrite``. ``on_error="skip"`` skips bad records and records why.
+    """
+    text, image = text or TextExtractorConfig(), image or ImageExtractorConfig()
+    out = Path(out or f"features/{split}.h5")
+    if store_dtype not in STORE_DTYPES:
+        raise DataError(f"unknown store dtype {store_dtype!r}: choose {', '.join(STORE_DTYPES)}")
+    ds = read_course(data_dir, split)
+    ds.check(on_error)  # raises on bad records unless skipping
+    skipped = {i: f"{r.error} ({r.source})" for i, r in enumerate(ds.records) if r.error}
+    for i, reason in skipped.items():
+        log(f"skipping guid {ds.records[i].guid}: {reason}")
+    if ds.fallback_count:
+        detail = ", ".join(f"{e}: {n}" for e, n in ds.encodings.items() if e != "utf-8")
+        log(f"{ds.fallback_count} of {sum(ds.encodings.values())} texts were not UTF-8 ({detail})")
+
+    dev = resolve_device(device)
+    tokenizer, text_model, text_prov = load_text_encoder(text)
+    image_model, prep, image_prov = load_image_encoder(image)
+    data_prov = {"format": "course", "root": str(Path(data_dir).resolve()), "split": ds.split,
+                 "split_file": ds.split_file.name, "rows": len(ds.records),
+                 "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings)}
+    settings = {"precision": precision, "store_dtype": store_dtype}
+    identity_src = {"text": text_prov, "image": image_prov, "data": data_prov, **settings}
+    identity = hashlib.sha256(json.dumps(identity_src, sort_keys=True, default=str).encode()).hexdigest()
+    provenance = {**identity_src, "text_config": asdict(text), "image_config": asdict(image),
+                  "on_error": on_error, "device": str(dev), "versions": library_versions(),
+                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    dims = {"text/cls": text_prov["hidden_size"], "text/mean": text_prov["hidden_size"],
+            "image/pooled": image_prov["dim"]}
+    writer = CacheWriter.open(out, guids=[r.guid for r in ds.records], labels=_labels(ds),
+                              label_names=ds.label_names, multilabel=ds.multilabel, skipped=skipped,
+                              dims=dims, store_dtype=store_dtype, provenance=provenance,
+                              identity=identity, overwrite=overwrite)
+    report = ExtractReport(out, len(ds.records), [], dict(ds.encodings), False)
+    try:
+        rows = writer.pending("text")
+        t0 = time.perf_counter()
+        with tqdm(total=len(rows), desc=f"text  {text.model}", unit="text", disable=not progress) as bar:
+            for pos, cls, mean in encode_texts([ds.records[i].text for i in rows], tokenizer, text_model,
+                                               text, dev, precision):
+                writer.write("text", rows[pos], {"text/cls": cls, "text/mean": mean})
+                bar.update(len(pos))
+        report.seconds["text"], report.computed["text"] = time.perf_counter() - t0, len(rows)
+
+        rows = writer.pending("image")
+        t0 = time.perf_counter()
+        with tqdm(total=len(rows), desc=f"image {image.model}", unit="img", disable=not progress) as bar:
+            for pos, pooled, errors in encode_images([ds.records[i].image_path for i in rows], image_model,
+                                                     prep, image, dev, precision):
+                for p, err in errors.items():
+                    r = ds.records[rows[p]]
+                    if on_error == "raise":
+                        raise DataError(f"cannot decode image of guid {r.guid}: {r.image_path}: {err}. "
+                                        "Replace the file, or re-run with --on-error skip (the cache resumes).")
+                    writer.skip(int(rows[p]), f"image unreadable: {r.image_path}: {err} ({r.source})")
+                    log(f"skipping guid {r.guid}: image unreadable: {r.image_path}: {err}")
+                ok = np.array([p not in errors for p in pos], bool)
+                if ok.any():
+                    writer.write("image", rows[pos[ok]], {"image/pooled": pooled[ok]})
+                bar.update(len(pos))
+        report.seconds["image"], report.computed["image"] = time.perf_counter() - t0, len(rows)
+        report.complete = writer.finish()
+        f = writer.f
+        report.skipped = [(ds.records[i].guid, f["skip_reason"][i].decode())
+                          for i in np.flatnonzero(f["skipped"][:])]
+    finally:
+        writer.close()
+    return report
+
+
+__all__ = ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig"]

