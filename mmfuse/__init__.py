@@ -2,7 +2,9 @@
 from .cache import FeatureCache
 from .errors import BackboneError, CacheError, DataError, MmfuseError
 from .extract import ExtractReport, ImageExtractorConfig, TextExtractorConfig, extract
+from .heads import FeatureSet, Head, HeadConfig, evaluate_head, list_heads, predict_head, train_head
 
 __version__ = "0.1.0"
 __all__ = ["FeatureCache", "extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig",
-           "MmfuseError", "DataError", "CacheError", "BackboneError"]
+           "MmfuseError", "DataError", "CacheError", "BackboneError", "FeatureSet", "Head", "HeadConfig",
+           "train_head", "evaluate_head", "predict_head", "list_heads"]

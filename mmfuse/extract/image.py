@@ -182,6 +182,8 @@ def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExt
                   device: torch.device, precision: str = "fp32"
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
     """Yield (positions, pooled, errors) per batch; positions index ``paths``, errors map position -> text."""
+    if not paths:
+        return
     workers = cfg.num_workers if cfg.num_workers >= 0 else min(4, os.cpu_count() or 1, len(paths))
     loader = DataLoader(ImageFiles(paths, prep["resize"], prep["crop"], cfg.draft), batch_size=cfg.batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda",

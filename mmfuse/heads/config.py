@@ -1,0 +1,57 @@
+"""The one configuration of a head and its training, saved as JSON into the run folder."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from ..errors import MmfuseError
+
+LOSSES = ("ce", "hinge")
+CLASS_WEIGHTS = ("none", "balanced")
+TEXT_FEATURES = ("cls", "mean")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    fusion: str = "concat"  # a registered head: concat, weighted, attention, gated, aligned, late, text, image, logreg
+    text_feature: str = "cls"  # which cached text vector: cls ([CLS] token) or mean (masked mean)
+    hidden: int = 256  # width of the MLP / common projection space
+    dropout: float = 0.2  # dropout on inputs and hidden layers
+    heads: int = 4  # attention heads (attention fusion)
+    align_weight: float = 0.1  # weight of the contrastive InfoNCE loss (aligned fusion)
+    temperature: float = 0.07  # InfoNCE temperature (aligned fusion)
+    epochs: int = 30  # maximum epochs
+    lr: float = 1e-3  # AdamW peak learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay
+    batch_size: int = 64  # rows per step
+    warmup: float = 0.1  # fraction of steps with linear warm-up, then cosine decay to 0
+    clip: float = 1.0  # gradient norm clipping
+    loss: str = "ce"  # ce (softmax cross-entropy) or hinge (multiclass SVM)
+    class_weight: str = "none"  # none or balanced (inverse class frequency)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    patience: int = 5  # epochs without validation macro-F1 gain before stopping
+    C: float = 1.0  # inverse regularisation strength (logreg)
+    seed: int = 0  # seeds initialisation, batch order and the validation split
+
+    def __post_init__(self):
+        from .registry import list_heads
+        checks = {"fusion": list_heads(), "loss": LOSSES, "class_weight": CLASS_WEIGHTS,
+                  "text_feature": TEXT_FEATURES}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise MmfuseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.hidden % self.heads:
+            raise MmfuseError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+
+    def to_json(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> "HeadConfig":
+        data = json.loads(Path(path).read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def replace(self, **changes) -> "HeadConfig":
+        return replace(self, **changes)

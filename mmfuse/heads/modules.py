@@ -1,0 +1,176 @@
+"""Fusion modules: each maps (text (B, Dt), image (B, Di)) features to (B, n_out) logits.
+
+The loss and the task stay outside: the same class trains on cached features, in multi-label
+mode, and on top of the backbones in end-to-end fine-tuning. A module may add an auxiliary
+loss (``auxiliary_loss``), computed from its last training forward pass.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .registry import register_head
+
+
+def mlp(d_in: int, hidden: int, n_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, n_out))
+
+
+def projection(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.GELU())
+
+
+class FusionModule(nn.Module):
+    kind = "module"
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        return None
+
+
+@register_head("concat")
+class ConcatHead(FusionModule):
+    """[text; image] -> dropout -> MLP."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.net = mlp(text_dim + image_dim, cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, text, image):
+        return self.net(torch.cat([text, image], dim=1))  # (B, Dt + Di) -> (B, C)
+
+
+@register_head("text")
+class TextHead(FusionModule):
+    """Text features only (ablation)."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.net = mlp(text_dim, cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, text, image):
+        return self.net(text)
+
+
+@register_head("image")
+class ImageHead(FusionModule):
+    """Image features only (ablation)."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.net = mlp(image_dim, cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, text, image):
+        return self.net(image)
+
+
+@register_head("weighted")
+class WeightedHead(FusionModule):
+    """Both modalities projected to ``hidden``, summed with learnable softmax weights, then an MLP."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.text_proj = projection(text_dim, cfg.hidden, cfg.dropout)
+        self.image_proj = projection(image_dim, cfg.hidden, cfg.dropout)
+        self.modality_logits = nn.Parameter(torch.zeros(2))
+        self.out = mlp(cfg.hidden, cfg.hidden, n_out, cfg.dropout)
+
+    def modality_weights(self) -> dict[str, float]:
+        w = self.modality_logits.softmax(0).tolist()
+        return {"text": w[0], "image": w[1]}
+
+    def forward(self, text, image):
+        w = self.modality_logits.softmax(0)  # (2,)
+        fused = w[0] * self.text_proj(text) + w[1] * self.image_proj(image)  # (B, H)
+        return self.out(fused)
+
+
+@register_head("attention")
+class AttentionHead(FusionModule):
+    """Two-token sequence (text, image) + modality embedding -> multi-head self-attention with a
+    residual and LayerNorm -> mean pool -> classifier."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.text_proj = projection(text_dim, cfg.hidden, cfg.dropout)
+        self.image_proj = projection(image_dim, cfg.hidden, cfg.dropout)
+        self.modality = nn.Parameter(torch.randn(2, cfg.hidden) * 0.02)  # (2, H)
+        self.attn = nn.MultiheadAttention(cfg.hidden, cfg.heads, dropout=cfg.dropout, batch_first=True)
+        self.norm = nn.LayerNorm(cfg.hidden)
+        self.out = mlp(cfg.hidden, cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, text, image):
+        tokens = torch.stack([self.text_proj(text), self.image_proj(image)], dim=1)  # (B, 2, H)
+        tokens = tokens + self.modality  # (B, 2, H) + (2, H)
+        attended, _ = self.attn(tokens, tokens, tokens, need_weights=False)  # (B, 2, H)
+        x = self.norm(tokens + attended)  # (B, 2, H)
+        return self.out(x.mean(dim=1))  # (B, H) -> (B, C)
+
+
+@register_head("gated")
+class GatedHead(FusionModule):
+    """Cross-modal gating: a softmax gate from both projections scales each before they are joined."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.text_proj = projection(text_dim, cfg.hidden, cfg.dropout)
+        self.image_proj = projection(image_dim, cfg.hidden, cfg.dropout)
+        self.gate = nn.Linear(2 * cfg.hidden, 2)
+        self.out = mlp(2 * cfg.hidden, cfg.hidden, n_out, cfg.dropout)
+
+    def forward(self, text, image):
+        t, i = self.text_proj(text), self.image_proj(image)  # (B, H) each
+        g = self.gate(torch.cat([t, i], dim=1)).softmax(dim=1)  # (B, 2)
+        fused = torch.cat([g[:, :1] * t, g[:, 1:] * i], dim=1)  # (B, 2H)
+        return self.out(fused)
+
+
+@register_head("aligned")
+class AlignedHead(FusionModule):
+    """CLIP-style: both modalities projected into one normalised space; an InfoNCE loss pulls matched
+    pairs of the batch together; the classifier reads the aligned features."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.text_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(text_dim, cfg.hidden))
+        self.image_proj = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(image_dim, cfg.hidden))
+        self.temperature = cfg.temperature
+        self.out = mlp(2 * cfg.hidden, cfg.hidden, n_out, cfg.dropout)
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, text, image):
+        t = F.normalize(self.text_proj(text), dim=1)  # (B, H)
+        i = F.normalize(self.image_proj(image), dim=1)  # (B, H)
+        self._last = (t, i) if self.training else None
+        return self.out(torch.cat([t, i], dim=1))  # (B, 2H) -> (B, C)
+
+    def auxiliary_loss(self):
+        """Symmetric InfoNCE over the last training batch: pair k of text matches pair k of image."""
+        if self._last is None or len(self._last[0]) < 2:
+            return None
+        t, i = self._last
+        logits = t @ i.T / self.temperature  # (B, B)
+        target = torch.arange(len(t), device=t.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+@register_head("late")
+class LateHead(FusionModule):
+    """A head per modality; their probabilities are averaged with a learned weight. Returns the log
+    of the averaged probabilities, so softmax-based losses and predictions apply unchanged."""
+
+    def __init__(self, text_dim, image_dim, n_out, cfg):
+        super().__init__()
+        self.text = mlp(text_dim, cfg.hidden, n_out, cfg.dropout)
+        self.image = mlp(image_dim, cfg.hidden, n_out, cfg.dropout)
+        self.mix = nn.Parameter(torch.zeros(()))  # sigmoid(mix) = weight of the text head
+
+    def modality_weights(self) -> dict[str, float]:
+        w = torch.sigmoid(self.mix).item()
+        return {"text": w, "image": 1 - w}
+
+    def forward(self, text, image):
+        w = torch.sigmoid(self.mix)
+        p = w * self.text(text).softmax(dim=1) + (1 - w) * self.image(image).softmax(dim=1)  # (B, C)
+        return torch.log(p.clamp_min(1e-12))

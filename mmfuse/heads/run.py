@@ -1,0 +1,106 @@
+"""Run folders: train a head on a cache and save everything needed to reuse it; evaluate; predict."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from ..cache import FeatureCache
+from ..errors import MmfuseError
+from ..metrics import classification_metrics, plot_confusion, plot_history
+from .config import HeadConfig
+from .estimator import FeatureSet, Head, check_compatible
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with ``fraction`` of each class in val."""
+    if not 0 < fraction < 1:
+        raise MmfuseError(f"--val-split must be between 0 and 1, not {fraction}")
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < 2:
+        raise MmfuseError("a class has fewer than 2 rows: cannot make a stratified validation split")
+    return train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+
+
+def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = None, *, val_split: float = 0.2,
+               val: str | Path | FeatureCache | None = None, out: str | Path | None = None) -> tuple[Head, dict]:
+    """Fit a head on a cache (validation: ``val`` cache, else a stratified ``val_split``).
+
+    With ``out``, saves the run folder: weights, config.json, head.json (labels, dims, provenance),
+    scaler.npz, metrics.json, history.csv, curves.png and confusion.png. Returns (head, metrics).
+    """
+    cfg = config or HeadConfig()
+    data = FeatureSet.from_cache(cache, cfg.text_feature)
+    if val is not None:
+        train, valid = data, FeatureSet.from_cache(val, cfg.text_feature)
+        check_compatible(data.provenance, {"text": data.text.shape[1], "image": data.image.shape[1]},
+                         data.label_names, valid)
+    elif val_split > 0:
+        if data.y is None:
+            raise MmfuseError(f"{data.source} has unlabelled rows: train on a labelled split")
+        tr, va = stratified_split(data.y, val_split, cfg.seed)
+        train, valid = data.subset(tr), data.subset(va)
+    else:
+        train, valid = data, None
+    t0 = time.perf_counter()
+    head = Head(cfg).fit(train, valid)
+    seconds = time.perf_counter() - t0
+    metrics = {"fusion": cfg.fusion, "fit_seconds": seconds, "best_epoch": head.best_epoch_,
+               "epochs_run": len(head.history_), "train_rows": len(train),
+               "modality_weights": head.modality_weights()}
+    if valid is not None:
+        metrics["validation"] = classification_metrics(valid.y, head.predict(valid), head.label_names_)
+    if out is not None:
+        out = Path(out)
+        head.save(out)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        if head.history_:
+            write_history(head.history_, out / "history.csv")
+            plot_history(head.history_, out / "curves.png", f"{cfg.fusion} head")
+        if valid is not None:
+            plot_confusion(metrics["validation"], out / "confusion.png",
+                           f"{cfg.fusion}: validation macro-F1 {metrics['validation']['macro_f1']:.3f}")
+    return head, metrics
+
+
+def _load(run: str | Path, cache: str | Path | FeatureCache) -> tuple[Head, FeatureSet]:
+    head = Head.load(run)
+    X = FeatureSet.from_cache(cache, head.config.text_feature)
+    head.check_compatible(X)
+    return head, X
+
+
+def evaluate_head(run: str | Path, cache: str | Path | FeatureCache, zero: str | None = None,
+                  save: bool = True) -> dict:
+    """Metrics of a saved head on a labelled cache, saved as ``eval-{cache}[-zero-{modality}].json``."""
+    head, X = _load(run, cache)
+    if X.y is None:
+        raise MmfuseError(f"{X.source} has unlabelled rows: evaluate needs a labelled cache (use predict)")
+    metrics = classification_metrics(X.y, head.predict(X, zero=zero), head.label_names_)
+    metrics.update(cache=X.source, zero=zero)
+    if save:
+        name = f"eval-{Path(X.source).stem}{f'-zero-{zero}' if zero else ''}.json"
+        (Path(run) / name).write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | Path) -> Path:
+    """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers."""
+    head, X = _load(run, cache)
+    pred = head.predict(X)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("guid,tag\n" + "".join(f"{g},{head.label_names_[p]}\n" for g, p in zip(X.guids, pred)))
+    return out

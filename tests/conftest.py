@@ -1,0 +1,85 @@
+"""Fixtures: a tiny course-format data set and a tiny random BERT, built locally (no downloads)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+TAGS = ["positive", "neutral", "negative", "positive", "positive", "negative",
+        "positive", "neutral", "negative", "positive", "negative", "positive"]
+WORDS = ["good", "bad", "happy", "sad", "day", "the", "a", "photo", "love", "hate", "city", "at"]
+
+
+def write_course(root: Path, n: int = 12, corrupt: bool = True, n_test: int = 3) -> Path:
+    """A dozen pairs: a GB18030 text, a PNG saved as .jpg, grayscale, CMYK and RGBA images, and
+    (``corrupt=True``) one truncated JPEG at guid 7."""
+    data = root / "data"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    guids = [str(100 + i) for i in range(n + n_test)]
+    for i, guid in enumerate(guids):
+        text = " ".join(rng.choice(WORDS, size=3 + i % 5))
+        if i == 2:
+            (data / f"{guid}.txt").write_bytes(f"{text} \u201cquoted\u201d \u2026".encode("gb18030"))
+        else:
+            (data / f"{guid}.txt").write_text(text + "\n", encoding="utf-8")
+        pixels = rng.integers(0, 256, (40 + 7 * i, 60 + 5 * i, 3), dtype=np.uint8)
+        img = Image.fromarray(pixels)
+        path = data / f"{guid}.jpg"
+        if i == 3:
+            img.save(path, format="PNG")  # a PNG with a .jpg name
+        elif i == 4:
+            img.convert("L").save(path, format="JPEG")
+        elif i == 5:
+            img.convert("CMYK").save(path, format="JPEG")
+        elif i == 6:
+            img.convert("RGBA").save(path, format="PNG")
+        else:
+            img.save(path, format="JPEG")
+    if corrupt:
+        good = (data / f"{guids[7]}.jpg").read_bytes()
+        (data / f"{guids[7]}.jpg").write_bytes(good[: len(good) // 3])  # truncated JPEG
+    (root / "train.txt").write_text("guid,tag\n" + "".join(f"{g},{TAGS[i % len(TAGS)]}\n"
+                                                           for i, g in enumerate(guids[:n])))
+    (root / "test_without_label.txt").write_text("guid,tag\n" + "".join(f"{g},null\n" for g in guids[n:]))
+    return root
+
+
+@pytest.fixture
+def course_dir(tmp_path) -> Path:
+    return write_course(tmp_path / "course", corrupt=True)
+
+
+@pytest.fixture
+def clean_course_dir(tmp_path) -> Path:
+    return write_course(tmp_path / "course", corrupt=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> Path:
+    """A 2-layer, 32-wide random BERT with a tiny WordPiece vocab, saved as a local HF folder."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *"abcdefghijklmnopqrstuvwxyz",
+             *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *".,!?#@\u201c\u201d\u2026"]
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    BertTokenizerFast(vocab_file=str(folder / "vocab.txt")).save_pretrained(folder)
+    config = BertConfig(vocab_size=len(dict.fromkeys(vocab)), hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
+    import torch
+    torch.manual_seed(0)
+    BertModel(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def extract_args(tiny_bert):
+    """CLI options for a fast extraction with the tiny BERT and a random ResNet-18."""
+    def args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+        return ["extract", str(data_dir), "--out", str(out), "--text-model", str(tiny_bert),
+                "--image-model", "resnet18", "--image-weights", "none", "--batch-size", "4",
+                "--num-workers", "0", "--max-length", "32", "--no-progress", *extra]
+    return args
