@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from .errors import MmfuseError
+from .heads import HeadConfig
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -99,6 +100,99 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
                f"versions {json.dumps(p['versions'])}")
     for guid, reason in cache.skipped:
         typer.echo(f"skipped guid {guid}: {reason}")
+
+
+class Loss(str, Enum):
+    ce = "ce"
+    hinge = "hinge"
+
+
+class ClassWeight(str, Enum):
+    none = "none"
+    balanced = "balanced"
+
+
+class TextFeature(str, Enum):
+    cls = "cls"
+    mean = "mean"
+
+
+class Zero(str, Enum):
+    text = "text"
+    image = "image"
+
+
+D = HeadConfig()  # the CLI's defaults are the config's defaults
+
+
+@app.command("train-head")
+def train_head(
+    cache: Path = typer.Argument(..., help="Training feature cache (.h5)."),
+    fusion: str = typer.Option(D.fusion, help="concat, weighted, attention, gated, aligned, late, text, image, logreg."),
+    out: Path = typer.Option(..., help="Run folder to write (weights, config, metrics, plots)."),
+    val_split: float = typer.Option(0.2, help="Stratified validation fraction (0: none) when --val is not given."),
+    val: Optional[Path] = typer.Option(None, help="A separate labelled validation cache."),
+    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Cached text vector to use."),
+    epochs: int = typer.Option(D.epochs, help="Maximum epochs."),
+    lr: float = typer.Option(D.lr, help="AdamW peak learning rate."),
+    weight_decay: float = typer.Option(D.weight_decay, help="AdamW weight decay."),
+    hidden: int = typer.Option(D.hidden, help="MLP / projection width."),
+    dropout: float = typer.Option(D.dropout, help="Dropout."),
+    batch_size: int = typer.Option(D.batch_size, help="Rows per step."),
+    loss: Loss = typer.Option(Loss(D.loss), help="ce (softmax cross-entropy) or hinge (multiclass SVM)."),
+    class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced: inverse class frequency."),
+    label_smoothing: float = typer.Option(D.label_smoothing, help="Cross-entropy label smoothing."),
+    patience: int = typer.Option(D.patience, help="Early stopping patience (epochs) on validation macro-F1."),
+    align_weight: float = typer.Option(D.align_weight, help="Contrastive loss weight (aligned)."),
+    c: float = typer.Option(D.C, "--C", help="Inverse regularisation (logreg)."),
+    seed: int = typer.Option(D.seed, help="Seed: same seed, same result."),
+):
+    """Train a fusion head on cached features in seconds; save a reusable run folder."""
+    from .heads import train_head as run_train
+    from .metrics import format_metrics
+
+    with user_errors():
+        cfg = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
+                         align_weight=align_weight, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                         batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
+                         label_smoothing=label_smoothing, patience=patience, C=c, seed=seed)
+        head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out)
+    typer.echo(f"{fusion}: trained in {metrics['fit_seconds']:.1f} s ({metrics['epochs_run']} epochs, "
+               f"best {metrics['best_epoch']})")
+    if metrics.get("modality_weights"):
+        typer.echo("modality weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_weights"].items()))
+    if "validation" in metrics:
+        typer.echo("validation: " + format_metrics(metrics["validation"]))
+    typer.echo(f"saved run to {out}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="A run folder from train-head."),
+    cache: Path = typer.Argument(..., help="A labelled feature cache."),
+    zero: Optional[Zero] = typer.Option(None, help="Score with this modality's features set to zero (ablation)."),
+):
+    """Score a trained head on a labelled cache; saves eval-*.json into the run folder."""
+    from .heads import evaluate_head
+    from .metrics import format_metrics
+
+    with user_errors():
+        metrics = evaluate_head(run, cache, zero=zero.value if zero else None)
+    typer.echo(f"{run} on {cache}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="A run folder from train-head."),
+    cache: Path = typer.Argument(..., help="Feature cache to predict (e.g. the unlabelled test split)."),
+    out: Path = typer.Option(..., help="Predictions file, guid,tag rows in the course format."),
+):
+    """Write guid,tag predictions in the cache's row order."""
+    from .heads import predict_head
+
+    with user_errors():
+        path = predict_head(run, cache, out)
+    typer.echo(f"wrote {path}")
 
 
 @app.command("demo-data")

@@ -83,3 +83,41 @@ def extract_args(tiny_bert):
                 "--image-model", "resnet18", "--image-weights", "none", "--batch-size", "4",
                 "--num-workers", "0", "--max-length", "32", "--no-progress", *extra]
     return args
+
+
+def write_feature_cache(path: Path, text: np.ndarray, image: np.ndarray, y: np.ndarray,
+                        label_names=("positive", "neutral", "negative"), text_model: str = "tiny-text",
+                        guids: list[str] | None = None) -> Path:
+    """A finished feature cache with the given arrays, written through the cache's own writer."""
+    from mmfuse.cache import CacheWriter
+
+    n = len(y)
+    guids = guids or [f"g{i}" for i in range(n)]
+    prov = {"text": {"model": text_model, "weights_sha256": "t0", "revision": None, "max_length": 32,
+                     "source": text_model},
+            "image": {"model": "tiny-image", "weights": "random init (seed 0)", "preprocessing": {}},
+            "data": {"root": str(path.parent), "split": "train", "fingerprint": "f" * 64, "encodings": {}},
+            "precision": "fp32", "device": "cpu", "versions": {}, "created": "now"}
+    w = CacheWriter.open(path, guids=guids, labels=np.asarray(y, np.int64), label_names=tuple(label_names),
+                         multilabel=False, skipped={}, store_dtype="float32", provenance=prov, identity="x",
+                         dims={"text/cls": text.shape[1], "text/mean": text.shape[1], "image/pooled": image.shape[1]})
+    rows = np.arange(n)
+    w.write("text", rows, {"text/cls": text, "text/mean": text})
+    w.write("image", rows, {"image/pooled": image})
+    assert w.finish()
+    w.close()
+    return path
+
+
+def synthetic_features(kind: str, n: int = 600, seed: int = 0):
+    """(text, image, y, label_names): the label is readable from the text only (``text``), the image
+    only (``image``), or only from both together (``both``: an XOR of one text and one image sign)."""
+    rng = np.random.default_rng(seed)
+    text, image = rng.normal(size=(n, 16)).astype(np.float32), rng.normal(size=(n, 12)).astype(np.float32)
+    if kind == "text":
+        return text, image, np.argmax(text[:, :3] @ np.eye(3) * 3, 1), ("positive", "neutral", "negative")
+    if kind == "image":
+        return text, image, np.argmax(image[:, :3], 1), ("positive", "neutral", "negative")
+    text, image = rng.normal(size=(2 * n, 8)).astype(np.float32), rng.normal(size=(2 * n, 8)).astype(np.float32)
+    y = ((text[:, 0] > 0) ^ (image[:, 0] > 0)).astype(np.int64)
+    return text, image, y, ("yes", "no")

@@ -117,11 +117,13 @@ class GatedHead(FusionModule):
         self.text_proj = projection(text_dim, cfg.hidden, cfg.dropout)
         self.image_proj = projection(image_dim, cfg.hidden, cfg.dropout)
         self.gate = nn.Linear(2 * cfg.hidden, 2)
+        nn.init.zeros_(self.gate.weight)  # start from an even gate: an early collapse onto one
+        nn.init.zeros_(self.gate.bias)  # modality starves the other of gradient (seen on XOR data)
         self.out = mlp(2 * cfg.hidden, cfg.hidden, n_out, cfg.dropout)
 
     def forward(self, text, image):
         t, i = self.text_proj(text), self.image_proj(image)  # (B, H) each
-        g = self.gate(torch.cat([t, i], dim=1)).softmax(dim=1)  # (B, 2)
+        g = 2 * self.gate(torch.cat([t, i], dim=1)).softmax(dim=1)  # (B, 2), 1 each when even
         fused = torch.cat([g[:, :1] * t, g[:, 1:] * i], dim=1)  # (B, 2H)
         return self.out(fused)
 

@@ -1,0 +1,150 @@
+"""Fusion heads: registry-driven module checks, learning on synthetic caches, run folders, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import synthetic_features, write_feature_cache
+from mmfuse.cli import app
+from mmfuse.errors import CacheError
+from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads, train_head
+
+runner = CliRunner()
+FAST = dict(epochs=40, patience=40, hidden=64, dropout=0.1, lr=3e-3, batch_size=32)
+
+
+@pytest.fixture
+def caches(tmp_path):
+    """Synthetic caches where the label lives in the text, in the image, or only in both together."""
+    return {kind: write_feature_cache(tmp_path / f"{kind}.h5", *synthetic_features(kind)[:3],
+                                      label_names=synthetic_features(kind)[3])
+            for kind in ("text", "image", "both")}
+
+
+@pytest.mark.parametrize("name", list_heads("module"))
+def test_module_shape_finite_and_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    cfg = HeadConfig(fusion=name, hidden=32, heads=4)
+    module = create_head(name, 24, 40, 5, cfg).train()
+    text, image = torch.randn(8, 24), torch.randn(8, 40)
+    logits = module(text, image)
+    assert logits.shape == (8, 5) and torch.isfinite(logits).all()
+    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 5, (8,)))
+    aux = module.auxiliary_loss()
+    (loss if aux is None else loss + aux).backward()
+    uses = {"text": ("text",), "image": ("image",)}.get(name, ("text", "image"))
+    for pname, p in module.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname} has no gradient"
+    assert uses  # unimodal heads hold only their modality's parameters, all of which are used
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_every_head_learns_a_signal_in_the_text(caches, name):
+    if name == "image":
+        pytest.skip("the image head cannot see a text-only signal (checked below)")
+    _, m = train_head(caches["text"], HeadConfig(fusion=name, **FAST), val_split=0.25)
+    assert m["validation"]["accuracy"] > 0.85, m["validation"]
+
+
+def test_unimodal_heads_see_only_their_modality(caches):
+    _, text_on_image = train_head(caches["image"], HeadConfig(fusion="text", **FAST), val_split=0.25)
+    _, image_on_image = train_head(caches["image"], HeadConfig(fusion="image", **FAST), val_split=0.25)
+    assert text_on_image["validation"]["accuracy"] < 0.5 < 0.85 < image_on_image["validation"]["accuracy"]
+
+
+@pytest.mark.parametrize("name", ["concat", "weighted", "attention", "gated", "aligned"])
+def test_fusion_beats_both_unimodal_heads_when_the_label_needs_both(caches, name):
+    acc = {f: train_head(caches["both"], HeadConfig(fusion=f, **FAST), val_split=0.25)[1]["validation"]["accuracy"]
+           for f in (name, "text", "image")}
+    # unimodal heads are at chance (0.5; early stopping on validation lifts that a little)
+    assert acc[name] > 0.8 and acc["text"] < 0.65 and acc["image"] < 0.65, acc
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_save_load_round_trip_gives_identical_predictions(caches, tmp_path, name):
+    head, _ = train_head(caches["text"], HeadConfig(fusion=name, **{**FAST, "epochs": 3}), out=tmp_path / "run")
+    X = FeatureSet.from_cache(caches["text"])
+    loaded = Head.load(tmp_path / "run")
+    np.testing.assert_array_equal(head.predict_proba(X), loaded.predict_proba(X))
+    assert loaded.classes_.tolist() == [0, 1, 2] and loaded.label_names_ == ("positive", "neutral", "negative")
+
+
+def test_same_seed_same_result_and_losses(caches):
+    X = FeatureSet.from_cache(caches["text"])
+    for cfg in (HeadConfig(fusion="attention", **FAST, seed=3),
+                HeadConfig(fusion="concat", loss="hinge", class_weight="balanced", label_smoothing=0.0, **FAST),
+                HeadConfig(fusion="weighted", class_weight="balanced", label_smoothing=0.1, **FAST)):
+        a = Head(cfg).fit(X.subset(np.arange(400)), X.subset(np.arange(400, 600)))
+        b = Head(cfg).fit(X.subset(np.arange(400)), X.subset(np.arange(400, 600)))
+        np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+        assert (a.predict(X.subset(np.arange(400, 600))) == X.y[400:]).mean() > 0.8, cfg
+
+
+def test_estimator_interface(caches):
+    X = FeatureSet.from_cache(caches["text"])
+    head = Head(HeadConfig(fusion="concat", epochs=2))
+    assert not hasattr(head, "classes_")  # __init__ only stores
+    assert head.fit(X) is head and head.classes_.tolist() == [0, 1, 2]
+    proba = head.predict_proba(X)
+    assert proba.shape == (600, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert set(head.predict(X)) <= {0, 1, 2}
+
+
+def test_train_head_cli_writes_a_complete_run_folder(caches, tmp_path):
+    out = tmp_path / "runs" / "w"
+    result = runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "weighted", "--out", str(out),
+                                 "--epochs", "15", "--hidden", "64", "--class-weight", "balanced"])
+    assert result.exit_code == 0, result.output
+    assert "modality weights: text" in result.output and "macro-F1" in result.output
+    for name in ("model.pt", "config.json", "head.json", "scaler.npz", "metrics.json", "history.csv",
+                 "curves.png", "confusion.png"):
+        assert (out / name).is_file(), name
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["fusion"] == "weighted" and cfg["class_weight"] == "balanced" and cfg["epochs"] == 15
+    metrics = json.loads((out / "metrics.json").read_text())
+    v = metrics["validation"]
+    assert {"accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "per_class", "confusion_matrix"} <= set(v)
+    assert sum(map(sum, v["confusion_matrix"])) == 120  # stratified 20% of 600
+    w = metrics["modality_weights"]
+    assert w["text"] > w["image"]  # the signal is in the text, and the learned weights say so
+    head = json.loads((out / "head.json").read_text())
+    assert head["provenance"]["text"]["model"] == "tiny-text"
+    assert (out / "history.csv").read_text().startswith("epoch,train_loss")
+
+
+def test_evaluate_predict_and_zero_ablation(caches, tmp_path):
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "concat", "--out", str(run),
+                               "--epochs", "20"]).exit_code == 0
+    full = runner.invoke(app, ["evaluate", str(run), str(caches["text"])])
+    assert full.exit_code == 0, full.output
+    no_text = runner.invoke(app, ["evaluate", str(run), str(caches["text"]), "--zero", "text"])
+    assert no_text.exit_code == 0 and "(zero text)" in no_text.output
+    m_full = json.loads((run / "eval-text.json").read_text())
+    m_zero = json.loads((run / "eval-text-zero-text.json").read_text())
+    assert m_full["accuracy"] > 0.85 and m_zero["accuracy"] < 0.6
+
+    out = tmp_path / "predictions.txt"
+    result = runner.invoke(app, ["predict", str(run), str(caches["text"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    lines = out.read_text().splitlines()
+    assert lines[0] == "guid,tag" and len(lines) == 601
+    assert lines[1].split(",")[0] == "g0" and {ln.split(",")[1] for ln in lines[1:]} <= {"positive", "neutral", "negative"}
+
+
+def test_refuses_a_cache_from_other_backbones(caches, tmp_path):
+    run = tmp_path / "run"
+    train_head(caches["text"], HeadConfig(fusion="logreg"), out=run)
+    text, image, y, names = synthetic_features("text")
+    other = write_feature_cache(tmp_path / "other.h5", text, image, y, names, text_model="another-bert")
+    with pytest.raises(CacheError, match="text model: head 'tiny-text' vs cache 'another-bert'"):
+        Head.load(run).check_compatible(FeatureSet.from_cache(other))
+    result = runner.invoke(app, ["predict", str(run), str(other), "--out", str(tmp_path / "p.txt")])
+    assert result.exit_code == 1 and "was not extracted like" in result.output and "Traceback" not in result.output
+    wide = write_feature_cache(tmp_path / "wide.h5", np.hstack([text, text]), image, y, names)
+    result = runner.invoke(app, ["evaluate", str(run), str(wide)])
+    assert result.exit_code == 1 and "feature dims" in result.output
