@@ -68,7 +68,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/datasets/mvsa")
     ap.add_argument("--texts", type=int, default=640, help="texts timed per variant")
-    ap.add_argument("--images", type=int, default=320, help="images timed per variant and model")
+    ap.add_argument("--images", type=int, default=480, help="images timed per variant and model")
     ap.add_argument("--image-models", default="resnet50,efficientnet-lite0")
     args = ap.parse_args()
     if not (Path(args.data) / "train.txt").is_file():
@@ -92,7 +92,7 @@ def main() -> int:
     paths = [r.image_path for r in records[:args.images]]
     for name in args.image_models.split(","):
         weights = "none" if name == "resnet50" else "DEFAULT"
-        icfg = ImageExtractorConfig(name, weights, 32)
+        icfg = ImageExtractorConfig(name, weights)  # mmfuse's defaults
         model, prep, _ = load_image_encoder(icfg)
         naive_images(paths[:32], model, prep["mean"], prep["std"])  # warm-up
         _, t_naive = timed(lambda: naive_images(paths, model, prep["mean"], prep["std"]))

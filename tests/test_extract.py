@@ -191,3 +191,11 @@ def test_image_weights_from_a_file(clean_course_dir, extract_args, tmp_path):
     args[args.index("--image-model") + 1] = "resnet34"
     bad = invoke(args + ["--overwrite"])
     assert bad.exit_code == 1 and "do not fit resnet34" in bad.output
+
+
+def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extract_args, tmp_path):
+    fast, eager = tmp_path / "fast.h5", tmp_path / "eager.h5"
+    assert invoke(extract_args(clean_course_dir, fast)).exit_code == 0
+    assert invoke(extract_args(clean_course_dir, eager, "--no-optimize")).exit_code == 0
+    np.testing.assert_allclose(FeatureCache(fast).features("image/pooled"),
+                               FeatureCache(eager).features("image/pooled"), rtol=1e-3, atol=1e-4)
