@@ -73,6 +73,7 @@ def main() -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--heads", default=",".join(list_heads()))
+    ap.add_argument("--text-feature", default="mean", help="cls or mean (mean suits MiniLM, a mean-pooled model)")
     args = ap.parse_args()
     cache = Path(args.cache)
     if not cache.is_file():
@@ -81,11 +82,11 @@ def main() -> int:
             return 0
         mmfuse.extract(args.data, "train", cache, text=mmfuse.TextExtractorConfig("minilm"),
                        image=mmfuse.ImageExtractorConfig("efficientnet-lite0"))
-    data = FeatureSet.from_cache(cache, "cls")
+    data = FeatureSet.from_cache(cache, args.text_feature)
     rows = []
     plain = plain_loop_seconds(np.hstack([data.text, data.image]), data.y, args.epochs)
     for name in args.heads.split(","):
-        cfg = HeadConfig(fusion=name, epochs=args.epochs)
+        cfg = HeadConfig(fusion=name, epochs=args.epochs, text_feature=args.text_feature)
         t0 = time.perf_counter()
         Head(cfg.replace(patience=args.epochs)).fit(data)  # all rows, all epochs, no validation
         seconds = time.perf_counter() - t0
@@ -93,13 +94,13 @@ def main() -> int:
         rows.append((name, seconds, f1, acc))
         print(f"{name:10s} fit {seconds:5.2f} s  macro-F1 {f1.mean():.3f} ± {f1.std():.3f}  acc {acc.mean():.3f}",
               flush=True)
-    mean = FeatureSet.from_cache(cache, "mean")
+    mean, cls = FeatureSet.from_cache(cache, "mean"), FeatureSet.from_cache(cache, "cls")
     base = {
-        "sklearn LR, text CLS only": sklearn_cv(data.text, data.y, args.folds, 1.0, None),
+        "sklearn LR, text CLS only": sklearn_cv(cls.text, data.y, args.folds, 1.0, None),
         "sklearn LR, text mean + image": sklearn_cv(np.hstack([mean.text, mean.image]), data.y, args.folds, 1.0, None),
     }
     print(f"\n{len(data)} rows, {args.folds}-fold stratified CV (early stopping on 15% of each training part), "
-          f"{args.epochs} epochs max, defaults of HeadConfig; torch {torch.__version__}, "
+          f"{args.epochs} epochs max, text/{args.text_feature}, defaults of HeadConfig; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     print(f"| head | fit {args.epochs} epochs (s) | macro-F1 (mean ± std) | accuracy |\n|---|---:|---:|---:|")
     for name, seconds, f1, acc in sorted(rows, key=lambda r: -r[2].mean()):

@@ -14,7 +14,7 @@ from mmfuse.errors import CacheError
 from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads, train_head
 
 runner = CliRunner()
-FAST = dict(epochs=40, patience=40, hidden=64, dropout=0.1, lr=3e-3, batch_size=32)
+FAST = dict(epochs=40, patience=40, hidden=64, dropout=0.1, lr=3e-3, batch_size=32, C=1.0)
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_train_head_cli_writes_a_complete_run_folder(caches, tmp_path):
 def test_evaluate_predict_and_zero_ablation(caches, tmp_path):
     run = tmp_path / "run"
     assert runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "concat", "--out", str(run),
-                               "--epochs", "20"]).exit_code == 0
+                               "--epochs", "20", "--lr", "3e-3"]).exit_code == 0
     full = runner.invoke(app, ["evaluate", str(run), str(caches["text"])])
     assert full.exit_code == 0, full.output
     no_text = runner.invoke(app, ["evaluate", str(run), str(caches["text"]), "--zero", "text"])

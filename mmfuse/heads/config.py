@@ -22,16 +22,17 @@ class HeadConfig:
     align_weight: float = 0.1  # weight of the contrastive InfoNCE loss (aligned fusion)
     temperature: float = 0.07  # InfoNCE temperature (aligned fusion)
     epochs: int = 30  # maximum epochs
-    lr: float = 1e-3  # AdamW peak learning rate
+    lr: float = 3e-4  # AdamW peak learning rate (3e-4 beat 1e-3 in 5-fold CV on mvsa features)
     weight_decay: float = 1e-2  # AdamW weight decay
     batch_size: int = 64  # rows per step
     warmup: float = 0.1  # fraction of steps with linear warm-up, then cosine decay to 0
     clip: float = 1.0  # gradient norm clipping
     loss: str = "ce"  # ce (softmax cross-entropy) or hinge (multiclass SVM)
-    class_weight: str = "none"  # none or balanced (inverse class frequency)
+    class_weight: str = "balanced"  # balanced (inverse class frequency: macro-F1 0.553 vs 0.539 for none on mvsa) or none
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     patience: int = 5  # epochs without validation macro-F1 gain before stopping
-    C: float = 1.0  # inverse regularisation strength (logreg)
+    C: float = 1e-3  # inverse regularisation strength (logreg; on mvsa's 1664 standardised dims 1e-3 scored
+    #                  macro-F1 0.597 in 5-fold CV, 1e-2 0.580, 1 0.554)
     seed: int = 0  # seeds initialisation, batch order and the validation split
 
     def __post_init__(self):
