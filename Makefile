@@ -9,6 +9,7 @@ FEATURES ?= features
 MVSA ?= ../shared/datasets/mvsa
 DEMO ?= demo
 OFFLINE := --text-model minilm --image-model efficientnet-lite0
+HEADS := concat weighted attention gated aligned late text image logreg
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo extract bench-extract clean
@@ -28,11 +29,17 @@ install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backb
 test: install ## run the test suite (tiny local models, no downloads)
 	$(BIN)/python -m pytest -q
 
-demo: install ## synthetic data set -> offline pretrained features -> cache info
+demo: install ## synthetic data set -> offline pretrained features -> every head -> test predictions
 	$(BIN)/mmfuse demo-data $(DEMO)/data
 	$(BIN)/mmfuse extract $(DEMO)/data --split train --out $(DEMO)/features/train.h5 $(OFFLINE)
 	$(BIN)/mmfuse extract $(DEMO)/data --split test --out $(DEMO)/features/test.h5 $(OFFLINE)
 	$(BIN)/mmfuse info $(DEMO)/features/train.h5
+	@for f in $(HEADS); do \
+	  $(BIN)/mmfuse train-head $(DEMO)/features/train.h5 --fusion $$f --out $(DEMO)/runs/$$f > $(DEMO)/runs-$$f.log || exit 1; \
+	done; echo "validation metrics of every head (stratified 20% of the demo training split):"
+	$(BIN)/mmfuse compare $(addprefix $(DEMO)/runs/,$(HEADS))
+	$(BIN)/mmfuse predict $(DEMO)/runs/weighted $(DEMO)/features/test.h5 --out $(DEMO)/predictions.txt
+	$(BIN)/mmfuse score $(DEMO)/predictions.txt $(DEMO)/data/test_labels.txt
 
 extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 (TEXT_MODEL=, IMAGE_MODEL=)
 	@test -n "$(DATA)" || { echo "usage: make extract DATA=path/to/folder [TEXT_MODEL=...] [IMAGE_MODEL=...]"; exit 2; }

@@ -199,6 +199,40 @@ def predict(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def compare(runs: list[Path] = typer.Argument(..., help="Run folders from train-head.")):
+    """Print a table of the runs' validation metrics, best macro-F1 first."""
+    from .heads.run import compare_runs
+
+    with user_errors():
+        typer.echo(compare_runs(runs))
+
+
+@app.command()
+def score(
+    predictions: Path = typer.Argument(..., help="guid,tag predictions (from predict)."),
+    truth: Path = typer.Argument(..., help="guid,tag true labels."),
+):
+    """Score a predictions file against a labels file, both in the course format."""
+    import numpy as np
+
+    from .data import COURSE_TAGS, read_tags
+    from .errors import DataError
+    from .metrics import classification_metrics, format_metrics
+
+    with user_errors():
+        pred, true = read_tags(predictions), read_tags(truth)
+        missing = [g for g in true if g not in pred]
+        if missing:
+            raise DataError(f"{predictions} has no prediction for {len(missing)} guid(s) of {truth}, "
+                            f"e.g. {', '.join(missing[:3])}")
+        names = list(COURSE_TAGS) + sorted({*pred.values(), *true.values()} - set(COURSE_TAGS))
+        index = {n: i for i, n in enumerate(names)}
+        m = classification_metrics(np.array([index[true[g]] for g in true]),
+                                   np.array([index[pred[g]] for g in true]), names)
+    typer.echo(f"{predictions} vs {truth}: " + format_metrics(m))
+
+
 @app.command("demo-data")
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the synthetic course-format data set into."),

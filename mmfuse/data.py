@@ -158,6 +158,27 @@ def read_course(root: str | Path, split: str = "train",
     return DataSet(root, split, split_file, records, COURSE_TAGS, False, encodings)
 
 
+def read_tags(path: str | Path) -> dict[str, str]:
+    """A ``guid,tag`` file (predictions or labels) as {guid: tag}; duplicate guids are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    if not rows or [c.strip().lower() for c in rows[0]] != ["guid", "tag"]:
+        raise DataError(f"{path}: first line must be the header 'guid,tag'")
+    tags: dict[str, str] = {}
+    for lineno, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != 2:
+            raise DataError(f"{path} line {lineno}: expected 'guid,tag', got {','.join(row)!r}")
+        guid = row[0].strip()
+        if guid in tags:
+            raise DataError(f"{path} line {lineno}: duplicate guid {guid}")
+        tags[guid] = row[1].strip().lower()
+    return tags
+
+
 def available_splits(root: str | Path) -> list[str]:
     """The splits a course-format folder has, in the order train, test."""
     return [s for s, name in SPLIT_FILES.items() if (Path(root) / name).is_file()]

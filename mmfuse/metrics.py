@@ -63,8 +63,8 @@ def plot_confusion(m: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def plot_history(history: list[dict], path: Path, title: str = "") -> None:
-    """Loss (train, val) and validation macro-F1 per epoch."""
+def plot_history(history: list[dict], path: Path, title: str = "", best_epoch: int | None = None) -> None:
+    """Loss (train, val) and validation macro-F1 per epoch; a dotted line marks the restored epoch."""
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -80,6 +80,9 @@ def plot_history(history: list[dict], path: Path, title: str = "") -> None:
         b.legend()
     b.set_xlabel("epoch")
     b.set_ylabel("validation")
+    if best_epoch:
+        for ax in (a, b):
+            ax.axvline(best_epoch, color="grey", linestyle=":", label="_restored")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -148,3 +148,22 @@ def test_refuses_a_cache_from_other_backbones(caches, tmp_path):
     wide = write_feature_cache(tmp_path / "wide.h5", np.hstack([text, text]), image, y, names)
     result = runner.invoke(app, ["evaluate", str(run), str(wide)])
     assert result.exit_code == 1 and "feature dims" in result.output
+
+
+def test_compare_and_score_commands(caches, tmp_path):
+    for fusion in ("text", "concat"):
+        assert runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", fusion, "--epochs", "5",
+                                   "--out", str(tmp_path / fusion)]).exit_code == 0
+    table = runner.invoke(app, ["compare", str(tmp_path / "text"), str(tmp_path / "concat")])
+    assert table.exit_code == 0 and table.output.count("\n| ") == 2 and "| concat | concat |" in table.output
+
+    pred = tmp_path / "pred.txt"
+    assert runner.invoke(app, ["predict", str(tmp_path / "concat"), str(caches["text"]), "--out", str(pred)]).exit_code == 0
+    _, _, y, names = synthetic_features("text")
+    truth = tmp_path / "truth.txt"
+    truth.write_text("guid,tag\n" + "".join(f"g{i},{names[t]}\n" for i, t in enumerate(y)))
+    result = runner.invoke(app, ["score", str(pred), str(truth)])
+    assert result.exit_code == 0 and "n=600" in result.output and "macro-F1" in result.output
+    truth.write_text(truth.read_text() + "g999,positive\n")
+    result = runner.invoke(app, ["score", str(pred), str(truth)])
+    assert result.exit_code == 1 and "no prediction for 1 guid(s)" in result.output and "g999" in result.output

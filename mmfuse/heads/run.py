@@ -68,7 +68,8 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if head.history_:
             write_history(head.history_, out / "history.csv")
-            plot_history(head.history_, out / "curves.png", f"{cfg.fusion} head")
+            plot_history(head.history_, out / "curves.png", f"{cfg.fusion} head (dotted: best epoch, restored)",
+                         head.best_epoch_ if valid is not None else None)
         if valid is not None:
             plot_confusion(metrics["validation"], out / "confusion.png",
                            f"{cfg.fusion}: validation macro-F1 {metrics['validation']['macro_f1']:.3f}")
@@ -104,3 +105,23 @@ def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | P
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("guid,tag\n" + "".join(f"{g},{head.label_names_[p]}\n" for g, p in zip(X.guids, pred)))
     return out
+
+
+def compare_runs(runs: list[str | Path]) -> str:
+    """A markdown table of run folders' validation metrics, best macro-F1 first."""
+    rows = []
+    for run in runs:
+        path = Path(run) / "metrics.json"
+        if not path.is_file():
+            raise MmfuseError(f"{run} has no metrics.json: is it a train-head run folder?")
+        m = json.loads(path.read_text())
+        v = m.get("validation")
+        if v is None:
+            raise MmfuseError(f"{run} was trained without validation (--val-split 0): nothing to compare")
+        w = m.get("modality_weights") or {}
+        rows.append((v["macro_f1"], f"| {Path(run).name} | {m['fusion']} | {v['macro_f1']:.3f} | {v['accuracy']:.3f} | "
+                     f"{v['weighted_f1']:.3f} | {v['balanced_accuracy']:.3f} | {m['fit_seconds']:.2f} | "
+                     + (" / ".join(f"{k} {x:.2f}" for k, x in w.items()) or "") + " |"))
+    head = ("| run | fusion | macro-F1 | accuracy | weighted-F1 | balanced acc. | fit (s) | modality weights |\n"
+            "|---|---|---:|---:|---:|---:|---:|---|")
+    return "\n".join([head, *(r for _, r in sorted(rows, key=lambda r: -r[0]))])
