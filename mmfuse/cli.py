@@ -233,6 +233,76 @@ def score(
     typer.echo(f"{predictions} vs {truth}: " + format_metrics(m))
 
 
+@app.command()
+def grid(
+    cache: Path = typer.Argument(..., help="Labelled training feature cache (.h5)."),
+    out: Path = typer.Option(..., help="Grid folder (results.csv, summary.md, PNGs, best/)."),
+    fusion: Optional[str] = typer.Option(None, help="Comma list [default: concat,weighted,gated,late]."),
+    lr: Optional[str] = typer.Option(None, help="Comma list [default: 1e-4,3e-4,1e-3]."),
+    weight_decay: Optional[str] = typer.Option(None, help="Comma list [default: 0,1e-4,1e-2]."),
+    hidden: Optional[str] = typer.Option(None, help="Comma list."),
+    dropout: Optional[str] = typer.Option(None, help="Comma list."),
+    loss: Optional[str] = typer.Option(None, help="Comma list of ce, hinge."),
+    class_weight: Optional[str] = typer.Option(None, help="Comma list of balanced, none."),
+    text_feature: Optional[str] = typer.Option(None, help="Comma list of cls, mean."),
+    label_smoothing: Optional[str] = typer.Option(None, help="Comma list."),
+    batch_size: Optional[str] = typer.Option(None, help="Comma list."),
+    epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
+    c: Optional[str] = typer.Option(None, "--C", help="Comma list (logreg)."),
+    align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
+    config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
+    folds: Optional[int] = typer.Option(None, help="Stratified CV folds [default: 5]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the folds [default: 0]."),
+    jobs: Optional[int] = typer.Option(None, help="Local processes [default: all cores]."),
+    backend: str = typer.Option("local", help="local (processes) or dask (a dask.distributed cluster)."),
+    scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786."),
+    progress: bool = typer.Option(True, help="Show the progress bar."),
+):
+    """Score a grid of head configurations by stratified k-fold CV, in parallel; refit the best."""
+    from .grid import DEFAULT_GRID, expand_grid, load_grid_file, parse_values, run_grid
+
+    with user_errors():
+        spec = load_grid_file(config) if config else {"grid": {}}
+        axes = dict(spec["grid"])
+        given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
+                 "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
+                 "label_smoothing": label_smoothing, "batch_size": batch_size, "epochs": epochs, "C": c,
+                 "align_weight": align_weight}
+        axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
+        axes = {**DEFAULT_GRID, "epochs": [20], **axes}
+        configs = expand_grid(axes)
+        n_folds = folds or spec.get("folds", 5)
+        typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")
+        result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
+                          jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
+                          progress=progress, log=typer.echo)
+    fits = result.computed * n_folds
+    typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
+               f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
+    best = result.rows[0]
+    typer.echo(f"best: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
+               f"{best['macro_f1_std']:.3f}; refitted on all rows in {result.best_run}")
+
+
+@app.command()
+def ensemble(
+    grid_dir: Path = typer.Argument(..., help="A grid folder from mmfuse grid."),
+    out: Path = typer.Option(..., help="Run folder for the ensemble (predict/evaluate accept it)."),
+    top: int = typer.Option(8, help="Stack this many best configurations."),
+    c: float = typer.Option(0.01, "--C", help="Inverse regularisation of the meta logistic regression."),
+):
+    """Stack a grid's top configurations with a logistic regression on their out-of-fold probabilities."""
+    from .ensemble import build_ensemble
+
+    with user_errors():
+        _, m = build_ensemble(grid_dir, top, out, c, log=typer.echo)
+    cv, b = m["cv"], m["best_member"]
+    typer.echo(f"ensemble of {len(m['members'])}: CV macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} "
+               f"(accuracy {cv['accuracy_mean']:.3f}); best single configuration ({b['fusion']}): "
+               f"{b['macro_f1_mean']:.3f} ± {b['macro_f1_std']:.3f} (accuracy {b['accuracy_mean']:.3f})")
+    typer.echo(f"saved run to {out}")
+
+
 @app.command("demo-data")
 def demo_data(
     out_dir: Path = typer.Argument(..., help="Folder to write the synthetic course-format data set into."),

@@ -232,6 +232,12 @@ class Head:
         """Refuse features from other backbones than the head was trained on."""
         check_compatible(self.provenance_, self.dims_, self.label_names_, X)
 
+    def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
+        """(features, probabilities) of a cache, after checking it was extracted like the training one."""
+        X = FeatureSet.from_cache(cache, self.config.text_feature)
+        self.check_compatible(X)
+        return X, self.predict_proba(X, zero)
+
 
 def check_compatible(provenance: dict | None, dims: dict, label_names, X: FeatureSet) -> None:
     """Raise CacheError when X was extracted with other models, weights, dims or labels."""

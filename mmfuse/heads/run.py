@@ -76,20 +76,22 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
     return head, metrics
 
 
-def _load(run: str | Path, cache: str | Path | FeatureCache) -> tuple[Head, FeatureSet]:
-    head = Head.load(run)
-    X = FeatureSet.from_cache(cache, head.config.text_feature)
-    head.check_compatible(X)
-    return head, X
+def load_run(run: str | Path):
+    """A saved head, or a stacking ensemble (a folder with ensemble.json)."""
+    if (Path(run) / "ensemble.json").is_file():
+        from ..ensemble import StackedEnsemble
+        return StackedEnsemble.load(run)
+    return Head.load(run)
 
 
 def evaluate_head(run: str | Path, cache: str | Path | FeatureCache, zero: str | None = None,
                   save: bool = True) -> dict:
     """Metrics of a saved head on a labelled cache, saved as ``eval-{cache}[-zero-{modality}].json``."""
-    head, X = _load(run, cache)
+    model = load_run(run)
+    X, proba = model.predict_cache(cache, zero)
     if X.y is None:
         raise MmfuseError(f"{X.source} has unlabelled rows: evaluate needs a labelled cache (use predict)")
-    metrics = classification_metrics(X.y, head.predict(X, zero=zero), head.label_names_)
+    metrics = classification_metrics(X.y, proba.argmax(1), model.label_names_)
     metrics.update(cache=X.source, zero=zero)
     if save:
         name = f"eval-{Path(X.source).stem}{f'-zero-{zero}' if zero else ''}.json"
@@ -99,11 +101,11 @@ def evaluate_head(run: str | Path, cache: str | Path | FeatureCache, zero: str |
 
 def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | Path) -> Path:
     """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers."""
-    head, X = _load(run, cache)
-    pred = head.predict(X)
+    model = load_run(run)
+    X, proba = model.predict_cache(cache)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("guid,tag\n" + "".join(f"{g},{head.label_names_[p]}\n" for g, p in zip(X.guids, pred)))
+    out.write_text("guid,tag\n" + "".join(f"{g},{model.label_names_[p]}\n" for g, p in zip(X.guids, proba.argmax(1))))
     return out
 
 

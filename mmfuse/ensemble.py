@@ -1,0 +1,91 @@
+"""Stacking ensemble of a grid's best configurations.
+
+A logistic-regression meta-classifier reads the members' out-of-fold log-probabilities (never
+in-fold predictions) and is scored by the grid's own folds. The saved run holds every member
+refitted on all rows plus the meta-classifier, and ``predict`` / ``evaluate`` accept it.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from .cache import FeatureCache
+from .errors import MmfuseError
+from .grid import METRICS, read_results, refit
+from .heads import FeatureSet, Head
+from .metrics import classification_metrics
+
+
+def _meta_features(probas: list[np.ndarray]) -> np.ndarray:
+    return np.hstack([np.log(np.clip(p, 1e-6, 1.0)) for p in probas])  # (N, k * C)
+
+
+def _meta_model(C: float, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    return LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
+
+
+class StackedEnsemble:
+    """Members (saved heads) + a meta LogisticRegression; the run-folder interface of ``Head``."""
+
+    def __init__(self, members: list[Head], meta, label_names: tuple[str, ...]):
+        self.members, self.meta_, self.label_names_ = members, meta, tuple(label_names)
+        self.classes_ = np.arange(len(self.label_names_))
+
+    def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
+        probas, X = [], None
+        for head in self.members:
+            Xm, p = head.predict_cache(cache, zero)
+            X = X or Xm
+            probas.append(p)
+        return X, self.meta_.predict_proba(_meta_features(probas))
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "StackedEnsemble":
+        folder = Path(folder)
+        meta = json.loads((folder / "ensemble.json").read_text())
+        members = [Head.load(folder / "members" / m) for m in meta["members"]]
+        return cls(members, pickle.loads((folder / "meta.pkl").read_bytes()), meta["label_names"])
+
+
+def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, C: float = 0.01,
+                   log=print) -> tuple[StackedEnsemble | None, dict]:
+    """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run."""
+    grid = Path(grid)
+    if not (grid / "grid.json").is_file():
+        raise MmfuseError(f"{grid} is not a grid folder (grid.json missing): run mmfuse grid first")
+    info = json.loads((grid / "grid.json").read_text())
+    rows = sorted(read_results(grid), key=lambda r: -r["macro_f1_mean"])[:top]
+    if len(rows) < 2:
+        raise MmfuseError(f"{grid} has {len(rows)} finished configuration(s): stacking needs at least 2")
+    cache = Path(info["cache"])
+    y = FeatureCache(cache).labels
+    fold = np.load(grid / "folds.npy")
+    Z = _meta_features([np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows])
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    for k in range(int(fold.max()) + 1):
+        tr, te = fold != k, fold == k
+        pred = _meta_model(C, info["seed"]).fit(Z[tr], y[tr]).predict(Z[te])
+        m = classification_metrics(y[te], pred, info["label_names"])
+        for name in METRICS:
+            scores[name].append(m[name])
+    metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1,
+               "cv": {f"{n}_{s}": float(f(scores[n])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))},
+               "best_member": {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
+                               **{f"{n}_{s}": rows[0][f"{n}_{s}"] for n in METRICS for s in ("mean", "std")}}}
+    if out is None:
+        return None, metrics
+    out = Path(out)
+    members = []
+    for r in rows:
+        log(f"refitting member {r['config_id']} ({r['fusion']}) on all {len(y)} rows")
+        members.append(Head.load(refit(cache, r, out / "members" / r["config_id"])))
+    meta = _meta_model(C, info["seed"]).fit(Z, y)
+    (out / "meta.pkl").write_bytes(pickle.dumps(meta))
+    (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": info["label_names"],
+                                                   "grid": str(grid), "C": C}, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return StackedEnsemble(members, meta, info["label_names"]), metrics

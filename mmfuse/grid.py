@@ -1,0 +1,378 @@
+"""Hyperparameter grids over heads, scored by stratified k-fold CV, run in parallel.
+
+Every configuration sees the same folds. Results are appended to ``results.csv`` as each
+configuration finishes, with its out-of-fold probabilities in ``oof/{id}.npy`` (for stacking), so
+re-running the same grid skips what is done. Local execution uses processes (one torch thread
+each, features loaded once per process); ``backend="dask"`` sends the same work to a Dask cluster.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .cache import FeatureCache
+from .errors import MmfuseError
+from .heads import FeatureSet, Head, HeadConfig
+from .heads.run import stratified_split, train_head
+from .metrics import classification_metrics
+
+DEFAULT_GRID = {"fusion": ["concat", "weighted", "gated", "late"], "lr": [1e-4, 3e-4, 1e-3],
+                "weight_decay": [0.0, 1e-4, 1e-2]}
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")
+VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
+# Fields that change nothing for a fusion are reset to the base value, so a grid never fits the same
+# model twice (e.g. logreg ignores lr; only aligned reads align_weight).
+ONLY_FOR = {"align_weight": {"aligned"}, "temperature": {"aligned"}, "heads": {"attention"}, "C": {"logreg"}}
+LOGREG_USES = {"fusion", "text_feature", "class_weight", "C", "seed"}
+
+
+def config_id(cfg: HeadConfig) -> str:
+    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_values(name: str, text: str) -> list:
+    """'1e-4,3e-4' -> [0.0001, 0.0003], typed by the HeadConfig field ``name``."""
+    types = {f.name: f.type for f in fields(HeadConfig)}
+    if name not in types:
+        raise MmfuseError(f"unknown grid parameter {name!r}: choose from {', '.join(types)}")
+    cast = {"int": int, "float": float, "str": str}[str(types[name])]
+    try:
+        return [cast(v.strip()) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise MmfuseError(f"--{name.replace('_', '-')}: cannot read {text!r} as {cast.__name__}s") from None
+
+
+def load_grid_file(path: str | Path) -> dict:
+    """A TOML or YAML file: a ``grid`` table of parameter lists, plus optional folds, seed, jobs."""
+    path = Path(path)
+    if not path.is_file():
+        raise MmfuseError(f"grid file not found: {path}")
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(path.read_text())
+        else:
+            import yaml
+            data = yaml.safe_load(path.read_text()) or {}
+    except Exception as e:  # noqa: BLE001 - a parse error of either format gets one message
+        raise MmfuseError(f"cannot read grid file {path}: {e}") from None
+    grid = data.get("grid", {})
+    if not isinstance(grid, dict):
+        raise MmfuseError(f"{path}: 'grid' must be a table of parameter lists")
+    out = {"grid": {k: v if isinstance(v, list) else [v] for k, v in grid.items()}}
+    for key in ("folds", "seed", "jobs"):
+        if key in data:
+            out[key] = data[key]
+    for name, values in out["grid"].items():
+        parse_values(name, ",".join(map(str, values)))  # validates names and types
+    return out
+
+
+def expand_grid(values: dict[str, list], base: HeadConfig | None = None) -> list[HeadConfig]:
+    """All combinations, in order, with fields a fusion ignores reset to the base value; no duplicates."""
+    base = base or HeadConfig()
+    names = list(values)
+    configs, seen = [], set()
+    for combo in itertools.product(*(values[n] for n in names)):
+        cfg = base.replace(**dict(zip(names, combo)))
+        reset = {f: getattr(base, f) for f, users in ONLY_FOR.items() if cfg.fusion not in users}
+        if cfg.fusion == "logreg":
+            reset.update({f.name: getattr(base, f.name) for f in fields(HeadConfig) if f.name not in LOGREG_USES})
+        cfg = cfg.replace(**reset)
+        if config_id(cfg) not in seen:
+            seen.add(config_id(cfg))
+            configs.append(cfg)
+    return configs
+
+
+def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """Fold index (0..k-1) of each row, stratified by label."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if np.bincount(y).min(initial=k) < k:
+        raise MmfuseError(f"a class has fewer rows than --folds {k}")
+    fold = np.empty(len(y), np.int64)
+    for i, (_, te) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(y, y)):
+        fold[te] = i
+    return fold
+
+
+_DATA: dict[tuple[str, str], FeatureSet] = {}  # per process: features loaded once, not once per fit
+
+
+def _features(source, text_feature: str) -> FeatureSet:
+    if isinstance(source, FeatureSet):
+        return source
+    key = (str(source), text_feature)
+    if key not in _DATA:
+        _DATA[key] = FeatureSet.from_cache(source, text_feature)
+    return _DATA[key]
+
+
+def evaluate_config(source, cfg: dict, fold: np.ndarray, threads: int = 1) -> tuple[dict, np.ndarray]:
+    """k-fold CV of one configuration: (result row, out-of-fold probabilities (N, C))."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
+    try:
+        return _cross_validate(source, HeadConfig(**cfg), fold)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cross_validate(source, config: HeadConfig, fold: np.ndarray) -> tuple[dict, np.ndarray]:
+    data = _features(source, config.text_feature)
+    oof = np.zeros((len(data), len(data.label_names)), np.float32)
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    seconds, epochs = [], []
+    for k in range(int(fold.max()) + 1):
+        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
+        t0 = time.perf_counter()
+        head = Head(config).fit(data.subset(train[fit]), data.subset(train[val]))
+        seconds.append(time.perf_counter() - t0)
+        epochs.append(head.best_epoch_)
+        part = data.subset(test)
+        oof[test] = head.predict_proba(part)
+        m = classification_metrics(part.y, oof[test].argmax(1), data.label_names)
+        for name in METRICS:
+            scores[name].append(m[name])
+    row = {"config_id": config_id(config), **asdict(config)}
+    for name in METRICS:
+        row[f"{name}_mean"], row[f"{name}_std"] = float(np.mean(scores[name])), float(np.std(scores[name]))
+    row.update(seconds_per_fit=float(np.mean(seconds)), best_epoch_mean=float(np.mean(epochs)))
+    return row, oof
+
+
+RESULT_COLUMNS = (["config_id"] + [f.name for f in fields(HeadConfig)]
+                  + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["seconds_per_fit", "best_epoch_mean"])
+
+
+def read_results(out: Path) -> list[dict]:
+    """Finished rows of a grid folder (those whose out-of-fold file exists), typed."""
+    path = Path(out) / "results.csv"
+    if not path.is_file():
+        return []
+    types = {f.name: f.type for f in fields(HeadConfig)}
+    rows = []
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if not (Path(out) / "oof" / f"{row['config_id']}.npy").is_file():
+                continue
+            typed = {}
+            for k, v in row.items():
+                t = str(types.get(k, "float" if k != "config_id" else "str"))
+                typed[k] = {"int": int, "float": float, "str": str}[t](v)
+            rows.append(typed)
+    return rows
+
+
+@dataclass
+class GridResult:
+    out: Path
+    rows: list[dict]  # every finished configuration, best macro-F1 first
+    computed: int  # configurations computed in this run (the rest were already done)
+    seconds: float
+    best_run: Path | None
+
+
+def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int) -> np.ndarray:
+    """Create or reopen a grid folder; refuse one made from another cache or other folds."""
+    meta = {"cache": str(cache.path), "identity": cache.provenance.get("data", {}).get("fingerprint"),
+            "rows": len(cache), "folds": folds, "seed": seed}
+    fold = make_folds(cache.labels, folds, seed)
+    if (out / "grid.json").is_file():
+        old = json.loads((out / "grid.json").read_text())
+        same = all(old.get(k) == meta[k] for k in ("identity", "rows", "folds", "seed"))
+        if not same or not np.array_equal(np.load(out / "folds.npy"), fold):
+            raise MmfuseError(f"{out} holds a grid of another cache or other folds ({old.get('cache')}, "
+                              f"{old.get('folds')} folds, seed {old.get('seed')}): choose another --out")
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "oof").mkdir(exist_ok=True)
+        np.save(out / "folds.npy", fold)
+        (out / "grid.json").write_text(json.dumps({**meta, "label_names": list(cache.label_names)}, indent=2))
+    return fold
+
+
+def _local_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, jobs: int):
+    if jobs == 1:
+        for cfg in todo:
+            yield evaluate_config(cache, asdict(cfg), fold)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(evaluate_config, str(cache), asdict(cfg), fold) for cfg in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, scheduler: str | None):
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise MmfuseError("--backend dask needs dask.distributed: pip install 'mmfuse[grid]'") from None
+    client = Client(scheduler) if scheduler else Client(processes=True, threads_per_worker=1)
+    try:
+        # the features travel once to every worker, so no shared filesystem is needed
+        data = {tf: client.scatter(FeatureSet.from_cache(cache, tf), broadcast=True)
+                for tf in sorted({c.text_feature for c in todo})}
+        futures = [client.submit(evaluate_config, data[c.text_feature], asdict(c), fold, pure=False) for c in todo]
+        for fut in dask_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+
+
+def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
+             jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
+             progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
+    """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run."""
+    out, cache_path = Path(out), Path(cache)
+    fc = FeatureCache(cache_path)
+    if not fc.labelled or fc.multilabel:
+        raise MmfuseError(f"{cache_path} must be a labelled single-label cache to run a grid on")
+    fold = _check_folder(out, fc, folds, seed)
+    done = {r["config_id"] for r in read_results(out)}
+    todo = [c for c in configs if config_id(c) not in done]
+    jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
+    if backend not in ("local", "dask"):
+        raise MmfuseError(f"unknown backend {backend!r}: local or dask")
+    if done:
+        log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
+    t0 = time.perf_counter()
+    new_file = not (out / "results.csv").is_file()
+    results = (_local_results(cache_path, todo, fold, jobs) if backend == "local"
+               else _dask_results(cache_path, todo, fold, scheduler))
+    best = max((r["macro_f1_mean"] for r in read_results(out)), default=float("nan"))
+    with open(out / "results.csv", "a", newline="") as f, \
+            tqdm(total=len(todo) * folds, desc="grid", unit="fit", disable=not progress) as bar:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        if new_file:
+            writer.writeheader()
+        for row, oof in results:
+            np.save(out / "oof" / f"{row['config_id']}.npy", oof)
+            writer.writerow(row)  # after the oof file: a listed row is always complete
+            f.flush()
+            best = np.nanmax([best, row["macro_f1_mean"]])
+            bar.set_postfix(best_macro_f1=f"{best:.3f}")
+            bar.update(folds)
+    rows = sorted(read_results(out), key=lambda r: -r["macro_f1_mean"])
+    seconds = time.perf_counter() - t0
+    write_summary(out, rows, folds)
+    plot_grid(out, rows)
+    best_run = None
+    if refit_best and rows:
+        best_run = refit(cache_path, rows[0], out / "best")
+    return GridResult(out, rows, len(todo), seconds, best_run)
+
+
+def row_config(row: dict) -> HeadConfig:
+    return HeadConfig(**{f.name: row[f.name] for f in fields(HeadConfig)})
+
+
+def refit(cache: Path, row: dict, out: Path) -> Path:
+    """Refit a grid row on all rows for its CV's mean best epoch count (no data left out)."""
+    cfg = row_config(row)
+    epochs = max(1, int(round(row["best_epoch_mean"]))) if cfg.fusion != "logreg" else cfg.epochs
+    _, metrics = train_head(cache, cfg.replace(epochs=epochs, patience=epochs + 1), val_split=0, out=out)
+    metrics["cv"] = {k: row[k] for k in row if k.endswith(("_mean", "_std"))}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return out
+
+
+def _uses(fusion: str, field: str) -> bool:
+    """Whether ``field`` changes the model of ``fusion`` (see ONLY_FOR, LOGREG_USES)."""
+    if fusion == "logreg":
+        return field in LOGREG_USES
+    return fusion in ONLY_FOR.get(field, {fusion})
+
+
+def _varied(rows: list[dict]) -> list[str]:
+    """The HeadConfig fields that differ between rows (the grid's axes)."""
+    return [f.name for f in fields(HeadConfig) if len({r[f.name] for r in rows}) > 1]
+
+
+def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "") -> Path:
+    axes = _varied(rows) or ["fusion"]
+    lines = [f"# Grid {out.name}: {len(rows)} configurations, {folds}-fold stratified CV\n",
+             f"| rank | {' | '.join(axes)} | macro-F1 | accuracy | weighted-F1 | balanced acc. | s/fit |",
+             "|---:|" + "---|" * len(axes) + "---:|---:|---:|---:|---:|"]
+    for i, r in enumerate(rows[:top], 1):
+        lines.append(f"| {i} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
+                     + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in METRICS)
+                     + f" | {r['seconds_per_fit']:.2f} |")
+    if rows:
+        lines.append(f"\nBest: `{rows[0]['config_id']}` ({', '.join(f'{a}={rows[0][a]}' for a in axes)}), "
+                     f"refitted on all rows in `best/` (use it with `mmfuse predict {out}/best ...`).")
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n" + extra)
+    return path
+
+
+def plot_grid(out: Path, rows: list[dict]) -> None:
+    """heatmaps.png: lr x weight decay per fusion (best macro-F1 over other axes); fusions.png: best per fusion."""
+    if not rows:
+        return
+    from .metrics import _plt
+
+    plt = _plt()
+    fusions = sorted({r["fusion"] for r in rows}, key=lambda f: -max(r["macro_f1_mean"] for r in rows if r["fusion"] == f))
+    best = {f: max((r for r in rows if r["fusion"] == f), key=lambda r: r["macro_f1_mean"]) for f in fusions}
+    fig, ax = plt.subplots(figsize=(1.1 * len(fusions) + 3, 3.8))
+    ax.bar(range(len(fusions)), [best[f]["macro_f1_mean"] for f in fusions],
+           yerr=[best[f]["macro_f1_std"] for f in fusions], capsize=4, color="C0")
+    ax.set_xticks(range(len(fusions)), fusions, rotation=30, ha="right")
+    low = min(best[f]["macro_f1_mean"] - best[f]["macro_f1_std"] for f in fusions)
+    ax.set_ylim(max(0, low - 0.05), None)
+    ax.set_ylabel("CV macro-F1 (best config, ± std over folds)")
+    ax.set_title("best configuration per fusion")
+    fig.tight_layout()
+    fig.savefig(out / "fusions.png", dpi=110)
+    plt.close(fig)
+
+    torch_fusions = [f for f in fusions if f != "logreg"]
+    if not torch_fusions:
+        return
+    lrs = sorted({r["lr"] for r in rows if r["fusion"] != "logreg"})
+    wds = sorted({r["weight_decay"] for r in rows if r["fusion"] != "logreg"})
+    cols = min(4, len(torch_fusions))
+    nrows = -(-len(torch_fusions) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1, 3.0 * nrows + 0.6), squeeze=False)
+    vmin = min(r["macro_f1_mean"] for r in rows)
+    vmax = max(r["macro_f1_mean"] for r in rows)
+    for ax, f in zip(axes.flat, torch_fusions):
+        grid = np.full((len(lrs), len(wds)), np.nan)
+        for r in rows:
+            if r["fusion"] == f:
+                i, j = lrs.index(r["lr"]), wds.index(r["weight_decay"])
+                grid[i, j] = np.nanmax([grid[i, j], r["macro_f1_mean"]])
+        im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
+        for i in range(len(lrs)):
+            for j in range(len(wds)):
+                if not np.isnan(grid[i, j]):
+                    ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                            color="white" if grid[i, j] < (vmin + vmax) / 2 else "black")
+        ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
+        ax.set_yticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_xlabel("weight decay")
+        ax.set_ylabel("learning rate")
+        ax.set_title(f)
+    for ax in list(axes.flat)[len(torch_fusions):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="CV macro-F1")
+    fig.suptitle("CV macro-F1 by learning rate and weight decay (best over other axes)")
+    fig.savefig(out / "heatmaps.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,138 @@
+"""Grids: k-fold CV of every configuration, resume, the Dask backend, plots, the best run, stacking."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import synthetic_features, write_feature_cache
+from mmfuse.cli import app
+from mmfuse.ensemble import build_ensemble
+from mmfuse.grid import expand_grid, read_results
+from mmfuse.heads import HeadConfig
+
+runner = CliRunner()
+GRID = ["--fusion", "concat,text", "--lr", "1e-3,3e-3", "--weight-decay", "0,1e-2", "--epochs", "6",
+        "--folds", "3", "--no-progress"]
+
+
+@pytest.fixture
+def cache(tmp_path):
+    text, image, y, names = synthetic_features("text", n=300)
+    return write_feature_cache(tmp_path / "train.h5", text, image, y, names)
+
+
+def rows_of(path):
+    with open(path / "results.csv", newline="") as f:
+        return {r["config_id"]: r for r in csv.DictReader(f)}
+
+
+def test_grid_scores_every_configuration_on_the_same_folds(cache, tmp_path):
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID])
+    assert result.exit_code == 0, result.output
+    assert "8 configurations x 3 folds = 24 fits" in result.output
+    rows = rows_of(out)
+    assert len(rows) == 8
+    assert {(r["fusion"], r["lr"], r["weight_decay"]) for r in rows.values()} == {
+        (f, lr, wd) for f in ("concat", "text") for lr in ("0.001", "0.003") for wd in ("0.0", "0.01")}
+    for r in rows.values():
+        assert 0 <= float(r["macro_f1_mean"]) <= 1 and float(r["macro_f1_std"]) >= 0
+        assert float(r["seconds_per_fit"]) > 0
+    fold = np.load(out / "folds.npy")
+    assert sorted(np.bincount(fold)) == [100, 100, 100]
+    for cid in rows:  # every configuration predicted every row exactly once, out of fold
+        oof = np.load(out / "oof" / f"{cid}.npy")
+        assert oof.shape == (300, 3) and np.allclose(oof.sum(1), 1, atol=1e-4)
+    summary = (out / "summary.md").read_text()
+    assert summary.count("\n| ") == 9 and "Best:" in summary  # header + 8 rows
+    for png in ("heatmaps.png", "fusions.png"):
+        assert (out / png).stat().st_size > 1000
+    best = max(rows.values(), key=lambda r: float(r["macro_f1_mean"]))
+    assert json.loads((out / "best" / "config.json").read_text())["fusion"] == best["fusion"]
+    pred = runner.invoke(app, ["predict", str(out / "best"), str(cache), "--out", str(tmp_path / "p.txt")])
+    assert pred.exit_code == 0 and len((tmp_path / "p.txt").read_text().splitlines()) == 301
+
+
+def test_grid_resumes_and_skips_finished_configurations(cache, tmp_path):
+    out = tmp_path / "g"
+    assert runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID]).exit_code == 0
+    first = rows_of(out)
+    lines = (out / "results.csv").read_text().splitlines()
+    (out / "results.csv").write_text("\n".join(lines[:4]) + "\n")  # as if interrupted after 3 configurations
+    again = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "2", *GRID])
+    assert again.exit_code == 0, again.output
+    assert "3 of 8 configurations already done" in again.output and "15 fits in" in again.output
+    assert rows_of(out).keys() == first.keys()
+    for cid, r in rows_of(out).items():  # recomputed rows match, even in worker processes
+        assert r["macro_f1_mean"] == first[cid]["macro_f1_mean"]
+    other = runner.invoke(app, ["grid", str(cache), "--out", str(out), *GRID[:-3], "--folds", "4"])
+    assert other.exit_code == 1 and "another cache or other folds" in other.output
+
+
+def test_dask_backend_gives_the_same_table_as_local(cache, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster:
+        result = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "dask"), "--backend", "dask",
+                                     "--scheduler", cluster.scheduler_address, *GRID])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "local"), "--jobs", "1", *GRID]).exit_code == 0
+    local, dask = rows_of(tmp_path / "local"), rows_of(tmp_path / "dask")
+    assert local.keys() == dask.keys()
+    for cid in local:
+        for k, v in local[cid].items():
+            if k != "seconds_per_fit":
+                assert dask[cid][k] == v, (cid, k)
+
+
+def test_grid_from_a_toml_file(cache, tmp_path):
+    spec = tmp_path / "grid.toml"
+    spec.write_text('folds = 3\n[grid]\nfusion = ["logreg", "concat"]\nC = [0.01, 1.0]\nepochs = 3\n')
+    result = runner.invoke(app, ["grid", str(cache), "--config", str(spec), "--out", str(tmp_path / "g"),
+                                 "--lr", "1e-3", "--weight-decay", "0", "--jobs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    # logreg x 2 C; concat ignores C, so its two C values are one configuration
+    assert "3 configurations x 3 folds" in result.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[grid]\nlearning_rate = [1]\n')
+    result = runner.invoke(app, ["grid", str(cache), "--config", str(bad), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "unknown grid parameter 'learning_rate'" in result.output
+
+
+def test_expand_grid_drops_duplicates_of_ignored_fields():
+    configs = expand_grid({"fusion": ["logreg", "concat", "aligned"], "lr": [1e-3, 1e-2], "align_weight": [0.1, 1.0]})
+    assert sum(c.fusion == "logreg" for c in configs) == 1
+    assert sum(c.fusion == "concat" for c in configs) == 2
+    assert sum(c.fusion == "aligned" for c in configs) == 4
+    assert all(isinstance(c, HeadConfig) for c in configs)
+
+
+def test_ensemble_is_no_worse_than_its_best_member_when_members_err_differently(tmp_path):
+    # half the rows carry the label in the text, the other half in the image: the text heads
+    # err on the image half and the image heads on the text half
+    rng = np.random.default_rng(1)
+    n = 600
+    y = rng.integers(0, 3, n)
+    text, image = rng.normal(size=(n, 8)).astype(np.float32), rng.normal(size=(n, 8)).astype(np.float32)
+    half = rng.random(n) < 0.5
+    text[half, y[half]] += 3.0
+    image[~half, y[~half]] += 3.0
+    cache = write_feature_cache(tmp_path / "mix.h5", text, image, y)
+    result = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "text,image",
+                                 "--lr", "3e-3", "--weight-decay", "0", "--epochs", "15", "--folds", "3",
+                                 "--jobs", "1", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    _, m = build_ensemble(tmp_path / "g", top=2)
+    assert m["cv"]["macro_f1_mean"] >= m["best_member"]["macro_f1_mean"]
+    out = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--out", str(tmp_path / "ens")])
+    assert out.exit_code == 0, out.output
+    assert "best single configuration" in out.output
+    ev = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(cache)])
+    assert ev.exit_code == 0, ev.output
+    pred = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(cache), "--out", str(tmp_path / "p.txt")])
+    assert pred.exit_code == 0 and len((tmp_path / "p.txt").read_text().splitlines()) == n + 1
+    assert len(read_results(tmp_path / "g")) == 2
