@@ -250,6 +250,8 @@ def grid(
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
     c: Optional[str] = typer.Option(None, "--C", help="Comma list (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
+    precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
+                                            "CPU runs it 1.5x faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
     folds: Optional[int] = typer.Option(None, help="Stratified CV folds [default: 5]."),
     seed: Optional[int] = typer.Option(None, help="Seed of the folds [default: 0]."),
@@ -259,7 +261,7 @@ def grid(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; refit the best."""
-    from .grid import DEFAULT_GRID, expand_grid, load_grid_file, parse_values, run_grid
+    from .grid import DEFAULT_GRID, expand_grid, fast_precision, load_grid_file, parse_values, run_grid
 
     with user_errors():
         spec = load_grid_file(config) if config else {"grid": {}}
@@ -267,9 +269,12 @@ def grid(
         given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
                  "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
                  "label_smoothing": label_smoothing, "batch_size": batch_size, "epochs": epochs, "C": c,
-                 "align_weight": align_weight}
+                 "align_weight": align_weight, "precision": precision}
         axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
         axes = {**DEFAULT_GRID, "epochs": [20], **axes}
+        if "precision" not in axes:
+            axes["precision"] = [fast_precision()]
+            typer.echo(f"training precision {axes['precision'][0]} (measured fastest on this CPU)")
         configs = expand_grid(axes)
         n_folds = folds or spec.get("folds", 5)
         typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")

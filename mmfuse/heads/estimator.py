@@ -76,13 +76,17 @@ def lr_lambda(total: int, warmup: int):
     return f
 
 
+def autocast(cfg: HeadConfig):
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+
+
 def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight):
     """Train ``module`` on standardised tensors; early-stop on validation macro-F1; restore the best.
 
     ``val`` is (Xt, Xi, y) or None. Returns (history, best_epoch).
     """
     g = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, max(1, int(cfg.warmup * steps))))
     criterion = loss_fn(cfg, weight)
@@ -92,10 +96,11 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight):
         perm, total = torch.randperm(len(y), generator=g), 0.0
         for start in range(0, len(y), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
-            loss = criterion(module(Xt[idx], Xi[idx]), y[idx])
-            aux = module.auxiliary_loss()
+            with autocast(cfg):  # entered per step: autocast caches its weight casts until exit
+                loss = criterion(module(Xt[idx], Xi[idx]).float(), y[idx])
+                aux = module.auxiliary_loss()
             if aux is not None:
-                loss = loss + cfg.align_weight * aux
+                loss = loss + cfg.align_weight * aux.float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip)
@@ -105,8 +110,8 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight):
         row = {"epoch": epoch, "train_loss": total / len(y), "lr": sched.get_last_lr()[0]}
         if val is not None:
             module.eval()
-            with torch.no_grad():
-                logits = module(val[0], val[1])
+            with torch.no_grad(), autocast(cfg):
+                logits = module(val[0], val[1]).float()
             pred = logits.argmax(1).numpy()
             row.update(val_loss=criterion(logits, val[2]).item(), val_accuracy=float((pred == val[2].numpy()).mean()),
                        val_macro_f1=macro_f1(val[2].numpy(), pred, logits.shape[1]))
