@@ -294,17 +294,21 @@ def ensemble(
     grid_dir: Path = typer.Argument(..., help="A grid folder from mmfuse grid."),
     out: Path = typer.Option(..., help="Run folder for the ensemble (predict/evaluate accept it)."),
     top: int = typer.Option(8, help="Stack this many best configurations."),
-    c: float = typer.Option(0.01, "--C", help="Inverse regularisation of the meta logistic regression."),
+    meta: str = typer.Option("lr", help="lr: logistic regression on the members' out-of-fold probabilities "
+                             "(C by inner CV); mean: average the members' probabilities."),
 ):
     """Stack a grid's top configurations with a logistic regression on their out-of-fold probabilities."""
     from .ensemble import build_ensemble
 
     with user_errors():
-        _, m = build_ensemble(grid_dir, top, out, c, log=typer.echo)
-    cv, b = m["cv"], m["best_member"]
-    typer.echo(f"ensemble of {len(m['members'])}: CV macro-F1 {cv['macro_f1_mean']:.3f} ± {cv['macro_f1_std']:.3f} "
-               f"(accuracy {cv['accuracy_mean']:.3f}); best single configuration ({b['fusion']}): "
-               f"{b['macro_f1_mean']:.3f} ± {b['macro_f1_std']:.3f} (accuracy {b['accuracy_mean']:.3f})")
+        _, m = build_ensemble(grid_dir, top, out, meta, log=typer.echo)
+    b = m["best_member"]
+    for kind, cv in {meta: m["cv"], **m["cv_other"]}.items():
+        typer.echo(f"ensemble of {len(m['members'])} ({'logistic regression' if kind == 'lr' else 'mean of probabilities'}"
+                   f"{', saved' if kind == meta else ''}): CV macro-F1 {cv['macro_f1_mean']:.3f} ± "
+                   f"{cv['macro_f1_std']:.3f} (accuracy {cv['accuracy_mean']:.3f})")
+    typer.echo(f"best single configuration ({b['fusion']}): CV macro-F1 {b['macro_f1_mean']:.3f} ± "
+               f"{b['macro_f1_std']:.3f} (accuracy {b['accuracy_mean']:.3f})")
     typer.echo(f"saved run to {out}")
 
 

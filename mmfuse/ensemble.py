@@ -1,7 +1,8 @@
 """Stacking ensemble of a grid's best configurations.
 
-A logistic-regression meta-classifier reads the members' out-of-fold log-probabilities (never
-in-fold predictions) and is scored by the grid's own folds. The saved run holds every member
+A logistic-regression meta-classifier reads the members' out-of-fold probabilities (never
+in-fold predictions) and is scored by the grid's own folds; the plain mean of the members'
+probabilities is scored beside it (``--meta mean`` saves that instead). The saved run holds every member
 refitted on all rows plus the meta-classifier, and ``predict`` / ``evaluate`` accept it.
 """
 from __future__ import annotations
@@ -20,12 +21,35 @@ from .metrics import classification_metrics
 
 
 def _meta_features(probas: list[np.ndarray]) -> np.ndarray:
-    return np.hstack([np.log(np.clip(p, 1e-6, 1.0)) for p in probas])  # (N, k * C)
+    return np.hstack(probas)  # (N, k * C): the members' probabilities side by side
 
 
-def _meta_model(C: float, seed: int):
-    from sklearn.linear_model import LogisticRegression
-    return LogisticRegression(C=C, class_weight="balanced", max_iter=3000, random_state=seed)
+class MeanOfMembers:
+    """The unweighted mean of the members' probabilities (``--meta mean``): nothing to fit."""
+
+    def __init__(self, n_classes: int):
+        self.n_classes = n_classes
+
+    def fit(self, Z, y):
+        return self
+
+    def predict_proba(self, Z: np.ndarray) -> np.ndarray:
+        return Z.reshape(len(Z), -1, self.n_classes).mean(1)  # (N, k, C) -> (N, C)
+
+    def predict(self, Z: np.ndarray) -> np.ndarray:
+        return self.predict_proba(Z).argmax(1)
+
+
+def _meta_model(kind: str, n_classes: int, seed: int):
+    """``lr``: balanced logistic regression, C chosen by inner 3-fold CV on macro-F1."""
+    if kind == "mean":
+        return MeanOfMembers(n_classes)
+    if kind != "lr":
+        raise MmfuseError(f"unknown meta-classifier {kind!r}: lr or mean")
+    from sklearn.linear_model import LogisticRegressionCV
+
+    return LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=3, scoring="f1_macro", class_weight="balanced",
+                                max_iter=3000, random_state=seed)
 
 
 class StackedEnsemble:
@@ -51,9 +75,38 @@ class StackedEnsemble:
         return cls(members, pickle.loads((folder / "meta.pkl").read_bytes()), meta["label_names"])
 
 
-def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, C: float = 0.01,
+def _fit(model, Z: np.ndarray, y: np.ndarray):
+    """Fit quietly: scikit-learn's FutureWarnings about LogisticRegressionCV's defaults say nothing
+    to a user here, and pinning the new defaults would break older scikit-learn."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return model.fit(Z, y)
+
+
+def _cv(kind: str, Z: np.ndarray, y: np.ndarray, fold: np.ndarray, label_names, seed: int) -> dict:
+    """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, score this one."""
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    for k in range(int(fold.max()) + 1):
+        tr, te = fold != k, fold == k
+        pred = _fit(_meta_model(kind, len(label_names), seed), Z[tr], y[tr]).predict(Z[te])
+        m = classification_metrics(y[te], pred, label_names)
+        for name in METRICS:
+            scores[name].append(m[name])
+    return {f"{n}_{s}": float(f(scores[n])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))}
+
+
+def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "lr",
                    log=print) -> tuple[StackedEnsemble | None, dict]:
-    """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run."""
+    """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run.
+
+    ``meta="lr"`` fits the linear meta-classifier; ``"mean"`` averages the members' probabilities.
+    Both are scored; the chosen one is saved.
+    """
     grid = Path(grid)
     if not (grid / "grid.json").is_file():
         raise MmfuseError(f"{grid} is not a grid folder (grid.json missing): run mmfuse grid first")
@@ -65,15 +118,10 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     y = FeatureCache(cache).labels
     fold = np.load(grid / "folds.npy")
     Z = _meta_features([np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows])
-    scores: dict[str, list[float]] = {m: [] for m in METRICS}
-    for k in range(int(fold.max()) + 1):
-        tr, te = fold != k, fold == k
-        pred = _meta_model(C, info["seed"]).fit(Z[tr], y[tr]).predict(Z[te])
-        m = classification_metrics(y[te], pred, info["label_names"])
-        for name in METRICS:
-            scores[name].append(m[name])
-    metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1,
-               "cv": {f"{n}_{s}": float(f(scores[n])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))},
+    names = info["label_names"]
+    metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1, "meta": meta,
+               "cv": _cv(meta, Z, y, fold, names, info["seed"]),
+               "cv_other": {other: _cv(other, Z, y, fold, names, info["seed"]) for other in ("lr", "mean") if other != meta},
                "best_member": {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
                                **{f"{n}_{s}": rows[0][f"{n}_{s}"] for n in METRICS for s in ("mean", "std")}}}
     if out is None:
@@ -83,9 +131,9 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     for r in rows:
         log(f"refitting member {r['config_id']} ({r['fusion']}) on all {len(y)} rows")
         members.append(Head.load(refit(cache, r, out / "members" / r["config_id"])))
-    meta = _meta_model(C, info["seed"]).fit(Z, y)
-    (out / "meta.pkl").write_bytes(pickle.dumps(meta))
-    (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": info["label_names"],
-                                                   "grid": str(grid), "C": C}, indent=2) + "\n")
+    model = _fit(_meta_model(meta, len(names), info["seed"]), Z, y)
+    (out / "meta.pkl").write_bytes(pickle.dumps(model))
+    (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": names,
+                                                   "grid": str(grid), "meta": meta}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return StackedEnsemble(members, meta, info["label_names"]), metrics
+    return StackedEnsemble(members, model, names), metrics

@@ -130,7 +130,10 @@ def test_ensemble_is_no_worse_than_its_best_member_when_members_err_differently(
     assert m["cv"]["macro_f1_mean"] >= m["best_member"]["macro_f1_mean"]
     out = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--out", str(tmp_path / "ens")])
     assert out.exit_code == 0, out.output
-    assert "best single configuration" in out.output
+    assert "best single configuration" in out.output and "mean of probabilities" in out.output
+    mean = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "mean",
+                               "--out", str(tmp_path / "ens-mean")])
+    assert mean.exit_code == 0 and "(mean of probabilities, saved)" in mean.output
     ev = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(cache)])
     assert ev.exit_code == 0, ev.output
     pred = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(cache), "--out", str(tmp_path / "p.txt")])
