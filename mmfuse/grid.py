@@ -367,10 +367,11 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     wds = sorted({r["weight_decay"] for r in rows if r["fusion"] != "logreg"})
     cols = min(4, len(torch_fusions))
     nrows = -(-len(torch_fusions) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols + 1, 3.0 * nrows + 0.6), squeeze=False)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 1.2, 3.1 * nrows + 0.8), squeeze=False,
+                             constrained_layout=True)
     vmin = min(r["macro_f1_mean"] for r in rows)
     vmax = max(r["macro_f1_mean"] for r in rows)
-    for ax, f in zip(axes.flat, torch_fusions):
+    for n, (ax, f) in enumerate(zip(axes.flat, torch_fusions)):
         grid = np.full((len(lrs), len(wds)), np.nan)
         for r in rows:
             if r["fusion"] == f:
@@ -383,9 +384,10 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
                     ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
                             color="white" if grid[i, j] < (vmin + vmax) / 2 else "black")
         ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
-        ax.set_yticks(range(len(lrs)), [f"{v:g}" for v in lrs])
+        ax.set_yticks(range(len(lrs)), [f"{v:g}" for v in lrs] if n % cols == 0 else [])
         ax.set_xlabel("weight decay")
-        ax.set_ylabel("learning rate")
+        if n % cols == 0:
+            ax.set_ylabel("learning rate")
         ax.set_title(f)
     for ax in list(axes.flat)[len(torch_fusions):]:
         ax.axis("off")
