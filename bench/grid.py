@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import mmfuse
+from mvsa_cache import ensure_cache
 from mmfuse.grid import DEFAULT_GRID, config_id, expand_grid, make_folds, run_grid
 from mmfuse.heads import FeatureSet, create_head
 from mmfuse.heads.estimator import class_weights
@@ -63,13 +63,9 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=-1)
     ap.add_argument("--precision", default="bf16", help="grid training precision (fp32 or bf16)")
     args = ap.parse_args()
-    cache = Path(args.cache)
-    if not cache.is_file():
-        if not (Path(args.data) / "train.txt").is_file():
-            print(f"skip: neither {cache} nor the data set at {args.data} exists")
-            return 0
-        mmfuse.extract(args.data, "train", cache, text=mmfuse.TextExtractorConfig("minilm"),
-                       image=mmfuse.ImageExtractorConfig("efficientnet-lite0"))
+    cache = ensure_cache(args.cache, args.data)
+    if cache is None:
+        return 0
     configs = expand_grid({**DEFAULT_GRID, "epochs": [20], "text_feature": [args.text_feature],
                            "precision": [args.precision]})
     folds = 5

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-import mmfuse
+from mvsa_cache import ensure_cache
 from mmfuse.heads import FeatureSet, Head, HeadConfig, list_heads
 from mmfuse.heads.run import stratified_split
 from mmfuse.metrics import macro_f1
@@ -75,13 +74,9 @@ def main() -> int:
     ap.add_argument("--heads", default=",".join(list_heads()))
     ap.add_argument("--text-feature", default="mean", help="cls or mean (mean suits MiniLM, a mean-pooled model)")
     args = ap.parse_args()
-    cache = Path(args.cache)
-    if not cache.is_file():
-        if not (Path(args.data) / "train.txt").is_file():
-            print(f"skip: neither {cache} nor the data set at {args.data} exists")
-            return 0
-        mmfuse.extract(args.data, "train", cache, text=mmfuse.TextExtractorConfig("minilm"),
-                       image=mmfuse.ImageExtractorConfig("efficientnet-lite0"))
+    cache = ensure_cache(args.cache, args.data)
+    if cache is None:
+        return 0
     data = FeatureSet.from_cache(cache, args.text_feature)
     rows = []
     plain = plain_loop_seconds(np.hstack([data.text, data.image]), data.y, args.epochs)
