@@ -69,6 +69,18 @@ class CacheWriter:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".partial")
         f = _open(tmp, "w")
+        try:
+            cls._create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance, identity)
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        f.close()
+        tmp.replace(path)  # the file appears under its name only with its full layout in place
+        return cls(_open(path, "r+"), path)
+
+    @staticmethod
+    def _create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance, identity):
         n = len(guids)
         f.attrs.update(format=FORMAT, version=VERSION, label_names=json.dumps(list(label_names)),
                        multilabel=multilabel, provenance=json.dumps(provenance), identity=identity,
@@ -84,9 +96,6 @@ class CacheWriter:
         reasons = np.array([skipped.get(i, "") for i in range(n)], dtype=object)
         f.create_dataset("skipped", data=mask)
         f.create_dataset("skip_reason", data=reasons, dtype=_str)
-        f.close()
-        tmp.replace(path)  # the file appears under its name only with its full layout in place
-        return cls(_open(path, "r+"), path)
 
     def pending(self, modality: str) -> np.ndarray:
         """Rows whose ``modality`` features are still to be computed, ascending."""
@@ -147,6 +156,7 @@ class FeatureCache:
                 raise CacheError(f"{self.path} is incomplete ({done}/{len(f['guid'])} rows): re-run the "
                                  "same extract command to resume it.")
             self.provenance: dict = json.loads(f.attrs["provenance"])
+            self.identity: str = str(f.attrs["identity"])  # hash of what determines the features
             self.label_names: tuple[str, ...] = tuple(json.loads(f.attrs["label_names"]))
             self.multilabel = bool(f.attrs["multilabel"])
             all_guids = [g.decode() if isinstance(g, bytes) else g for g in f["guid"][:]]

@@ -195,7 +195,7 @@ def predict(
     from .heads import predict_head
 
     with user_errors():
-        path = predict_head(run, cache, out)
+        path = predict_head(run, cache, out, log=lambda s: typer.secho(s, fg="yellow", err=True))
     typer.echo(f"wrote {path}")
 
 
@@ -261,7 +261,7 @@ def grid(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; refit the best."""
-    from .grid import DEFAULT_GRID, expand_grid, fast_precision, load_grid_file, parse_values, run_grid
+    from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, run_grid
 
     with user_errors():
         spec = load_grid_file(config) if config else {"grid": {}}
@@ -273,8 +273,8 @@ def grid(
         axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
         axes = {**DEFAULT_GRID, "epochs": [20], **axes}
         if "precision" not in axes:
-            axes["precision"] = [fast_precision()]
-            typer.echo(f"training precision {axes['precision'][0]} (measured fastest on this CPU)")
+            axes["precision"] = [default_precision(out)]
+            typer.echo(f"training precision {axes['precision'][0]} (this grid's, or measured fastest on this CPU)")
         configs = expand_grid(axes)
         n_folds = folds or spec.get("folds", 5)
         typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")

@@ -155,6 +155,8 @@ def read_course(root: str | Path, split: str = "train",
         if not image_path.is_file():
             error = error or f"image file missing: {image_path}"
         records.append(Record(guid, text, image_path, labels, source, enc, error))
+    if not records:
+        raise DataError(f"{split_file} lists no rows")
     return DataSet(root, split, split_file, records, COURSE_TAGS, False, encodings)
 
 
@@ -163,7 +165,10 @@ def read_tags(path: str | Path) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"file not found: {path}")
-    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    try:
+        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text: {e}") from None
     if not rows or [c.strip().lower() for c in rows[0]] != ["guid", "tag"]:
         raise DataError(f"{path}: first line must be the header 'guid,tag'")
     tags: dict[str, str] = {}

@@ -15,7 +15,7 @@ import numpy as np
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .grid import METRICS, read_results, refit
+from .grid import METRICS, ranked, read_results, refit
 from .heads import FeatureSet, Head
 from .metrics import classification_metrics
 
@@ -111,11 +111,15 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     if not (grid / "grid.json").is_file():
         raise MmfuseError(f"{grid} is not a grid folder (grid.json missing): run mmfuse grid first")
     info = json.loads((grid / "grid.json").read_text())
-    rows = sorted(read_results(grid), key=lambda r: -r["macro_f1_mean"])[:top]
+    rows = ranked(read_results(grid))[:top]
     if len(rows) < 2:
         raise MmfuseError(f"{grid} has {len(rows)} finished configuration(s): stacking needs at least 2")
     cache = Path(info["cache"])
-    y = FeatureCache(cache).labels
+    fc = FeatureCache(cache)
+    if fc.identity != info.get("identity") or len(fc) != info.get("rows"):
+        raise MmfuseError(f"{cache} no longer holds the features grid {grid} was run on (re-extracted?): "
+                          "run the grid again")
+    y = fc.labels
     fold = np.load(grid / "folds.npy")
     Z = _meta_features([np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows])
     names = info["label_names"]

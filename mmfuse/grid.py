@@ -114,12 +114,26 @@ def fast_precision() -> str:
     return "bf16" if times["fp32"] >= 1.5 * times["bf16"] else "fp32"
 
 
+def default_precision(out: str | Path) -> str:
+    """The precision a grid folder was started with (so a resumed grid keeps its ids), else the
+    fastest on this CPU."""
+    path = Path(out) / "grid.json"
+    if path.is_file():
+        stored = json.loads(path.read_text()).get("precision") or []
+        if len(stored) == 1:
+            return stored[0]
+    return fast_precision()
+
+
 def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     """Fold index (0..k-1) of each row, stratified by label."""
     from sklearn.model_selection import StratifiedKFold
 
-    if np.bincount(y).min(initial=k) < k:
-        raise MmfuseError(f"a class has fewer rows than --folds {k}")
+    if k < 2:
+        raise MmfuseError(f"--folds must be at least 2, not {k}")
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < k:
+        raise MmfuseError(f"a class has {counts[counts > 0].min()} rows, fewer than --folds {k}")
     fold = np.empty(len(y), np.int64)
     for i, (_, te) in enumerate(StratifiedKFold(k, shuffle=True, random_state=seed).split(y, y)):
         fold[te] = i
@@ -206,10 +220,10 @@ class GridResult:
     best_run: Path | None
 
 
-def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int) -> np.ndarray:
-    """Create or reopen a grid folder; refuse one made from another cache or other folds."""
-    meta = {"cache": str(cache.path), "identity": cache.provenance.get("data", {}).get("fingerprint"),
-            "rows": len(cache), "folds": folds, "seed": seed}
+def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str]) -> np.ndarray:
+    """Create or reopen a grid folder; refuse one made from other features (another extraction of the
+    same path included) or other folds."""
+    meta = {"cache": str(cache.path), "identity": cache.identity, "rows": len(cache), "folds": folds, "seed": seed}
     fold = make_folds(cache.labels, folds, seed)
     if (out / "grid.json").is_file():
         old = json.loads((out / "grid.json").read_text())
@@ -221,7 +235,8 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int) -> np.n
         out.mkdir(parents=True, exist_ok=True)
         (out / "oof").mkdir(exist_ok=True)
         np.save(out / "folds.npy", fold)
-        (out / "grid.json").write_text(json.dumps({**meta, "label_names": list(cache.label_names)}, indent=2))
+        (out / "grid.json").write_text(json.dumps({**meta, "label_names": list(cache.label_names),
+                                                   "precision": precision}, indent=2))
     return fold
 
 
@@ -232,8 +247,12 @@ def _local_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, jobs: 
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
         futures = [pool.submit(evaluate_config, str(cache), asdict(cfg), fold) for cfg in todo]
-        for fut in as_completed(futures):
-            yield fut.result()
+        try:
+            for fut in as_completed(futures):
+                yield fut.result()
+        except BaseException:  # a failed fit or Ctrl-C: finished rows are written, the rest cancelled
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, scheduler: str | None):
@@ -261,7 +280,9 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     fc = FeatureCache(cache_path)
     if not fc.labelled or fc.multilabel:
         raise MmfuseError(f"{cache_path} must be a labelled single-label cache to run a grid on")
-    fold = _check_folder(out, fc, folds, seed)
+    if not configs:
+        raise MmfuseError("the grid is empty: give at least one value per parameter")
+    fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}))
     done = {r["config_id"] for r in read_results(out)}
     todo = [c for c in configs if config_id(c) not in done]
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
@@ -270,7 +291,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     if done:
         log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
     t0 = time.perf_counter()
-    new_file = not (out / "results.csv").is_file()
+    new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
     results = (_local_results(cache_path, todo, fold, jobs) if backend == "local"
                else _dask_results(cache_path, todo, fold, scheduler))
     best = max((r["macro_f1_mean"] for r in read_results(out)), default=float("nan"))
@@ -279,6 +300,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
         writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
         if new_file:
             writer.writeheader()
+            f.flush()
         for row, oof in results:
             np.save(out / "oof" / f"{row['config_id']}.npy", oof)
             writer.writerow(row)  # after the oof file: a listed row is always complete
@@ -286,7 +308,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
             best = np.nanmax([best, row["macro_f1_mean"]])
             bar.set_postfix(best_macro_f1=f"{best:.3f}")
             bar.update(folds)
-    rows = sorted(read_results(out), key=lambda r: -r["macro_f1_mean"])
+    rows = ranked(read_results(out))
     seconds = time.perf_counter() - t0
     write_summary(out, rows, folds)
     plot_grid(out, rows)
@@ -294,6 +316,11 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     if refit_best and rows:
         best_run = refit(cache_path, rows[0], out / "best")
     return GridResult(out, rows, len(todo), seconds, best_run)
+
+
+def ranked(rows: list[dict]) -> list[dict]:
+    """Best CV macro-F1 first; ties broken by config id, so the order never depends on finishing order."""
+    return sorted(rows, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))
 
 
 def row_config(row: dict) -> HeadConfig:

@@ -104,7 +104,8 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                     r = ds.records[rows[p]]
                     if on_error == "raise":
                         raise DataError(f"cannot decode image of guid {r.guid}: {r.image_path}: {err}. "
-                                        "Replace the file, or re-run with --on-error skip (the cache resumes).")
+                                        "Re-run with --on-error skip to skip it (the cache resumes), or replace "
+                                        "the file and re-run with --overwrite.")
                     writer.skip(int(rows[p]), f"image unreadable: {r.image_path}: {err} ({r.source})")
                     log(f"skipping guid {r.guid}: image unreadable: {r.image_path}: {err}")
                 ok = np.array([p not in errors for p in pos], bool)
@@ -113,6 +114,8 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                 bar.update(len(pos))
         report.seconds["image"], report.computed["image"] = time.perf_counter() - t0, len(rows)
         report.complete = writer.finish()
+        if report.complete and not (~writer.f["skipped"][:]).any():
+            raise DataError(f"every row of {ds.split_file} was skipped: {out} holds no features")
         f = writer.f
         report.skipped = [(ds.records[i].guid, f["skip_reason"][i].decode())
                           for i in np.flatnonzero(f["skipped"][:])]

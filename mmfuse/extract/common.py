@@ -18,7 +18,10 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MmfuseError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise MmfuseError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
 
 
 def autocast(device: torch.device, precision: str):

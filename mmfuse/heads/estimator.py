@@ -41,6 +41,8 @@ class FeatureSet:
     @classmethod
     def from_cache(cls, cache: FeatureCache | str | Path, text_feature: str = "cls") -> "FeatureSet":
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        if not len(cache):
+            raise CacheError(f"{cache.path} has no usable rows (all {len(cache.skipped)} were skipped)")
         y = cache.labels if cache.labelled else None
         return cls(cache.features(f"text/{text_feature}"), cache.features(IMAGE_FEATURE), y, list(cache.guids),
                    cache.label_names, cache.provenance, str(cache.path))
@@ -213,8 +215,12 @@ class Head:
     @classmethod
     def load(cls, folder: str | Path) -> "Head":
         folder = Path(folder)
-        if not (folder / "config.json").is_file() or not (folder / "head.json").is_file():
-            raise MmfuseError(f"{folder} is not a trained head run folder (config.json/head.json missing)")
+        missing = [n for n in ("config.json", "head.json", "scaler.npz") if not (folder / n).is_file()]
+        if not (folder / "model.pt").is_file() and not (folder / "model.pkl").is_file():
+            missing.append("model.pt")
+        if missing:
+            raise MmfuseError(f"{folder} is not a complete head run folder ({', '.join(missing)} missing): "
+                              "train it again")
         head = cls(HeadConfig.from_json(folder / "config.json"))
         meta = json.loads((folder / "head.json").read_text())
         head.label_names_ = tuple(meta["label_names"])
@@ -248,10 +254,17 @@ def check_compatible(provenance: dict | None, dims: dict, label_names, X: Featur
     """Raise CacheError when X was extracted with other models, weights, dims or labels."""
     a, b = provenance or {}, X.provenance or {}
     problems = []
+
+    def ident(prov: dict, mod: str, key: str):
+        value = prov.get(mod, {}).get(key)
+        if isinstance(value, dict):  # a weights file: its content, not where it lies
+            return value.get("sha256") or value.get("name")
+        return value
+
     for mod, keys in (("text", ("model", "weights_sha256", "revision")), ("image", ("model", "weights"))):
         for k in keys:
-            if a.get(mod, {}).get(k) != b.get(mod, {}).get(k):
-                problems.append(f"{mod} {k}: head {a.get(mod, {}).get(k)!r} vs cache {b.get(mod, {}).get(k)!r}")
+            if ident(a, mod, k) != ident(b, mod, k):
+                problems.append(f"{mod} {k}: head {ident(a, mod, k)!r} vs cache {ident(b, mod, k)!r}")
     x_dims = {"text": X.text.shape[1], "image": X.image.shape[1]}
     if x_dims != dims:
         problems.append(f"feature dims: head {dims} vs cache {x_dims}")

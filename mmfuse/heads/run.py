@@ -21,8 +21,12 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     if not 0 < fraction < 1:
         raise MmfuseError(f"--val-split must be between 0 and 1, not {fraction}")
     counts = np.bincount(y)
+    n_classes, n_val = int((counts > 0).sum()), int(np.ceil(fraction * len(y)))
     if counts[counts > 0].min() < 2:
         raise MmfuseError("a class has fewer than 2 rows: cannot make a stratified validation split")
+    if n_val < n_classes or len(y) - n_val < n_classes:
+        raise MmfuseError(f"{len(y)} rows are too few for a stratified {fraction:g} validation split of "
+                          f"{n_classes} classes: pass --val or a larger --val-split")
     return train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
 
 
@@ -99,9 +103,16 @@ def evaluate_head(run: str | Path, cache: str | Path | FeatureCache, zero: str |
     return metrics
 
 
-def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | Path) -> Path:
-    """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers."""
+def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | Path, log=print) -> Path:
+    """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers.
+
+    Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
     model = load_run(run)
+    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+    if cache.skipped:
+        shown = "; ".join(f"{g} ({reason})" for g, reason in cache.skipped[:5])
+        log(f"warning: {len(cache.skipped)} row(s) of {cache.path} were skipped at extraction and get no "
+            f"prediction: {shown}{' ...' if len(cache.skipped) > 5 else ''}")
     X, proba = model.predict_cache(cache)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
