@@ -199,3 +199,28 @@ def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extrac
     assert invoke(extract_args(clean_course_dir, eager, "--no-optimize")).exit_code == 0
     np.testing.assert_allclose(FeatureCache(fast).features("image/pooled"),
                                FeatureCache(eager).features("image/pooled"), rtol=1e-3, atol=1e-4)
+
+
+def test_hub_ids_with_dots_are_not_taken_for_folders(monkeypatch):
+    from mmfuse.extract import text
+
+    assert text.resolve_text_model("BAAI/bge-small-en-v1.5") == ("BAAI/bge-small-en-v1.5", False)
+    monkeypatch.setattr(text, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(BackboneError, match="'BAAI/bge-small-en-v1.5' is not in the local Hugging Face cache"):
+        text.load_text_encoder(text.TextExtractorConfig("BAAI/bge-small-en-v1.5"))
+
+
+def test_empty_split_and_all_rows_skipped_are_one_line_errors(clean_course_dir, extract_args, tmp_path):
+    (clean_course_dir / "test_without_label.txt").write_text("guid,tag\n")
+    result = invoke(extract_args(clean_course_dir, tmp_path / "t.h5", "--split", "test"))
+    assert result.exit_code == 1 and "lists no rows" in result.output and "Traceback" not in result.output
+    assert not list(tmp_path.glob("t.h5*"))  # no file, no .partial left behind
+    for i in range(12):
+        (clean_course_dir / "data" / f"{100 + i}.txt").unlink()
+    result = invoke(extract_args(clean_course_dir, tmp_path / "s.h5", "--on-error", "skip"))
+    assert result.exit_code == 1 and "every row" in result.output and "was skipped" in result.output
+
+
+def test_unknown_device_is_a_one_line_error(clean_course_dir, extract_args, tmp_path):
+    result = invoke(extract_args(clean_course_dir, tmp_path / "d.h5", "--device", "gpu"))
+    assert result.exit_code == 1 and "unknown --device 'gpu'" in result.output

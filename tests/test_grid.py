@@ -139,3 +139,19 @@ def test_ensemble_is_no_worse_than_its_best_member_when_members_err_differently(
     pred = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(cache), "--out", str(tmp_path / "p.txt")])
     assert pred.exit_code == 0 and len((tmp_path / "p.txt").read_text().splitlines()) == n + 1
     assert len(read_results(tmp_path / "g")) == 2
+
+
+def test_grid_folder_refuses_a_re_extracted_cache(cache, tmp_path):
+    out = tmp_path / "g"
+    assert runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID]).exit_code == 0
+    text, image, y, names = synthetic_features("text", n=300, seed=5)  # same path, other features
+    import h5py
+    write_feature_cache(tmp_path / "other.h5", text, image, y, names)
+    cache.unlink()
+    (tmp_path / "other.h5").rename(cache)
+    with h5py.File(cache, "r+") as f:
+        f.attrs["identity"] = "another-extraction"
+    again = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID])
+    assert again.exit_code == 1 and "another cache or other folds" in again.output
+    ens = runner.invoke(app, ["ensemble", str(out), "--out", str(tmp_path / "e")])
+    assert ens.exit_code == 1 and "no longer holds the features" in ens.output

@@ -167,3 +167,22 @@ def test_compare_and_score_commands(caches, tmp_path):
     truth.write_text(truth.read_text() + "g999,positive\n")
     result = runner.invoke(app, ["score", str(pred), str(truth)])
     assert result.exit_code == 1 and "no prediction for 1 guid(s)" in result.output and "g999" in result.output
+
+
+def test_too_few_rows_for_a_validation_split_is_a_one_line_error(tmp_path):
+    text, image, y, names = synthetic_features("text", n=12)
+    small = write_feature_cache(tmp_path / "small.h5", text[:8], image[:8], np.array([0, 0, 1, 1, 2, 2, 0, 1]))
+    result = runner.invoke(app, ["train-head", str(small), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "too few for a stratified 0.2 validation split" in result.output
+
+
+def test_predict_names_rows_skipped_at_extraction(course_dir, extract_args, tmp_path):
+    out = tmp_path / "train.h5"
+    assert runner.invoke(app, extract_args(course_dir, out, "--on-error", "skip")).exit_code == 0
+    run = tmp_path / "run"
+    assert runner.invoke(app, ["train-head", str(out), "--fusion", "logreg", "--val-split", "0",
+                               "--out", str(run)]).exit_code == 0
+    result = runner.invoke(app, ["predict", str(run), str(out), "--out", str(tmp_path / "p.txt")])
+    assert result.exit_code == 0
+    assert "1 row(s)" in result.output and "107 (image unreadable" in result.output
+    assert len((tmp_path / "p.txt").read_text().splitlines()) == 12  # header + the 11 usable rows
