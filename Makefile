@@ -29,7 +29,7 @@ install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backb
 test: install ## run the test suite (tiny local models, no downloads)
 	$(BIN)/python -m pytest -q
 
-demo: install ## synthetic data set -> offline pretrained features -> every head -> test predictions
+demo: install ## synthetic data -> offline pretrained features -> every head -> grid + ensemble -> scored predictions
 	$(BIN)/mmfuse demo-data $(DEMO)/data
 	$(BIN)/mmfuse extract $(DEMO)/data --split train --out $(DEMO)/features/train.h5 $(OFFLINE)
 	$(BIN)/mmfuse extract $(DEMO)/data --split test --out $(DEMO)/features/test.h5 $(OFFLINE)
@@ -40,6 +40,11 @@ demo: install ## synthetic data set -> offline pretrained features -> every head
 	$(BIN)/mmfuse compare $(addprefix $(DEMO)/runs/,$(HEADS))
 	$(BIN)/mmfuse predict $(DEMO)/runs/weighted $(DEMO)/features/test.h5 --out $(DEMO)/predictions.txt
 	$(BIN)/mmfuse score $(DEMO)/predictions.txt $(DEMO)/data/test_labels.txt
+	$(BIN)/mmfuse grid $(DEMO)/features/train.h5 --folds 3 --out $(DEMO)/grid --no-progress
+	@cat $(DEMO)/grid/summary.md
+	$(BIN)/mmfuse ensemble $(DEMO)/grid --top 5 --out $(DEMO)/runs/ensemble
+	$(BIN)/mmfuse predict $(DEMO)/runs/ensemble $(DEMO)/features/test.h5 --out $(DEMO)/predictions-ensemble.txt
+	$(BIN)/mmfuse score $(DEMO)/predictions-ensemble.txt $(DEMO)/data/test_labels.txt
 
 extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 (TEXT_MODEL=, IMAGE_MODEL=)
 	@test -n "$(DATA)" || { echo "usage: make extract DATA=path/to/folder [TEXT_MODEL=...] [IMAGE_MODEL=...]"; exit 2; }

@@ -351,7 +351,7 @@ def _varied(rows: list[dict]) -> list[str]:
 
 def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "") -> Path:
     axes = _varied(rows) or ["fusion"]
-    lines = [f"# Grid {out.name}: {len(rows)} configurations, {folds}-fold stratified CV\n",
+    lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV\n",
              f"| rank | {' | '.join(axes)} | macro-F1 | accuracy | weighted-F1 | balanced acc. | s/fit |",
              "|---:|" + "---|" * len(axes) + "---:|---:|---:|---:|---:|"]
     for i, r in enumerate(rows[:top], 1):

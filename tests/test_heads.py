@@ -42,10 +42,8 @@ def test_module_shape_finite_and_every_parameter_gets_a_gradient(name):
     assert uses  # unimodal heads hold only their modality's parameters, all of which are used
 
 
-@pytest.mark.parametrize("name", list_heads())
+@pytest.mark.parametrize("name", [h for h in list_heads() if h != "image"])  # image: blind to it, see below
 def test_every_head_learns_a_signal_in_the_text(caches, name):
-    if name == "image":
-        pytest.skip("the image head cannot see a text-only signal (checked below)")
     _, m = train_head(caches["text"], HeadConfig(fusion=name, **FAST), val_split=0.25)
     assert m["validation"]["accuracy"] > 0.85, m["validation"]
 
