@@ -52,3 +52,17 @@ def test_missing_folder_and_bad_header(tmp_path):
     (tmp_path / "train.txt").write_text("id,label\n1,positive\n")
     with pytest.raises(DataError, match="header 'guid,tag'"):
         read_course(tmp_path, "train")
+
+
+def test_demo_data_is_a_readable_course_folder(tmp_path):
+    from typer.testing import CliRunner
+
+    from mmfuse.cli import app
+
+    result = CliRunner().invoke(app, ["demo-data", str(tmp_path / "demo"), "--n-train", "50", "--n-test", "10"])
+    assert result.exit_code == 0, result.output
+    train, test = read_course(tmp_path / "demo", "train"), read_course(tmp_path / "demo", "test")
+    assert len(train.records) == 50 and len(test.records) == 10 and not train.errors
+    assert {r.labels[0] for r in train.records} == {"positive", "neutral", "negative"}
+    assert train.encodings["gb18030"] == 2  # every 25th text, as in the course data
+    assert (tmp_path / "demo" / "test_labels.txt").read_text().count("\n") == 11

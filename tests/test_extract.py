@@ -61,6 +61,7 @@ def test_corrupt_image_is_an_error_naming_guid_and_path(course_dir, extract_args
     assert "Traceback" not in result.output
     with pytest.raises(CacheError, match="incomplete"):  # what was written never reads as complete
         FeatureCache(out)
+    assert "INCOMPLETE: re-run the extract command to resume" in invoke(["info", str(out)]).output
     # the suggested fix resumes the same cache and records the skipped row
     result = invoke(extract_args(course_dir, out, "--on-error", "skip"))
     assert result.exit_code == 0, result.output
