@@ -14,6 +14,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 from PIL import Image
 
@@ -120,21 +121,9 @@ def read_course(root: str | Path, split: str = "train",
     split_file = root / SPLIT_FILES[split]
     if not split_file.is_file():
         raise DataError(f"split file not found: {split_file}")
-    try:
-        rows = list(csv.reader(io.StringIO(split_file.read_text(encoding="utf-8-sig"))))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{split_file} is not UTF-8 text: {e}") from None
-    if not rows or [c.strip().lower() for c in rows[0]] != ["guid", "tag"]:
-        raise DataError(f"{split_file}: first line must be the header 'guid,tag', got {rows[:1]}")
-
     records, seen, encodings = [], {}, Counter()
-    for lineno, row in enumerate(rows[1:], start=2):
-        if not row or all(not c.strip() for c in row):
-            continue  # a blank line is no record
+    for lineno, guid, tag in guid_tag_rows(split_file):
         source = f"{split_file.name}:{lineno}"
-        if len(row) != 2:
-            raise DataError(f"{split_file} line {lineno}: expected 'guid,tag', got {','.join(row)!r}")
-        guid, tag = row[0].strip(), row[1].strip().lower()
         text_path, image_path = root / "data" / f"{guid}.txt", root / "data" / f"{guid}.jpg"
         error, text, enc = None, "", "utf-8"
         if tag == UNLABELLED_TAG:
@@ -160,27 +149,32 @@ def read_course(root: str | Path, split: str = "train",
     return DataSet(root, split, split_file, records, COURSE_TAGS, False, encodings)
 
 
-def read_tags(path: str | Path) -> dict[str, str]:
-    """A ``guid,tag`` file (predictions or labels) as {guid: tag}; duplicate guids are an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
+def guid_tag_rows(path: Path) -> Iterator[tuple[int, str, str]]:
+    """(line number, guid, lower-case tag) of each row of a ``guid,tag`` file; blank lines skipped."""
     try:
         rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text: {e}") from None
     if not rows or [c.strip().lower() for c in rows[0]] != ["guid", "tag"]:
-        raise DataError(f"{path}: first line must be the header 'guid,tag'")
-    tags: dict[str, str] = {}
+        raise DataError(f"{path}: first line must be the header 'guid,tag', got {rows[:1]}")
     for lineno, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
+        if not row or all(not c.strip() for c in row):
+            continue  # a blank line is no record
         if len(row) != 2:
             raise DataError(f"{path} line {lineno}: expected 'guid,tag', got {','.join(row)!r}")
-        guid = row[0].strip()
+        yield lineno, row[0].strip(), row[1].strip().lower()
+
+
+def read_tags(path: str | Path) -> dict[str, str]:
+    """A ``guid,tag`` file (predictions or labels) as {guid: tag}; duplicate guids are an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    tags: dict[str, str] = {}
+    for lineno, guid, tag in guid_tag_rows(path):
         if guid in tags:
             raise DataError(f"{path} line {lineno}: duplicate guid {guid}")
-        tags[guid] = row[1].strip().lower()
+        tags[guid] = tag
     return tags
 
 
