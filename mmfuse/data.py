@@ -176,8 +176,3 @@ def read_tags(path: str | Path) -> dict[str, str]:
             raise DataError(f"{path} line {lineno}: duplicate guid {guid}")
         tags[guid] = tag
     return tags
-
-
-def available_splits(root: str | Path) -> list[str]:
-    """The splits a course-format folder has, in the order train, test."""
-    return [s for s, name in SPLIT_FILES.items() if (Path(root) / name).is_file()]
