@@ -10,7 +10,10 @@ from typing import Optional
 import typer
 
 from .errors import MmfuseError
+from .extract import STORE_DTYPES
+from .extract.common import PRECISIONS
 from .heads import HeadConfig
+from .heads.config import CLASS_WEIGHTS, LOSSES, TEXT_FEATURES
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -26,20 +29,18 @@ def user_errors():
         raise typer.Exit(1) from None
 
 
-class OnError(str, Enum):
-    raise_ = "raise"
-    skip = "skip"
+def choices(name: str, values) -> type[Enum]:
+    """A str Enum of the library's own allowed values, so the CLI's choices cannot drift from them."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-
-
-class StoreDtype(str, Enum):
-    float32 = "float32"
-    float16 = "float16"
+OnError = choices("OnError", ("raise", "skip"))
+Precision = choices("Precision", PRECISIONS)
+StoreDtype = choices("StoreDtype", STORE_DTYPES)
+Loss = choices("Loss", LOSSES)
+ClassWeight = choices("ClassWeight", CLASS_WEIGHTS)
+TextFeature = choices("TextFeature", TEXT_FEATURES)
+Zero = choices("Zero", ("text", "image"))
 
 
 @app.command()
@@ -54,13 +55,13 @@ def extract(
                                    "CPU, 64 on CUDA]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     max_length: int = typer.Option(128, help="Max tokens per text."),
-    precision: Precision = typer.Option(Precision.fp32, help="Autocast the backbones (bf16 works on CPU too)."),
-    store_dtype: StoreDtype = typer.Option(StoreDtype.float32, help="dtype of the stored features."),
+    precision: Precision = typer.Option(Precision("fp32"), help="Autocast the backbones (bf16 works on CPU too)."),
+    store_dtype: StoreDtype = typer.Option(StoreDtype("float32"), help="dtype of the stored features."),
     num_workers: int = typer.Option(-1, help="Image decode processes [default: cores // 4 on CPU, "
                                     "min(8, cores) with CUDA]."),
     optimize: bool = typer.Option(True, help="CPU fp32: run the image model through TorchScript's "
                                   "optimize_for_inference (verified against eager)."),
-    on_error: OnError = typer.Option(OnError.raise_, help="raise: stop at a bad record; skip: record and skip it."),
+    on_error: OnError = typer.Option(OnError("raise"), help="raise: stop at a bad record; skip: record and skip it."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache of another configuration."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
@@ -104,26 +105,6 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
                f"versions {json.dumps(p['versions'])}")
     for guid, reason in cache.skipped:
         typer.echo(f"skipped guid {guid}: {reason}")
-
-
-class Loss(str, Enum):
-    ce = "ce"
-    hinge = "hinge"
-
-
-class ClassWeight(str, Enum):
-    none = "none"
-    balanced = "balanced"
-
-
-class TextFeature(str, Enum):
-    cls = "cls"
-    mean = "mean"
-
-
-class Zero(str, Enum):
-    text = "text"
-    image = "image"
 
 
 D = HeadConfig()  # the CLI's defaults are the config's defaults
