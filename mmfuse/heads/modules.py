@@ -51,28 +51,27 @@ class ConcatHead(FusionModule):
         return self.net(torch.cat([text, image], dim=1))  # (B, Dt + Di) -> (B, C)
 
 
-@register_head("text")
-class TextHead(FusionModule):
-    """Text features only (ablation)."""
+class UnimodalHead(FusionModule):
+    """One modality's features only, through an MLP (ablations); the other input is ignored."""
+
+    modality = "text"
 
     def __init__(self, text_dim, image_dim, n_out, cfg):
         super().__init__()
-        self.net = mlp(text_dim, cfg.hidden, n_out, cfg.dropout)
+        self.net = mlp(text_dim if self.modality == "text" else image_dim, cfg.hidden, n_out, cfg.dropout)
 
     def forward(self, text, image):
-        return self.net(text)
+        return self.net(text if self.modality == "text" else image)
+
+
+@register_head("text")
+class TextHead(UnimodalHead):
+    modality = "text"
 
 
 @register_head("image")
-class ImageHead(FusionModule):
-    """Image features only (ablation)."""
-
-    def __init__(self, text_dim, image_dim, n_out, cfg):
-        super().__init__()
-        self.net = mlp(image_dim, cfg.hidden, n_out, cfg.dropout)
-
-    def forward(self, text, image):
-        return self.net(image)
+class ImageHead(UnimodalHead):
+    modality = "image"
 
 
 @register_head("weighted")
