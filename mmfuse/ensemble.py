@@ -60,11 +60,16 @@ class StackedEnsemble:
         self.classes_ = np.arange(len(self.label_names_))
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
-        probas, X = [], None
+        cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
+        sets: dict[str, FeatureSet] = {}  # features read once per text vector, not once per member
+        probas = []
         for head in self.members:
-            Xm, p = head.predict_cache(cache, zero)
-            X = X or Xm
-            probas.append(p)
+            tf = head.config.text_feature
+            if tf not in sets:
+                sets[tf] = FeatureSet.from_cache(cache, tf)
+            X = sets[tf]
+            head.check_compatible(X)
+            probas.append(head.predict_proba(X, zero))
         return X, self.meta_.predict_proba(_meta_features(probas))
 
     @classmethod
