@@ -15,3 +15,7 @@ class BackboneError(MmfuseError):
 
 class CacheError(MmfuseError):
     """A feature cache is missing, incomplete or was built with another configuration."""
+
+
+class InputError(MmfuseError, ValueError):
+    """Arrays given to an estimator have the wrong shape, values or labels (a ValueError, as in scikit-learn)."""

@@ -1,24 +1,31 @@
-"""``Head``: a scikit-learn style estimator around any registered fusion module (or logreg).
+"""``Head``: a scikit-learn estimator around any registered fusion module (or logreg).
 
-``__init__`` only stores the config; ``fit`` validates, standardises with training statistics,
-trains and returns ``self``; learned state ends in ``_``; ``predict`` / ``predict_proba``;
-``save`` / ``load`` a run folder.
+Its parameters are :class:`HeadConfig`'s fields (``get_params`` / ``set_params`` / ``clone`` work);
+``__init__`` only stores them; ``fit`` validates, standardises with training statistics, trains and
+returns ``self``; learned state ends in ``_``; ``predict`` / ``predict_proba``; ``save`` / ``load``
+a run folder. ``X`` is a :class:`FeatureSet` (which scikit-learn can index by rows, so
+``cross_val_score(Head(), X, X.y)`` works) or a ``(text, image)`` pair of arrays.
 """
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import math
-import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, column_or_1d
 
-from ..cache import FeatureCache
-from ..errors import CacheError, MmfuseError
+from ..cache import FeatureCache, feature_mismatch
+from ..errors import CacheError, InputError, MmfuseError
 from ..metrics import macro_f1
 from .config import HeadConfig
 from .registry import create_head, get_head_class, register_head
@@ -28,7 +35,11 @@ IMAGE_FEATURE = "image/pooled"
 
 @dataclass
 class FeatureSet:
-    """The in-memory features a head reads: text (N, Dt), image (N, Di), labels (N,) or None."""
+    """The in-memory features a head reads: text (N, Dt), image (N, Di), labels (N,) or None.
+
+    Row-indexable like an array (``shape``, ``X[rows]``), so scikit-learn's splitters and
+    ``cross_val_score`` / ``GridSearchCV`` can pass subsets of it to a :class:`Head`.
+    """
 
     text: np.ndarray
     image: np.ndarray
@@ -50,17 +61,30 @@ class FeatureSet:
     def __len__(self) -> int:
         return len(self.guids)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.guids), self.text.shape[1] + self.image.shape[1]
+
+    def __getitem__(self, rows) -> "FeatureSet":
+        if isinstance(rows, tuple):  # scikit-learn indexes rows as X[rows, ...]
+            rows = rows[0]
+        idx = np.arange(len(self))[rows]
+        return self.subset(np.atleast_1d(idx))
+
     def subset(self, idx: np.ndarray) -> "FeatureSet":
         return FeatureSet(self.text[idx], self.image[idx], None if self.y is None else self.y[idx],
                           [self.guids[i] for i in idx], self.label_names, self.provenance, self.source)
 
 
 def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
-    """Inverse class frequency, normalised to mean 1 over present classes (``balanced``), else None."""
+    """scikit-learn's ``balanced`` weights (n_rows / (n_present_classes * class count)) for the classes
+    present in ``y``; 0 for a class absent from it. ``none``: None."""
     if mode == "none":
         return None
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    return np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0)
+    present = np.unique(y)
+    w = np.zeros(n_classes)
+    w[present] = compute_class_weight("balanced", classes=present, y=y)
+    return w
 
 
 def loss_fn(cfg: HeadConfig, weight: torch.Tensor | None):
@@ -69,51 +93,50 @@ def loss_fn(cfg: HeadConfig, weight: torch.Tensor | None):
     return lambda logits, y: F.cross_entropy(logits, y, weight=weight, label_smoothing=cfg.label_smoothing)
 
 
-def lr_lambda(total: int, warmup: int):
-    """Linear warm-up to 1, then cosine decay to 0."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    return f
+def warmup_cosine(opt, total: int, warmup: int):
+    """Linear warm-up to the peak learning rate over ``warmup`` steps, then cosine decay to 0."""
+    S = torch.optim.lr_scheduler
+    return S.SequentialLR(opt, [S.LinearLR(opt, 1 / warmup, 1.0, warmup - 1),
+                                S.CosineAnnealingLR(opt, max(1, total - warmup), 0.0)], [warmup])
 
 
 def autocast(cfg: HeadConfig):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
-def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight):
+def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tuple[int, int] | None = None):
     """Train ``module`` on standardised tensors; early-stop on validation macro-F1; restore the best.
 
-    ``val`` is (Xt, Xi, y) or None. Returns (history, best_epoch).
+    ``val`` is (Xt, Xi, y) or None. ``schedule`` = (steps of the cosine schedule, step to stop at)
+    replaces cfg.epochs' (a refit repeating a CV fit's schedule on more rows). Returns (history, best_epoch).
     """
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    steps = cfg.epochs * math.ceil(len(y) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, max(1, int(cfg.warmup * steps))))
+    per_epoch = math.ceil(len(y) / cfg.batch_size)
+    total, stop = schedule or (cfg.epochs * per_epoch,) * 2
+    sched = warmup_cosine(opt, total, max(1, int(cfg.warmup * total)))
     criterion = loss_fn(cfg, weight)
-    history, best, best_state, best_epoch = [], -1.0, None, 0
-    for epoch in range(1, cfg.epochs + 1):
+    history, best, best_state, best_epoch, step = [], -1.0, None, 0, 0
+    for epoch in range(1, math.ceil(stop / per_epoch) + 1):
         module.train()
-        perm, total = torch.randperm(len(y), generator=g), 0.0
-        for start in range(0, len(y), cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
+        perm, loss_sum, seen = torch.randperm(len(y), generator=g), 0.0, 0
+        for idx in perm[:(stop - step) * cfg.batch_size].split(cfg.batch_size):
             with autocast(cfg):  # entered per step: autocast caches its weight casts until exit
-                loss = criterion(module(Xt[idx], Xi[idx]).float(), y[idx])
-                aux = module.auxiliary_loss()
-            if aux is not None:
-                loss = loss + cfg.align_weight * aux.float()
+                out = module(Xt[idx], Xi[idx])
+                loss = criterion(out.logits.float(), y[idx])
+            if out.aux is not None:
+                loss = loss + cfg.align_weight * out.aux.float()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip)
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
-        row = {"epoch": epoch, "train_loss": total / len(y), "lr": sched.get_last_lr()[0]}
+            step, loss_sum, seen = step + 1, loss_sum + loss.item() * len(idx), seen + len(idx)
+        row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "lr": sched.get_last_lr()[0]}
         if val is not None:
             module.eval()
             with torch.no_grad(), autocast(cfg):
-                logits = module(val[0], val[1]).float()
+                logits = module(val[0], val[1]).logits.float()
             pred = logits.argmax(1).numpy()
             row.update(val_loss=criterion(logits, val[2]).item(), val_accuracy=float((pred == val[2].numpy()).mean()),
                        val_macro_f1=macro_f1(val[2].numpy(), pred, logits.shape[1]))
@@ -129,51 +152,123 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight):
     return history, best_epoch or len(history)
 
 
-class Head:
-    """Estimator over cached features. ``Head(HeadConfig(fusion="weighted")).fit(train, val)``."""
+PARAMS = [f.name for f in fields(HeadConfig)]
 
-    def __init__(self, config: HeadConfig | None = None):
-        self.config = config or HeadConfig()
+
+class Head(ClassifierMixin, BaseEstimator):
+    """Estimator over cached features: ``Head(fusion="weighted").fit(train, val=valid)``, or
+    ``Head(HeadConfig(...))``. Its scikit-learn parameters are HeadConfig's fields."""
+
+    def __init__(self, config: HeadConfig | None = None, **params):
+        base = config or HeadConfig()
+        unknown = set(params) - set(PARAMS)
+        if unknown:
+            raise TypeError(f"Head got unknown parameters {sorted(unknown)}; its parameters are {PARAMS}")
+        for name in PARAMS:
+            setattr(self, name, params.get(name, getattr(base, name)))
+
+    @property
+    def config(self) -> HeadConfig:
+        """The parameters as a (validated) HeadConfig."""
+        return HeadConfig(**{name: getattr(self, name) for name in PARAMS})
+
+    # --- inputs ----------------------------------------------------------------------------------
+    @staticmethod
+    def _as_features(X, y=None) -> FeatureSet:
+        """A FeatureSet from a FeatureSet or a (text, image) pair; ``y`` overrides its labels."""
+        if isinstance(X, FeatureSet):
+            fs = X
+        elif isinstance(X, (tuple, list)) and len(X) == 2:
+            if any(np.iscomplexobj(a) for a in X):
+                raise InputError("complex features are not supported")
+            text, image = (np.asarray(a, np.float32) for a in X)
+            if text.ndim != 2 or image.ndim != 2 or len(text) != len(image):
+                raise InputError(f"X must be (text (N, Dt), image (N, Di)), got shapes {text.shape}, {image.shape}")
+            fs = FeatureSet(text, image, None, [str(i) for i in range(len(text))], ())
+        else:
+            raise InputError(f"X must be a FeatureSet or a (text, image) pair of arrays, not {type(X).__name__}")
+        if y is not None:
+            y = column_or_1d(y, warn=True)
+            if len(y) != len(fs):
+                raise InputError(f"X has {len(fs)} rows but y has {len(y)} labels")
+            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source)
+        for name, a in (("text", fs.text), ("image", fs.image)):
+            if not np.all(np.isfinite(a)):
+                raise InputError(f"{fs.source or 'X'}: {name} features hold NaN or infinite values")
+        return fs
 
     # --- fitting -------------------------------------------------------------------------------
     def _standardise(self, X: FeatureSet):
-        t = (X.text - self.text_mean_) / self.text_std_
-        i = (X.image - self.image_mean_) / self.image_std_
-        return torch.from_numpy(t.astype(np.float32)), torch.from_numpy(i.astype(np.float32))
+        check_is_fitted(self, "model_")
+        dims = {"text": X.text.shape[1], "image": X.image.shape[1]}
+        if dims != self.dims_:
+            raise InputError(f"X has {sum(dims.values())} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input (text, image: {dims} vs {self.dims_}"
+                             f"{', ' + X.source if X.source else ''})")
+        t = self.text_scaler_.transform(X.text).astype(np.float32)
+        i = self.image_scaler_.transform(X.image).astype(np.float32)
+        return torch.from_numpy(t), torch.from_numpy(i)
 
-    def fit(self, train: FeatureSet, val: FeatureSet | None = None) -> "Head":
+    def _encode(self, fs: FeatureSet) -> np.ndarray:
+        """Labels as class indices 0..C-1 (a FeatureSet's are already; other labels are mapped)."""
+        if fs.label_names:
+            return fs.y.astype(np.int64)
+        index = {c: k for k, c in enumerate(self.classes_)}
+        unknown = set(np.unique(fs.y)) - set(index)
+        if unknown:
+            raise InputError(f"validation labels {sorted(unknown)} are not among the training classes")
+        return np.array([index[v] for v in fs.y], np.int64)
+
+    def fit(self, X, y=None, *, val=None, schedule: tuple[int, int] | None = None) -> "Head":
+        """Fit on ``X`` (labels from ``y`` or the FeatureSet); early-stop on ``val`` when given.
+        ``schedule``: (steps of the cosine schedule, step to stop at), see :func:`train_module`."""
         cfg = self.config
+        train = self._as_features(X, y)
         if train.y is None:
-            raise MmfuseError(f"cannot train on {train.source or 'these features'}: it has unlabelled rows")
+            raise InputError(f"cannot train on {train.source}: it has unlabelled rows" if train.source else
+                             "Head requires y to be passed, but the target y is None")
+        if not train.text.shape[1] or not train.image.shape[1]:
+            raise InputError(f"a head needs at least 1 feature(s) per modality, got {train.text.shape[1]} text "
+                             f"and {train.image.shape[1]} image")
+        check_classification_targets(train.y)
         if len(np.unique(train.y)) < 2:
-            raise MmfuseError("training data holds fewer than two classes")
-        if val is not None and val.y is None:
-            raise MmfuseError(f"validation features {val.source} are unlabelled")
-        self.label_names_ = tuple(train.label_names)
-        self.classes_ = np.arange(len(self.label_names_))
-        self.text_mean_, self.text_std_ = train.text.mean(0), train.text.std(0) + 1e-6
-        self.image_mean_, self.image_std_ = train.image.mean(0), train.image.std(0) + 1e-6
+            raise InputError(f"training data holds {len(np.unique(train.y))} class: need at least two")
+        if train.label_names:
+            self.label_names_ = tuple(train.label_names)
+            self.classes_ = np.arange(len(self.label_names_))
+        else:
+            self.classes_ = np.unique(train.y)
+            self.label_names_ = tuple(str(c) for c in self.classes_)
+        y_idx = self._encode(train)
+        valid = None if val is None else self._as_features(val)
+        if valid is not None and valid.y is None:
+            raise MmfuseError(f"validation features {valid.source} are unlabelled")
+        self.text_scaler_ = StandardScaler().fit(train.text)
+        self.image_scaler_ = StandardScaler().fit(train.image)
         self.dims_ = {"text": train.text.shape[1], "image": train.image.shape[1]}
+        self.n_features_in_ = sum(self.dims_.values())
         self.provenance_ = train.provenance
-        torch.manual_seed(cfg.seed)
-        weight = class_weights(train.y, len(self.classes_), cfg.class_weight)
-        cls = get_head_class(cfg.fusion)
-        if getattr(cls, "kind", "module") == "sklearn":
-            self.model_ = cls(cfg, weight, len(self.classes_)).fit(*self._standardise(train), train.y)
-            self.history_, self.best_epoch_ = [], 0
-            return self
-        self.model_ = create_head(cfg.fusion, self.dims_["text"], self.dims_["image"], len(self.classes_), cfg)
-        Xt, Xi = self._standardise(train)
-        vt = (*self._standardise(val), torch.from_numpy(val.y)) if val is not None else None
-        w = None if weight is None else torch.tensor(weight, dtype=torch.float32)
-        self.history_, self.best_epoch_ = train_module(self.model_, Xt, Xi, torch.from_numpy(train.y), vt, cfg, w)
+        weight = class_weights(y_idx, len(self.classes_), cfg.class_weight)
+        # nn.Module init and dropout draw from torch's global generator: seed it inside fork_rng, so the
+        # fit is reproducible and the caller's random state is left as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model_ = create_head(cfg.fusion, self.dims_["text"], self.dims_["image"], len(self.classes_), cfg)
+            if getattr(self.model_, "kind", "module") == "sklearn":
+                self.model_.fit(*self._standardise(train), y_idx, weight)
+                self.history_, self.best_epoch_ = [], 0
+                return self
+            vt = None if valid is None else (*self._standardise(valid), torch.from_numpy(self._encode(valid)))
+            w = None if weight is None else torch.tensor(weight, dtype=torch.float32)
+            self.history_, self.best_epoch_ = train_module(self.model_, *self._standardise(train),
+                                                           torch.from_numpy(y_idx), vt, cfg, w, schedule)
         return self
 
     # --- using -----------------------------------------------------------------------------------
-    def decision_function(self, X: FeatureSet, zero: str | None = None) -> np.ndarray:
+    def logits(self, X, zero: str | None = None) -> np.ndarray:
         """Logits (N, C). ``zero="text"|"image"`` sets that modality's standardised features to 0
         (the training mean), the ablation of a fused head without that modality."""
-        t, i = self._standardise(X)
+        t, i = self._standardise(self._as_features(X))
         if zero == "text":
             t = torch.zeros_like(t)
         elif zero == "image":
@@ -183,14 +278,21 @@ class Head:
         if getattr(self.model_, "kind", "module") == "sklearn":
             return self.model_.decision_function(t, i)
         with torch.no_grad():
-            return self.model_(t, i).numpy()
+            return self.model_(t, i).logits.numpy()
 
-    def predict_proba(self, X: FeatureSet, zero: str | None = None) -> np.ndarray:
-        """Class probabilities (N, C): softmax of the logits (for hinge: of the SVM scores)."""
-        return torch.from_numpy(self.decision_function(X, zero)).softmax(1).numpy()
+    def decision_function(self, X) -> np.ndarray:
+        """scikit-learn's convention: (N, C) logits, or (N,) for two classes (logit of class 1 - class 0)."""
+        z = self.logits(X)
+        return z[:, 1] - z[:, 0] if z.shape[1] == 2 else z
 
-    def predict(self, X: FeatureSet, zero: str | None = None) -> np.ndarray:
-        return self.decision_function(X, zero).argmax(1)
+    def predict_proba(self, X, zero: str | None = None) -> np.ndarray:
+        """Class probabilities (N, C): the softmax of the logits. With ``loss="hinge"`` that is a
+        softmax of the SVM margins: it ranks the classes but is not a calibrated probability."""
+        return torch.from_numpy(self.logits(X, zero)).softmax(1).numpy()
+
+    def predict(self, X, zero: str | None = None) -> np.ndarray:
+        scores = self.logits(X, zero)
+        return self.classes_[scores.argmax(1)]
 
     def modality_weights(self) -> dict[str, float] | None:
         fn = getattr(self.model_, "modality_weights", None)
@@ -201,13 +303,13 @@ class Head:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.to_json(folder / "config.json")
-        np.savez(folder / "scaler.npz", text_mean=self.text_mean_, text_std=self.text_std_,
-                 image_mean=self.image_mean_, image_std=self.image_std_)
+        np.savez(folder / "scaler.npz", text_mean=self.text_scaler_.mean_, text_std=self.text_scaler_.scale_,
+                 image_mean=self.image_scaler_.mean_, image_std=self.image_scaler_.scale_)
         meta = {"label_names": list(self.label_names_), "dims": self.dims_, "best_epoch": self.best_epoch_,
                 "modality_weights": self.modality_weights(), "provenance": self.provenance_}
         (folder / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
         if getattr(self.model_, "kind", "module") == "sklearn":
-            (folder / "model.pkl").write_bytes(pickle.dumps(self.model_))
+            self.model_.save(folder)
         else:
             torch.save(self.model_.state_dict(), folder / "model.pt")
         return folder
@@ -216,7 +318,7 @@ class Head:
     def load(cls, folder: str | Path) -> "Head":
         folder = Path(folder)
         missing = [n for n in ("config.json", "head.json", "scaler.npz") if not (folder / n).is_file()]
-        if not (folder / "model.pt").is_file() and not (folder / "model.pkl").is_file():
+        if not (folder / "model.pt").is_file() and not (folder / "logreg.npz").is_file():
             missing.append("model.pt")
         if missing:
             raise MmfuseError(f"{folder} is not a complete head run folder ({', '.join(missing)} missing): "
@@ -227,20 +329,20 @@ class Head:
         head.classes_ = np.arange(len(head.label_names_))
         head.dims_, head.best_epoch_, head.provenance_ = meta["dims"], meta["best_epoch"], meta["provenance"]
         s = np.load(folder / "scaler.npz")
-        head.text_mean_, head.text_std_ = s["text_mean"], s["text_std"]
-        head.image_mean_, head.image_std_ = s["image_mean"], s["image_std"]
-        if (folder / "model.pkl").is_file():
-            head.model_ = pickle.loads((folder / "model.pkl").read_bytes())
+        head.text_scaler_ = _scaler(s["text_mean"], s["text_std"])
+        head.image_scaler_ = _scaler(s["image_mean"], s["image_std"])
+        head.model_ = create_head(head.config.fusion, head.dims_["text"], head.dims_["image"],
+                                  len(head.classes_), head.config)
+        if getattr(head.model_, "kind", "module") == "sklearn":
+            head.model_.load(folder)
         else:
-            head.model_ = create_head(head.config.fusion, head.dims_["text"], head.dims_["image"],
-                                      len(head.classes_), head.config)
             head.model_.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
             head.model_.eval()
         head.history_ = []
         return head
 
     def check_compatible(self, X: FeatureSet) -> None:
-        """Refuse features from other backbones than the head was trained on."""
+        """Refuse features extracted otherwise than the head's training features."""
         check_compatible(self.provenance_, self.dims_, self.label_names_, X)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
@@ -250,44 +352,49 @@ class Head:
         return X, self.predict_proba(X, zero)
 
 
+# the signature scikit-learn reads (get_params, clone, repr): HeadConfig's fields with their defaults;
+# Head(config) is a shorthand that copies a HeadConfig's fields
+Head.__init__.__signature__ = inspect.Signature(
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in fields(HeadConfig)])
+
+
+def _scaler(mean: np.ndarray, scale: np.ndarray) -> StandardScaler:
+    s = StandardScaler()
+    s.mean_, s.scale_, s.var_ = mean, scale, scale ** 2
+    s.n_features_in_, s.n_samples_seen_ = len(mean), 0
+    return s
+
+
 def check_compatible(provenance: dict | None, dims: dict, label_names, X: FeatureSet) -> None:
-    """Raise CacheError when X was extracted with other models, weights, dims or labels."""
-    a, b = provenance or {}, X.provenance or {}
-    problems = []
-
-    def ident(prov: dict, mod: str, key: str):
-        value = prov.get(mod, {}).get(key)
-        if isinstance(value, dict):  # a weights file: its content, not where it lies
-            return value.get("sha256") or value.get("name")
-        return value
-
-    for mod, keys in (("text", ("model", "weights_sha256", "revision")), ("image", ("model", "weights"))):
-        for k in keys:
-            if ident(a, mod, k) != ident(b, mod, k):
-                problems.append(f"{mod} {k}: head {ident(a, mod, k)!r} vs cache {ident(b, mod, k)!r}")
+    """Raise CacheError naming the field where X's feature identity differs from the training cache's
+    (models, weights, pooling, max length, preprocessing, precision, store dtype, library versions),
+    or its dims or labels differ."""
+    problems = feature_mismatch(provenance or {}, X.provenance or {})
     x_dims = {"text": X.text.shape[1], "image": X.image.shape[1]}
     if x_dims != dims:
-        problems.append(f"feature dims: head {dims} vs cache {x_dims}")
+        problems.append(f"feature dims: {dims} vs {x_dims}")
     if tuple(X.label_names) != tuple(label_names):
-        problems.append(f"labels: head {tuple(label_names)} vs cache {tuple(X.label_names)}")
+        problems.append(f"labels: {tuple(label_names)} vs {tuple(X.label_names)}")
     if problems:
-        raise CacheError(f"{X.source} was not extracted like the head's training features ("
-                         + "; ".join(problems[:3]) + "): extract it with the same models and weights")
+        raise CacheError(f"{X.source} was not extracted like the head's training features (head vs cache: "
+                         + "; ".join(problems[:3]) + "): extract it with the same options")
 
 
 @register_head("logreg")
 class LogRegHead:
-    """scikit-learn LogisticRegression on the standardised [text; image] features."""
+    """scikit-learn LogisticRegression on the standardised [text; image] features. Saved as plain arrays
+    (``logreg.npz``), never pickled."""
 
     kind = "sklearn"
 
-    def __init__(self, cfg: HeadConfig, weight: np.ndarray | None, n_classes: int):
-        self.cfg, self.weight, self.n_classes = cfg, weight, n_classes
+    def __init__(self, text_dim: int, image_dim: int, n_out: int, cfg: HeadConfig):
+        self.cfg, self.n_classes = cfg, n_out
 
-    def fit(self, t: torch.Tensor, i: torch.Tensor, y: np.ndarray) -> "LogRegHead":
+    def fit(self, t: torch.Tensor, i: torch.Tensor, y: np.ndarray, weight: np.ndarray | None) -> "LogRegHead":
         from sklearn.linear_model import LogisticRegression
 
-        cw = None if self.weight is None else {k: float(w) for k, w in enumerate(self.weight) if w > 0}
+        cw = None if weight is None else {k: float(w) for k, w in enumerate(weight) if w > 0}
         self.model_ = LogisticRegression(C=self.cfg.C, class_weight=cw, max_iter=3000, random_state=self.cfg.seed)
         self.model_.fit(torch.cat([t, i], 1).numpy(), y)
         return self
@@ -298,3 +405,26 @@ class LogRegHead:
         out = np.full((len(logp), self.n_classes), -1e9, np.float32)  # classes absent in training
         out[:, self.model_.classes_] = logp
         return out
+
+    def save(self, folder: Path) -> None:
+        save_linear(self.model_, folder / "logreg.npz")
+
+    def load(self, folder: Path) -> "LogRegHead":
+        self.model_ = load_linear(folder / "logreg.npz")
+        return self
+
+
+def save_linear(model, path: Path) -> None:
+    """A fitted (binary or multinomial) LogisticRegression[CV] as plain arrays: loading it back runs no code."""
+    np.savez(path, coef=model.coef_, intercept=model.intercept_, classes=model.classes_)
+
+
+def load_linear(path: Path):
+    """The LogisticRegression saved by :func:`save_linear`, ready for predict / predict_proba."""
+    from sklearn.linear_model import LogisticRegression
+
+    a = np.load(path, allow_pickle=False)
+    model = LogisticRegression()
+    model.coef_, model.intercept_, model.classes_ = a["coef"], a["intercept"], a["classes"]
+    model.n_features_in_ = a["coef"].shape[1]
+    return model

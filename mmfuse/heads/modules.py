@@ -1,10 +1,13 @@
-"""Fusion modules: each maps (text (B, Dt), image (B, Di)) features to (B, n_out) logits.
+"""Fusion modules: each maps (text (B, Dt), image (B, Di)) features to a :class:`HeadOutput`:
+(B, n_out) logits plus an optional auxiliary loss.
 
 The loss and the task stay outside: the same class trains on cached features, in multi-label
-mode, and on top of the backbones in end-to-end fine-tuning. A module may add an auxiliary
-loss (``auxiliary_loss``), computed from its last training forward pass.
+mode, and on top of the backbones in end-to-end fine-tuning. The auxiliary loss is returned by
+``forward`` itself (not kept on the module), so DDP, torch.compile and gradient accumulation see it.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,11 +35,15 @@ def projection(d_in: int, d_out: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(Dropout(dropout), nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.GELU())
 
 
-class FusionModule(nn.Module):
-    kind = "module"
+class HeadOutput(NamedTuple):
+    logits: torch.Tensor  # (B, C)
+    aux: torch.Tensor | None = None  # a loss to add while training (aligned: InfoNCE), else None
 
-    def auxiliary_loss(self) -> torch.Tensor | None:
-        return None
+
+class FusionModule(nn.Module):
+    """Base of the torch heads; constructed as ``cls(text_dim, image_dim, n_out, cfg)`` like every head."""
+
+    kind = "module"
 
 
 @register_head("concat")
@@ -48,7 +55,7 @@ class ConcatHead(FusionModule):
         self.net = mlp(text_dim + image_dim, cfg.hidden, n_out, cfg.dropout)
 
     def forward(self, text, image):
-        return self.net(torch.cat([text, image], dim=1))  # (B, Dt + Di) -> (B, C)
+        return HeadOutput(self.net(torch.cat([text, image], dim=1)))  # (B, Dt + Di) -> (B, C)
 
 
 class UnimodalHead(FusionModule):
@@ -61,7 +68,7 @@ class UnimodalHead(FusionModule):
         self.net = mlp(text_dim if self.modality == "text" else image_dim, cfg.hidden, n_out, cfg.dropout)
 
     def forward(self, text, image):
-        return self.net(text if self.modality == "text" else image)
+        return HeadOutput(self.net(text if self.modality == "text" else image))
 
 
 @register_head("text")
@@ -92,7 +99,7 @@ class WeightedHead(FusionModule):
     def forward(self, text, image):
         w = self.modality_logits.softmax(0)  # (2,)
         fused = w[0] * self.text_proj(text) + w[1] * self.image_proj(image)  # (B, H)
-        return self.out(fused)
+        return HeadOutput(self.out(fused))
 
 
 @register_head("attention")
@@ -114,7 +121,7 @@ class AttentionHead(FusionModule):
         tokens = tokens + self.modality  # (B, 2, H) + (2, H)
         attended, _ = self.attn(tokens, tokens, tokens, need_weights=False)  # (B, 2, H)
         x = self.norm(tokens + attended)  # (B, 2, H)
-        return self.out(x.mean(dim=1))  # (B, H) -> (B, C)
+        return HeadOutput(self.out(x.mean(dim=1)))  # (B, H) -> (B, C)
 
 
 @register_head("gated")
@@ -134,7 +141,7 @@ class GatedHead(FusionModule):
         t, i = self.text_proj(text), self.image_proj(image)  # (B, H) each
         g = 2 * self.gate(torch.cat([t, i], dim=1)).softmax(dim=1)  # (B, 2), 1 each when even
         fused = torch.cat([g[:, :1] * t, g[:, 1:] * i], dim=1)  # (B, 2H)
-        return self.out(fused)
+        return HeadOutput(self.out(fused))
 
 
 @register_head("aligned")
@@ -148,22 +155,17 @@ class AlignedHead(FusionModule):
         self.image_proj = nn.Sequential(Dropout(cfg.dropout), nn.Linear(image_dim, cfg.hidden))
         self.temperature = cfg.temperature
         self.out = mlp(2 * cfg.hidden, cfg.hidden, n_out, cfg.dropout)
-        self._last: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, text, image):
         t = F.normalize(self.text_proj(text), dim=1)  # (B, H)
         i = F.normalize(self.image_proj(image), dim=1)  # (B, H)
-        self._last = (t, i) if self.training else None
-        return self.out(torch.cat([t, i], dim=1))  # (B, 2H) -> (B, C)
-
-    def auxiliary_loss(self):
-        """Symmetric InfoNCE over the last training batch: pair k of text matches pair k of image."""
-        if self._last is None or len(self._last[0]) < 2:
-            return None
-        t, i = self._last
-        logits = t @ i.T / self.temperature  # (B, B)
+        logits = self.out(torch.cat([t, i], dim=1))  # (B, 2H) -> (B, C)
+        if not self.training or len(t) < 2:
+            return HeadOutput(logits)
+        # symmetric InfoNCE over the batch: pair k of text matches pair k of image
+        sim = t @ i.T / self.temperature  # (B, B)
         target = torch.arange(len(t), device=t.device)
-        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        return HeadOutput(logits, (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2)
 
 
 @register_head("late")
@@ -184,4 +186,4 @@ class LateHead(FusionModule):
     def forward(self, text, image):
         w = torch.sigmoid(self.mix)
         p = w * self.text(text).softmax(dim=1) + (1 - w) * self.image(image).softmax(dim=1)  # (B, C)
-        return torch.log(p.clamp_min(1e-12))
+        return HeadOutput(torch.log(p.clamp_min(1e-12)))

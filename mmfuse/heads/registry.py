@@ -30,5 +30,7 @@ def get_head_class(name: str):
 
 
 def create_head(name: str, text_dim: int, image_dim: int, n_out: int, cfg):
-    """Build the fusion module ``name`` mapping (text, image) features to ``n_out`` logits."""
+    """Build head ``name`` for (text, image) features and ``n_out`` classes. One contract for all: a torch
+    module (``kind="module"``) returning logits, or an estimator (``kind="sklearn"``, logreg) with
+    ``fit(text, image, y, class_weight)`` and ``decision_function(text, image)``."""
     return get_head_class(name)(text_dim, image_dim, n_out, cfg)

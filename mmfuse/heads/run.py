@@ -1,4 +1,7 @@
-"""Run folders: train a head on a cache and save everything needed to reuse it; evaluate; predict."""
+"""Run folders: train a head on a cache and save everything needed to reuse it; compare runs.
+
+Loading any run folder (head, bagged head, ensemble) and scoring or predicting with it lives in
+``mmfuse.runs``, above every kind of run, so that imports flow one way."""
 from __future__ import annotations
 
 import csv
@@ -59,7 +62,7 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
     else:
         train, valid = data, None
     t0 = time.perf_counter()
-    head = Head(cfg).fit(train, valid)
+    head = Head(cfg).fit(train, val=valid)
     seconds = time.perf_counter() - t0
     metrics = {"fusion": cfg.fusion, "fit_seconds": seconds, "best_epoch": head.best_epoch_,
                "epochs_run": len(head.history_), "train_rows": len(train),
@@ -78,46 +81,6 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
             plot_confusion(metrics["validation"], out / "confusion.png",
                            f"{cfg.fusion}: validation macro-F1 {metrics['validation']['macro_f1']:.3f}")
     return head, metrics
-
-
-def load_run(run: str | Path):
-    """A saved head, or a stacking ensemble (a folder with ensemble.json)."""
-    if (Path(run) / "ensemble.json").is_file():
-        from ..ensemble import StackedEnsemble
-        return StackedEnsemble.load(run)
-    return Head.load(run)
-
-
-def evaluate_head(run: str | Path, cache: str | Path | FeatureCache, zero: str | None = None,
-                  save: bool = True) -> dict:
-    """Metrics of a saved head on a labelled cache, saved as ``eval-{cache}[-zero-{modality}].json``."""
-    model = load_run(run)
-    X, proba = model.predict_cache(cache, zero)
-    if X.y is None:
-        raise MmfuseError(f"{X.source} has unlabelled rows: evaluate needs a labelled cache (use predict)")
-    metrics = classification_metrics(X.y, proba.argmax(1), model.label_names_)
-    metrics.update(cache=X.source, zero=zero)
-    if save:
-        name = f"eval-{Path(X.source).stem}{f'-zero-{zero}' if zero else ''}.json"
-        (Path(run) / name).write_text(json.dumps(metrics, indent=2) + "\n")
-    return metrics
-
-
-def predict_head(run: str | Path, cache: str | Path | FeatureCache, out: str | Path, log=print) -> Path:
-    """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers.
-
-    Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
-    model = load_run(run)
-    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-    if cache.skipped:
-        shown = "; ".join(f"{g} ({reason})" for g, reason in cache.skipped[:5])
-        log(f"warning: {len(cache.skipped)} row(s) of {cache.path} were skipped at extraction and get no "
-            f"prediction: {shown}{' ...' if len(cache.skipped) > 5 else ''}")
-    X, proba = model.predict_cache(cache)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("guid,tag\n" + "".join(f"{g},{model.label_names_[p]}\n" for g, p in zip(X.guids, proba.argmax(1))))
-    return out
 
 
 def compare_runs(runs: list[str | Path]) -> str:

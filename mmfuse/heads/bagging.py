@@ -1,0 +1,58 @@
+"""``BaggedHead``: the k fold models of a cross-validation, averaged. What a grid scored is exactly
+what it ships: each member is the model whose out-of-fold predictions made the CV score."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MmfuseError
+from .estimator import FeatureSet, Head
+
+
+class BaggedHead:
+    """Mean of the members' probabilities; the run-folder interface of :class:`Head`."""
+
+    def __init__(self, members: list[Head]):
+        if not members:
+            raise MmfuseError("a bagged head needs at least one member")
+        self.members = members
+        first = members[0]
+        self.config, self.label_names_, self.classes_ = first.config, first.label_names_, first.classes_
+        self.provenance_, self.dims_ = first.provenance_, first.dims_
+
+    def predict_proba(self, X, zero: str | None = None) -> np.ndarray:
+        return np.mean([m.predict_proba(X, zero) for m in self.members], axis=0)
+
+    def predict(self, X, zero: str | None = None) -> np.ndarray:
+        return self.classes_[self.predict_proba(X, zero).argmax(1)]
+
+    def modality_weights(self) -> dict[str, float] | None:
+        ws = [m.modality_weights() for m in self.members]
+        if ws[0] is None:
+            return None
+        return {k: float(np.mean([w[k] for w in ws])) for k in ws[0]}
+
+    def check_compatible(self, X: FeatureSet) -> None:
+        self.members[0].check_compatible(X)
+
+    def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
+        X = FeatureSet.from_cache(cache, self.config.text_feature)
+        self.check_compatible(X)
+        return X, self.predict_proba(X, zero)
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        for k, m in enumerate(self.members):
+            m.save(folder / "folds" / str(k))
+        self.config.to_json(folder / "config.json")
+        (folder / "bagged.json").write_text(json.dumps({"members": len(self.members),
+                                                        "label_names": list(self.label_names_)}, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "BaggedHead":
+        folder = Path(folder)
+        n = json.loads((folder / "bagged.json").read_text())["members"]
+        return cls([Head.load(folder / "folds" / str(k)) for k in range(n)])
