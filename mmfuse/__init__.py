@@ -2,9 +2,10 @@
 from .cache import FeatureCache
 from .errors import BackboneError, CacheError, DataError, MmfuseError
 from .extract import ExtractReport, ImageExtractorConfig, TextExtractorConfig, extract
-from .heads import FeatureSet, Head, HeadConfig, evaluate_head, list_heads, predict_head, train_head
+from .heads import FeatureSet, Head, HeadConfig, list_heads, train_head
+from .runs import evaluate_run, load_run, predict_run
 
 __version__ = "0.1.0"
 __all__ = ["FeatureCache", "extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig",
            "MmfuseError", "DataError", "CacheError", "BackboneError", "FeatureSet", "Head", "HeadConfig",
-           "train_head", "evaluate_head", "predict_head", "list_heads"]
+           "train_head", "evaluate_run", "predict_run", "load_run", "list_heads"]

@@ -14,6 +14,7 @@ from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
 from .heads import HeadConfig
 from .heads.config import CLASS_WEIGHTS, LOSSES, TEXT_FEATURES
+from .grid import REFITS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -41,6 +42,7 @@ Loss = choices("Loss", LOSSES)
 ClassWeight = choices("ClassWeight", CLASS_WEIGHTS)
 TextFeature = choices("TextFeature", TEXT_FEATURES)
 Zero = choices("Zero", ("text", "image"))
+Refit = choices("Refit", REFITS)
 
 
 @app.command()
@@ -83,9 +85,15 @@ def extract(
 @app.command()
 def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     """Print a cache's shapes, provenance, class balance and skipped rows."""
-    from .cache import FeatureCache
+    from .cache import FeatureCache, lock_holder
 
     with user_errors():
+        if lock_holder(path):  # an extraction is writing it: show its progress
+            pr = FeatureCache.progress(path)
+            typer.echo(f"{path}: being written by pid {pr['writer'].get('pid')} (since "
+                       f"{pr['writer'].get('started')}): text {pr['text']}/{pr['rows']}, image {pr['image']}/"
+                       f"{pr['rows']} rows done, {pr['skipped']} skipped")
+            return
         cache = FeatureCache(path, allow_incomplete=True)
     p = cache.provenance
     typer.echo(f"{path}: {len(cache)} rows ({len(cache.skipped)} skipped)"
@@ -158,11 +166,11 @@ def evaluate(
     zero: Optional[Zero] = typer.Option(None, help="Score with this modality's features set to zero (ablation)."),
 ):
     """Score a trained head on a labelled cache; saves eval-*.json into the run folder."""
-    from .heads import evaluate_head
     from .metrics import format_metrics
+    from .runs import evaluate_run
 
     with user_errors():
-        metrics = evaluate_head(run, cache, zero=zero.value if zero else None)
+        metrics = evaluate_run(run, cache, zero=zero.value if zero else None)
     typer.echo(f"{run} on {cache}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
 
 
@@ -173,10 +181,10 @@ def predict(
     out: Path = typer.Option(..., help="Predictions file, guid,tag rows in the course format."),
 ):
     """Write guid,tag predictions in the cache's row order."""
-    from .heads import predict_head
+    from .runs import predict_run
 
     with user_errors():
-        path = predict_head(run, cache, out, log=lambda s: typer.secho(s, fg="yellow", err=True))
+        path = predict_run(run, cache, out, log=lambda s: typer.secho(s, fg="yellow", err=True))
     typer.echo(f"wrote {path}")
 
 
@@ -195,22 +203,12 @@ def score(
     truth: Path = typer.Argument(..., help="guid,tag true labels."),
 ):
     """Score a predictions file against a labels file, both in the course format."""
-    import numpy as np
-
-    from .data import COURSE_TAGS, read_tags
-    from .errors import DataError
-    from .metrics import classification_metrics, format_metrics
+    from .data import COURSE_TAGS
+    from .metrics import format_metrics
+    from .runs import score_files
 
     with user_errors():
-        pred, true = read_tags(predictions), read_tags(truth)
-        missing = [g for g in true if g not in pred]
-        if missing:
-            raise DataError(f"{predictions} has no prediction for {len(missing)} guid(s) of {truth}, "
-                            f"e.g. {', '.join(missing[:3])}")
-        names = list(COURSE_TAGS) + sorted({*pred.values(), *true.values()} - set(COURSE_TAGS))
-        index = {n: i for i, n in enumerate(names)}
-        m = classification_metrics(np.array([index[true[g]] for g in true]),
-                                   np.array([index[pred[g]] for g in true]), names)
+        m = score_files(predictions, truth, COURSE_TAGS)
     typer.echo(f"{predictions} vs {truth}: " + format_metrics(m))
 
 
@@ -239,9 +237,12 @@ def grid(
     jobs: Optional[int] = typer.Option(None, help="Local processes [default: all cores]."),
     backend: str = typer.Option("local", help="local (processes) or dask (a dask.distributed cluster)."),
     scheduler: Optional[str] = typer.Option(None, help="Dask scheduler address, e.g. tcp://host:8786."),
+    refit: Refit = typer.Option(Refit("folds"), help="What best/ holds: folds (the best configuration's k "
+                                "fold models, averaged: what CV scored) or full (one refit on all rows with the "
+                                "fold fits' schedule in steps)."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
-    """Score a grid of head configurations by stratified k-fold CV, in parallel; refit the best."""
+    """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
     from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, run_grid
 
     with user_errors():
@@ -261,13 +262,13 @@ def grid(
         typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")
         result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
                           jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
-                          progress=progress, log=typer.echo)
+                          refit_mode=refit.value, progress=progress, log=typer.echo)
     fits = result.computed * n_folds
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
     best = result.rows[0]
     typer.echo(f"best: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
-               f"{best['macro_f1_std']:.3f}; refitted on all rows in {result.best_run}")
+               f"{best['macro_f1_std']:.3f}; saved ({refit.value}) in {result.best_run}")
 
 
 @app.command()
@@ -277,19 +278,24 @@ def ensemble(
     top: int = typer.Option(8, help="Stack this many best configurations."),
     meta: str = typer.Option("lr", help="lr: logistic regression on the members' out-of-fold probabilities "
                              "(C by inner CV); mean: average the members' probabilities."),
+    refit: Refit = typer.Option(Refit("folds"), help="Each member as its k fold models (folds) or one refit on "
+                                "all rows (full)."),
 ):
     """Stack a grid's top configurations with a logistic regression on their out-of-fold probabilities."""
     from .ensemble import build_ensemble
 
     with user_errors():
-        _, m = build_ensemble(grid_dir, top, out, meta, log=typer.echo)
+        _, m = build_ensemble(grid_dir, top, out, meta, refit.value, log=typer.echo)
     b = m["best_member"]
+    typer.echo(f"best single configuration ({b['fusion']}): CV macro-F1 {b['macro_f1_mean']:.3f} ± "
+               f"{b['macro_f1_std']:.3f}, pooled out-of-fold {b['pooled_macro_f1']:.3f}")
     for kind, cv in {meta: m["cv"], **m["cv_other"]}.items():
+        d = m["vs_best_member"][kind]
         typer.echo(f"ensemble of {len(m['members'])} ({'logistic regression' if kind == 'lr' else 'mean of probabilities'}"
                    f"{', saved' if kind == meta else ''}): CV macro-F1 {cv['macro_f1_mean']:.3f} ± "
-                   f"{cv['macro_f1_std']:.3f} (accuracy {cv['accuracy_mean']:.3f})")
-    typer.echo(f"best single configuration ({b['fusion']}): CV macro-F1 {b['macro_f1_mean']:.3f} ± "
-               f"{b['macro_f1_std']:.3f} (accuracy {b['accuracy_mean']:.3f})")
+                   f"{cv['macro_f1_std']:.3f}, pooled {cv['pooled_macro_f1']:.3f}; vs the best member per fold "
+                   f"{d['mean']:+.3f} ± {d['std']:.3f} (ahead on {d['ahead']} of {d['folds']} folds)")
+    typer.echo("(members were chosen on these folds, so the ensemble's CV numbers are optimistic)")
     typer.echo(f"saved run to {out}")
 
 

@@ -163,16 +163,3 @@ def guid_tag_rows(path: Path) -> Iterator[tuple[int, str, str]]:
         if len(row) != 2:
             raise DataError(f"{path} line {lineno}: expected 'guid,tag', got {','.join(row)!r}")
         yield lineno, row[0].strip(), row[1].strip().lower()
-
-
-def read_tags(path: str | Path) -> dict[str, str]:
-    """A ``guid,tag`` file (predictions or labels) as {guid: tag}; duplicate guids are an error."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"file not found: {path}")
-    tags: dict[str, str] = {}
-    for lineno, guid, tag in guid_tag_rows(path):
-        if guid in tags:
-            raise DataError(f"{path} line {lineno}: duplicate guid {guid}")
-        tags[guid] = tag
-    return tags

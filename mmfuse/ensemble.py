@@ -2,22 +2,27 @@
 
 A logistic-regression meta-classifier reads the members' out-of-fold probabilities (never
 in-fold predictions) and is scored by the grid's own folds; the plain mean of the members'
-probabilities is scored beside it (``--meta mean`` saves that instead). The saved run holds every member
-refitted on all rows plus the meta-classifier, and ``predict`` / ``evaluate`` accept it.
+probabilities is scored beside it (``--meta mean`` saves that instead). Each saved member is, by
+default, its k fold models averaged (the models whose out-of-fold probabilities the meta-classifier
+was fit on), and ``predict`` / ``evaluate`` accept the run.
+
+The scores are paired with the best member's on the same folds (per-fold differences) and pooled
+over all out-of-fold rows. The members are chosen by these same folds' scores, so the ensemble's
+CV score is optimistic by the selection; only a nested CV removes that.
 """
 from __future__ import annotations
 
 import json
-import pickle
 from pathlib import Path
 
 import numpy as np
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .grid import METRICS, ranked, read_results, refit
-from .heads import FeatureSet, Head
-from .metrics import classification_metrics
+from .grid import METRICS, REFITS, ranked, read_results, refit
+from .heads import BaggedHead, FeatureSet, Head
+from .heads.estimator import load_linear, save_linear
+from .metrics import classification_metrics, macro_f1
 
 
 def _meta_features(probas: list[np.ndarray]) -> np.ndarray:
@@ -76,8 +81,14 @@ class StackedEnsemble:
     def load(cls, folder: str | Path) -> "StackedEnsemble":
         folder = Path(folder)
         meta = json.loads((folder / "ensemble.json").read_text())
-        members = [Head.load(folder / "members" / m) for m in meta["members"]]
-        return cls(members, pickle.loads((folder / "meta.pkl").read_bytes()), meta["label_names"])
+        members = [_load_member(folder / "members" / m) for m in meta["members"]]
+        model = (MeanOfMembers(len(meta["label_names"])) if meta["meta"] == "mean"
+                 else load_linear(folder / "meta.npz"))
+        return cls(members, model, meta["label_names"])
+
+
+def _load_member(folder: Path):
+    return BaggedHead.load(folder) if (folder / "bagged.json").is_file() else Head.load(folder)
 
 
 def _fit(model, Z: np.ndarray, y: np.ndarray):
@@ -93,28 +104,43 @@ def _fit(model, Z: np.ndarray, y: np.ndarray):
         return model.fit(Z, y)
 
 
+def _scores(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, label_names) -> dict:
+    """Per-fold metrics (mean, std, the macro-F1 of each fold) and macro-F1 pooled over all rows."""
+    per = [classification_metrics(y[fold == k], pred[fold == k], label_names) for k in range(int(fold.max()) + 1)]
+    out = {f"{n}_{s}": float(f([m[n] for m in per])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))}
+    out.update(fold_macro_f1=[m["macro_f1"] for m in per], pooled_macro_f1=macro_f1(y, pred, len(label_names)))
+    return out
+
+
 def _cv(kind: str, Z: np.ndarray, y: np.ndarray, fold: np.ndarray, label_names, seed: int) -> dict:
-    """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, score this one."""
-    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, predict this one."""
+    pred = np.empty(len(y), np.int64)
     for k in range(int(fold.max()) + 1):
         tr, te = fold != k, fold == k
-        pred = _fit(_meta_model(kind, len(label_names), seed), Z[tr], y[tr]).predict(Z[te])
-        m = classification_metrics(y[te], pred, label_names)
-        for name in METRICS:
-            scores[name].append(m[name])
-    return {f"{n}_{s}": float(f(scores[n])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))}
+        pred[te] = _fit(_meta_model(kind, len(label_names), seed), Z[tr], y[tr]).predict(Z[te])
+    return _scores(y, pred, fold, label_names)
+
+
+def paired(a: dict, b: dict) -> dict:
+    """Per-fold macro-F1 differences a - b on the same folds: mean, std, folds where a is ahead."""
+    d = np.array(a["fold_macro_f1"]) - np.array(b["fold_macro_f1"])
+    return {"mean": float(d.mean()), "std": float(d.std()), "ahead": int((d > 0).sum()), "folds": len(d),
+            "pooled": a["pooled_macro_f1"] - b["pooled_macro_f1"]}
 
 
 def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "lr",
-                   log=print) -> tuple[StackedEnsemble | None, dict]:
+                   refit_mode: str = "folds", log=print) -> tuple[StackedEnsemble | None, dict]:
     """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run.
 
     ``meta="lr"`` fits the linear meta-classifier; ``"mean"`` averages the members' probabilities.
-    Both are scored; the chosen one is saved.
+    Both are scored against the best member, fold by fold; the chosen one is saved. ``refit_mode``:
+    how each member is saved (see :func:`mmfuse.grid.refit`).
     """
     grid = Path(grid)
     if not (grid / "grid.json").is_file():
         raise MmfuseError(f"{grid} is not a grid folder (grid.json missing): run mmfuse grid first")
+    if refit_mode not in REFITS:
+        raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     info = json.loads((grid / "grid.json").read_text())
     rows = ranked(read_results(grid))[:top]
     if len(rows) < 2:
@@ -126,23 +152,28 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
                           "run the grid again")
     y = fc.labels
     fold = np.load(grid / "folds.npy")
-    Z = _meta_features([np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows])
+    oofs = [np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows]
+    Z = _meta_features(oofs)
     names = info["label_names"]
+    best = {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
+            **_scores(y, oofs[0].argmax(1), fold, names)}
+    cv = {kind: _cv(kind, Z, y, fold, names, info["seed"]) for kind in ("lr", "mean")}
     metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1, "meta": meta,
-               "cv": _cv(meta, Z, y, fold, names, info["seed"]),
-               "cv_other": {other: _cv(other, Z, y, fold, names, info["seed"]) for other in ("lr", "mean") if other != meta},
-               "best_member": {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
-                               **{f"{n}_{s}": rows[0][f"{n}_{s}"] for n in METRICS for s in ("mean", "std")}}}
+               "refit": refit_mode, "cv": cv[meta], "cv_other": {k: v for k, v in cv.items() if k != meta},
+               "best_member": best, "vs_best_member": {k: paired(v, best) for k, v in cv.items()},
+               "note": "members are chosen by these folds' scores: the ensemble's CV score is optimistic"}
     if out is None:
         return None, metrics
     out = Path(out)
     members = []
     for r in rows:
-        log(f"refitting member {r['config_id']} ({r['fusion']}) on all {len(y)} rows")
-        members.append(Head.load(refit(cache, r, out / "members" / r["config_id"])))
+        log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
+        members.append(_load_member(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode)))
     model = _fit(_meta_model(meta, len(names), info["seed"]), Z, y)
-    (out / "meta.pkl").write_bytes(pickle.dumps(model))
+    if meta == "lr":
+        save_linear(model, out / "meta.npz")
     (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": names,
-                                                   "grid": str(grid), "meta": meta}, indent=2) + "\n")
+                                                   "grid": str(grid), "meta": meta, "refit": refit_mode},
+                                                  indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return StackedEnsemble(members, model, names), metrics

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import itertools
 import json
 import os
 import time
@@ -24,8 +23,8 @@ from tqdm.auto import tqdm
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .heads import FeatureSet, Head, HeadConfig
-from .heads.run import stratified_split, train_head
+from .heads import BaggedHead, FeatureSet, Head, HeadConfig
+from .heads.run import stratified_split, write_history
 from .metrics import classification_metrics
 
 DEFAULT_GRID = {"fusion": ["concat", "weighted", "gated", "late"], "lr": [1e-4, 3e-4, 1e-3],
@@ -81,12 +80,14 @@ def load_grid_file(path: str | Path) -> dict:
 
 
 def expand_grid(values: dict[str, list], base: HeadConfig | None = None) -> list[HeadConfig]:
-    """All combinations, in order, with fields a fusion ignores reset to the base value; no duplicates."""
+    """All combinations (scikit-learn's ParameterGrid order), with fields a fusion ignores reset to the
+    base value; no duplicates."""
+    from sklearn.model_selection import ParameterGrid
+
     base = base or HeadConfig()
-    names = list(values)
     configs, seen = [], set()
-    for combo in itertools.product(*(values[n] for n in names)):
-        cfg = base.replace(**dict(zip(names, combo)))
+    for combo in ParameterGrid({k: list(v) for k, v in values.items()}):
+        cfg = base.replace(**combo)
         reset = {f: getattr(base, f) for f, users in ONLY_FOR.items() if cfg.fusion not in users}
         if cfg.fusion == "logreg":
             reset.update({f.name: getattr(base, f.name) for f in fields(HeadConfig) if f.name not in LOGREG_USES})
@@ -140,41 +141,60 @@ def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-_DATA: dict[tuple[str, str], FeatureSet] = {}  # per process: features loaded once, not once per fit
+_DATA: dict[tuple[str, str, str], FeatureSet] = {}  # per process: features loaded once, not once per fit
 
 
-def _features(source, text_feature: str) -> FeatureSet:
+def _features(source, text_feature: str, identity: str | None = None) -> FeatureSet:
+    """The features of ``source`` (a FeatureSet, or a cache path read once per process). Keyed by the
+    cache's identity too, so a cache re-extracted to the same path is read again, never served stale."""
     if isinstance(source, FeatureSet):
         return source
-    key = (str(source), text_feature)
+    identity = identity or FeatureCache(source).identity
+    key = (str(source), identity, text_feature)
     if key not in _DATA:
-        _DATA[key] = FeatureSet.from_cache(source, text_feature)
+        cache = FeatureCache(source)
+        if cache.identity != identity:
+            raise MmfuseError(f"{source} was re-extracted while the grid ran: run the grid again")
+        for old in [k for k in _DATA if k[0] == key[0]]:  # an older extraction of this path
+            del _DATA[old]
+        _DATA[key] = FeatureSet.from_cache(cache, text_feature)
     return _DATA[key]
 
 
-def evaluate_config(source, cfg: dict, fold: np.ndarray, threads: int = 1) -> tuple[dict, np.ndarray]:
+def evaluate_config(source, cfg: dict, fold: np.ndarray, threads: int = 1,
+                    identity: str | None = None) -> tuple[dict, np.ndarray]:
     """k-fold CV of one configuration: (result row, out-of-fold probabilities (N, C))."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
     try:
-        return _cross_validate(source, HeadConfig(**cfg), fold)
+        return _cross_validate(_features(source, cfg["text_feature"], identity), HeadConfig(**cfg), fold)
     finally:
         torch.set_num_threads(before)
 
 
-def _cross_validate(source, config: HeadConfig, fold: np.ndarray) -> tuple[dict, np.ndarray]:
-    data = _features(source, config.text_feature)
-    oof = np.zeros((len(data), len(data.label_names)), np.float32)
-    scores: dict[str, list[float]] = {m: [] for m in METRICS}
-    seconds, epochs = [], []
+def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
+    """Yield (k, fitted head, held-out rows, seconds) for each fold: the head is fit on the other folds'
+    rows, early-stopped on a stratified VAL_FRACTION of them. The grid scores these heads and ships
+    them (``best/``), so what is shipped is what was scored."""
     for k in range(int(fold.max()) + 1):
         train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
         fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
         t0 = time.perf_counter()
-        head = Head(config).fit(data.subset(train[fit]), data.subset(train[val]))
-        seconds.append(time.perf_counter() - t0)
+        head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
+        yield k, head, test, time.perf_counter() - t0
+
+
+def _cross_validate(data: FeatureSet, config: HeadConfig, fold: np.ndarray) -> tuple[dict, np.ndarray]:
+    # scikit-learn's cross_val_predict would refit without the inner early-stopping split and gives no
+    # per-fold best epochs or fit times, so the loop is ours (fold_fits); each row of ``oof`` is
+    # predicted only by the head that was fit without its fold
+    oof = np.full((len(data), len(data.label_names)), np.nan, np.float32)
+    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    seconds, epochs = [], []
+    for k, head, test, secs in fold_fits(data, config, fold):
+        seconds.append(secs)
         epochs.append(head.best_epoch_)
         part = data.subset(test)
         oof[test] = head.predict_proba(part)
@@ -223,7 +243,8 @@ class GridResult:
 def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str]) -> np.ndarray:
     """Create or reopen a grid folder; refuse one made from other features (another extraction of the
     same path included) or other folds."""
-    meta = {"cache": str(cache.path), "identity": cache.identity, "rows": len(cache), "folds": folds, "seed": seed}
+    meta = {"cache": str(cache.path), "identity": cache.identity, "feature_identity": cache.feature_identity,
+            "rows": len(cache), "folds": folds, "seed": seed}
     fold = make_folds(cache.labels, folds, seed)
     if (out / "grid.json").is_file():
         old = json.loads((out / "grid.json").read_text())
@@ -240,13 +261,13 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     return fold
 
 
-def _local_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, jobs: int):
+def _local_results(cache: Path, identity: str, todo: list[HeadConfig], fold: np.ndarray, jobs: int):
     if jobs == 1:
         for cfg in todo:
-            yield evaluate_config(cache, asdict(cfg), fold)
+            yield evaluate_config(cache, asdict(cfg), fold, identity=identity)
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(evaluate_config, str(cache), asdict(cfg), fold) for cfg in todo]
+        futures = [pool.submit(evaluate_config, str(cache), asdict(cfg), fold, 1, identity) for cfg in todo]
         try:
             for fut in as_completed(futures):
                 yield fut.result()
@@ -274,7 +295,7 @@ def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, schedul
 
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
              jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
-             progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
+             refit_mode: str = "folds", progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run."""
     out, cache_path = Path(out), Path(cache)
     fc = FeatureCache(cache_path)
@@ -288,11 +309,13 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     if backend not in ("local", "dask"):
         raise MmfuseError(f"unknown backend {backend!r}: local or dask")
+    if refit_mode not in REFITS:
+        raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     if done:
         log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
     t0 = time.perf_counter()
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
-    results = (_local_results(cache_path, todo, fold, jobs) if backend == "local"
+    results = (_local_results(cache_path, fc.identity, todo, fold, jobs) if backend == "local"
                else _dask_results(cache_path, todo, fold, scheduler))
     best = max((r["macro_f1_mean"] for r in read_results(out)), default=float("nan"))
     with open(out / "results.csv", "a", newline="") as f, \
@@ -314,7 +337,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     plot_grid(out, rows)
     best_run = None
     if refit_best and rows:
-        best_run = refit(cache_path, rows[0], out / "best")
+        best_run = refit(cache_path, rows[0], out / "best", fold, refit_mode)
     return GridResult(out, rows, len(todo), seconds, best_run)
 
 
@@ -327,11 +350,35 @@ def row_config(row: dict) -> HeadConfig:
     return HeadConfig(**{f.name: row[f.name] for f in fields(HeadConfig)})
 
 
-def refit(cache: Path, row: dict, out: Path) -> Path:
-    """Refit a grid row on all rows for its CV's mean best epoch count (no data left out)."""
+REFITS = ("folds", "full")
+
+
+def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "folds") -> Path:
+    """Save the model to ship for a grid row into ``out``.
+
+    ``folds`` (default): the row's k fold heads, refit exactly as CV fit them (same rows, seed and
+    early stopping), averaged (a BaggedHead): the models whose out-of-fold predictions were scored.
+    ``full``: one head on all rows with the fold fits' schedule in optimiser steps (the cosine over
+    cfg.epochs of a fold fit's steps per epoch, stopped at its mean best epoch).
+    """
     cfg = row_config(row)
-    epochs = max(1, int(round(row["best_epoch_mean"]))) if cfg.fusion != "logreg" else cfg.epochs
-    _, metrics = train_head(cache, cfg.replace(epochs=epochs, patience=epochs + 1), val_split=0, out=out)
+    data = _features(cache, cfg.text_feature)
+    if mode == "folds":
+        heads = [head for _, head, _, _ in fold_fits(data, cfg, fold)]
+        BaggedHead(heads).save(out)
+        metrics = {"fusion": cfg.fusion, "refit": "folds", "members": len(heads),
+                   "best_epochs": [h.best_epoch_ for h in heads], "modality_weights": BaggedHead(heads).modality_weights()}
+    else:
+        n_fit = np.mean([len(stratified_split(data.y[fold != k], VAL_FRACTION, cfg.seed)[0])
+                         for k in range(int(fold.max()) + 1)])
+        per_epoch = int(np.ceil(n_fit / cfg.batch_size))
+        schedule = (cfg.epochs * per_epoch, max(1, int(round(row["best_epoch_mean"] * per_epoch))))
+        head = Head(cfg).fit(data, schedule=None if cfg.fusion == "logreg" else schedule)
+        head.save(out)
+        if head.history_:
+            write_history(head.history_, out / "history.csv")
+        metrics = {"fusion": cfg.fusion, "refit": "full", "train_rows": len(data), "schedule_steps": schedule[0],
+                   "steps": schedule[1], "modality_weights": head.modality_weights()}
     metrics["cv"] = {k: row[k] for k in row if k.endswith(("_mean", "_std"))}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return out
@@ -360,7 +407,7 @@ def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra:
                      + f" | {r['seconds_per_fit']:.2f} |")
     if rows:
         lines.append(f"\nBest: `{rows[0]['config_id']}` ({', '.join(f'{a}={rows[0][a]}' for a in axes)}), "
-                     f"refitted on all rows in `best/` (use it with `mmfuse predict {out}/best ...`).")
+                     f"saved in `best/` (use it with `mmfuse predict {out}/best ...`).")
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
