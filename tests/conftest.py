@@ -87,19 +87,22 @@ def extract_args(tiny_bert):
 
 def write_feature_cache(path: Path, text: np.ndarray, image: np.ndarray, y: np.ndarray,
                         label_names=("positive", "neutral", "negative"), text_model: str = "tiny-text",
-                        guids: list[str] | None = None) -> Path:
-    """A finished feature cache with the given arrays, written through the cache's own writer."""
+                        guids: list[str] | None = None, identity: str = "x", provenance: dict | None = None) -> Path:
+    """A finished feature cache with the given arrays, written through the cache's own writer.
+    ``provenance`` overrides entries: ``{"text": {"max_length": 16}, "precision": "bf16"}``, ..."""
     from mmfuse.cache import CacheWriter
 
     n = len(y)
     guids = guids or [f"g{i}" for i in range(n)]
-    prov = {"text": {"model": text_model, "weights_sha256": "t0", "revision": None, "max_length": 32,
-                     "source": text_model},
-            "image": {"model": "tiny-image", "weights": "random init (seed 0)", "preprocessing": {}},
+    prov = {"text": {"model": text_model, "weights_sha256": f"sha-of-{text_model}", "revision": None,
+                     "max_length": 32, "source": text_model, "architecture": "BertModel"},
+            "image": {"model": "tiny-image", "weights": "random init (seed 0)", "preprocessing": {"crop": 224}},
             "data": {"root": str(path.parent), "split": "train", "fingerprint": "f" * 64, "encodings": {}},
-            "precision": "fp32", "device": "cpu", "versions": {}, "created": "now"}
+            "precision": "fp32", "store_dtype": "float32", "device": "cpu", "versions": {}, "created": "now"}
+    for key, value in (provenance or {}).items():
+        prov[key] = {**prov[key], **value} if isinstance(value, dict) else value
     w = CacheWriter.open(path, guids=guids, labels=np.asarray(y, np.int64), label_names=tuple(label_names),
-                         multilabel=False, skipped={}, store_dtype="float32", provenance=prov, identity="x",
+                         multilabel=False, skipped={}, store_dtype="float32", provenance=prov, identity=identity,
                          dims={"text/cls": text.shape[1], "text/mean": text.shape[1], "image/pooled": image.shape[1]})
     rows = np.arange(n)
     w.write("text", rows, {"text/cls": text, "text/mean": text})

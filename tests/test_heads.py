@@ -31,15 +31,37 @@ def test_module_shape_finite_and_every_parameter_gets_a_gradient(name):
     cfg = HeadConfig(fusion=name, hidden=32, heads=4)
     module = create_head(name, 24, 40, 5, cfg).train()
     text, image = torch.randn(8, 24), torch.randn(8, 40)
-    logits = module(text, image)
-    assert logits.shape == (8, 5) and torch.isfinite(logits).all()
-    loss = torch.nn.functional.cross_entropy(logits, torch.randint(0, 5, (8,)))
-    aux = module.auxiliary_loss()
-    (loss if aux is None else loss + aux).backward()
-    uses = {"text": ("text",), "image": ("image",)}.get(name, ("text", "image"))
+    out = module(text, image)
+    assert out.logits.shape == (8, 5) and torch.isfinite(out.logits).all()
+    loss = torch.nn.functional.cross_entropy(out.logits, torch.randint(0, 5, (8,)))
+    (loss if out.aux is None else loss + out.aux).backward()
     for pname, p in module.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}.{pname} has no gradient"
-    assert uses  # unimodal heads hold only their modality's parameters, all of which are used
+
+
+@pytest.mark.parametrize("name", list_heads("module"))
+def test_module_reads_exactly_the_modalities_it_claims(name):
+    torch.manual_seed(0)
+    module = create_head(name, 24, 40, 5, HeadConfig(fusion=name, hidden=32, heads=4)).eval()
+    text, image = torch.randn(8, 24), torch.randn(8, 40)
+    base = module(text, image).logits
+    changed = {"text": module(torch.randn(8, 24), image).logits, "image": module(text, torch.randn(8, 40)).logits}
+    uses = {"text": {"text"}, "image": {"image"}}.get(name, {"text", "image"})
+    for modality, logits in changed.items():
+        assert (not torch.allclose(base, logits)) == (modality in uses), (name, modality)
+
+
+def test_every_registered_head_is_built_the_same_way():
+    for name in list_heads():  # one contract: create_head(name, text_dim, image_dim, n_out, cfg)
+        head = create_head(name, 24, 40, 5, HeadConfig(fusion=name))
+        assert getattr(head, "kind", "module") in ("module", "sklearn")
+
+
+def test_aligned_returns_its_contrastive_loss_from_forward():
+    module = create_head("aligned", 24, 40, 3, HeadConfig(fusion="aligned", hidden=32))
+    text, image = torch.randn(8, 24), torch.randn(8, 40)
+    assert module.train()(text, image).aux is not None and module.eval()(text, image).aux is None
+    assert not any(isinstance(v, torch.Tensor) for v in vars(module).values())  # no state kept between calls
 
 
 @pytest.mark.parametrize("name", [h for h in list_heads() if h != "image"])  # image: blind to it, see below
@@ -76,8 +98,8 @@ def test_same_seed_same_result_and_losses(caches):
     for cfg in (HeadConfig(fusion="attention", **FAST, seed=3),
                 HeadConfig(fusion="concat", loss="hinge", class_weight="balanced", label_smoothing=0.0, **FAST),
                 HeadConfig(fusion="weighted", class_weight="balanced", label_smoothing=0.1, **FAST)):
-        a = Head(cfg).fit(X.subset(np.arange(400)), X.subset(np.arange(400, 600)))
-        b = Head(cfg).fit(X.subset(np.arange(400)), X.subset(np.arange(400, 600)))
+        a = Head(cfg).fit(X.subset(np.arange(400)), val=X.subset(np.arange(400, 600)))
+        b = Head(cfg).fit(X.subset(np.arange(400)), val=X.subset(np.arange(400, 600)))
         np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
         assert (a.predict(X.subset(np.arange(400, 600))) == X.y[400:]).mean() > 0.8, cfg
 
@@ -111,7 +133,7 @@ def test_train_head_cli_writes_a_complete_run_folder(caches, tmp_path):
     assert w["text"] > w["image"]  # the signal is in the text, and the learned weights say so
     head = json.loads((out / "head.json").read_text())
     assert head["provenance"]["text"]["model"] == "tiny-text"
-    assert (out / "history.csv").read_text().startswith("epoch,train_loss")
+    assert (out / "history.csv").read_text().startswith("epoch,step,train_loss")
 
 
 def test_evaluate_predict_and_zero_ablation(caches, tmp_path):
@@ -139,7 +161,7 @@ def test_refuses_a_cache_from_other_backbones(caches, tmp_path):
     train_head(caches["text"], HeadConfig(fusion="logreg"), out=run)
     text, image, y, names = synthetic_features("text")
     other = write_feature_cache(tmp_path / "other.h5", text, image, y, names, text_model="another-bert")
-    with pytest.raises(CacheError, match="text model: head 'tiny-text' vs cache 'another-bert'"):
+    with pytest.raises(CacheError, match="text weights: 'sha-of-tiny-text' vs 'sha-of-another-bert'"):
         Head.load(run).check_compatible(FeatureSet.from_cache(other))
     result = runner.invoke(app, ["predict", str(run), str(other), "--out", str(tmp_path / "p.txt")])
     assert result.exit_code == 1 and "was not extracted like" in result.output and "Traceback" not in result.output
