@@ -230,8 +230,9 @@ class CacheWriter:
             ready = np.array(sorted(r for r in buf if lo <= r < hi))  # increasing, as h5py needs
             if not everything and len(ready) < len(need):
                 continue
+            where = slice(int(ready[0]), int(ready[-1]) + 1) if ready[-1] - ready[0] + 1 == len(ready) else ready
             for name in buf[int(ready[0])]:
-                self.f[name][ready] = np.stack([buf[int(r)][name] for r in ready])  # one chunk write
+                self.f[name][where] = np.stack([buf[int(r)][name] for r in ready])  # one chunk write
             self.f[f"done/{modality}"][ready] = True
             self.f.flush()
             todo[ready] = False

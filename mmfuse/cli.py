@@ -161,31 +161,105 @@ def train_head(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="A run folder from train-head."),
-    cache: Path = typer.Argument(..., help="A labelled feature cache."),
+    run: Path = typer.Argument(..., help="A run folder (train-head, grid best/, ensemble, finetune)."),
+    source: Path = typer.Argument(..., help="A labelled feature cache; for a fine-tune run, a data folder."),
+    split: str = typer.Option("train", help="Fine-tune runs: the data folder's split to score."),
     zero: Optional[Zero] = typer.Option(None, help="Score with this modality's features set to zero (ablation)."),
 ):
-    """Score a trained head on a labelled cache; saves eval-*.json into the run folder."""
+    """Score a trained run on labelled data; saves eval-*.json into the run folder."""
     from .metrics import format_metrics
     from .runs import evaluate_run
 
     with user_errors():
-        metrics = evaluate_run(run, cache, zero=zero.value if zero else None)
-    typer.echo(f"{run} on {cache}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
+        metrics = evaluate_run(run, source, zero=zero.value if zero else None, split=split)
+    typer.echo(f"{run} on {source}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
 
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="A run folder from train-head."),
-    cache: Path = typer.Argument(..., help="Feature cache to predict (e.g. the unlabelled test split)."),
+    run: Path = typer.Argument(..., help="A run folder (train-head, grid best/, ensemble, finetune)."),
+    source: Path = typer.Argument(..., help="Feature cache to predict; for a fine-tune run, a data folder."),
     out: Path = typer.Option(..., help="Predictions file, guid,tag rows in the course format."),
+    split: str = typer.Option("test", help="Fine-tune runs: the data folder's split to predict."),
 ):
-    """Write guid,tag predictions in the cache's row order."""
+    """Write guid,tag predictions in the source's row order."""
     from .runs import predict_run
 
     with user_errors():
-        path = predict_run(run, cache, out, log=lambda s: typer.secho(s, fg="yellow", err=True))
+        path = predict_run(run, source, out, log=lambda s: typer.secho(s, fg="yellow", err=True), split=split)
     typer.echo(f"wrote {path}")
+
+
+def _layers(value: str, option: str) -> int:
+    if value == "all":
+        return -1
+    try:
+        return int(value)
+    except ValueError:
+        raise MmfuseError(f"{option} takes a number or 'all', not {value!r}") from None
+
+
+@app.command()
+def finetune(
+    data_dir: Path = typer.Argument(..., help="Course-format folder with a labelled train split."),
+    out: Path = typer.Option(..., help="Run folder (checkpoint, metrics, plots, text/, image.pt)."),
+    fusion: str = typer.Option("concat", help="Any torch head: concat, weighted, attention, gated, aligned, late, "
+                               "text, image."),
+    text_model: str = typer.Option("bert-base-uncased", help="HF hub id, local folder, or 'minilm' (offline)."),
+    image_model: str = typer.Option("resnet50", help="torchvision model name or efficientnet-lite0/1/2."),
+    image_weights: str = typer.Option("DEFAULT", help="DEFAULT, a weights name, none, or a state-dict file."),
+    text_feature: TextFeature = typer.Option(TextFeature("cls"), help="Text vector: cls or mean, as in extraction."),
+    unfreeze_text_layers: str = typer.Option("2", help="Train the last N encoder layers, or all."),
+    unfreeze_image_blocks: str = typer.Option("1", help="Train the last M image stages (ResNet: layer4 for 1), or all."),
+    epochs: int = typer.Option(5, help="Maximum epochs (early stopping on validation macro-F1)."),
+    lr_backbone: float = typer.Option(2e-5, help="AdamW peak lr of the unfrozen backbone layers."),
+    lr_head: float = typer.Option(1e-3, help="AdamW peak lr of the fusion head."),
+    batch_size: int = typer.Option(16, help="Rows per forward pass."),
+    grad_accum: int = typer.Option(2, help="Forward passes per optimiser step (effective batch = product)."),
+    max_length: int = typer.Option(128, help="Max tokens per text."),
+    val_split: float = typer.Option(0.2, help="Stratified validation fraction when --val is not given."),
+    val: Optional[str] = typer.Option(None, help="Validation data as DATA_DIR:SPLIT (e.g. data/dev:train)."),
+    augment: bool = typer.Option(False, help="Train-only random resized crop, flip, colour jitter."),
+    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 autocast."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    hidden: int = typer.Option(D.hidden, help="Head MLP / projection width."),
+    dropout: float = typer.Option(D.dropout, help="Head dropout."),
+    loss: Loss = typer.Option(Loss(D.loss), help="ce or hinge."),
+    class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced or none."),
+    patience: int = typer.Option(2, help="Epochs without validation gain before stopping."),
+    num_workers: int = typer.Option(0, help="Image decode processes."),
+    seed: int = typer.Option(0, help="Seed."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Fine-tune the backbones end to end with a fusion head; save the tuned backbones for extract."""
+    from .finetune import FineTuneConfig
+    from .finetune import finetune as run_finetune
+    from .metrics import format_metrics
+
+    with user_errors():
+        val_pair = None
+        if val is not None:
+            folder, _, vsplit = val.rpartition(":")
+            if not folder:
+                raise MmfuseError(f"--val takes DATA_DIR:SPLIT (e.g. mydata:train), not {val!r}")
+            val_pair = (folder, vsplit)
+        cfg = FineTuneConfig(text_model=text_model, image_model=image_model, image_weights=image_weights,
+                             max_length=max_length,
+                             unfreeze_text_layers=_layers(unfreeze_text_layers, "--unfreeze-text-layers"),
+                             unfreeze_image_blocks=_layers(unfreeze_image_blocks, "--unfreeze-image-blocks"),
+                             epochs=epochs, lr_backbone=lr_backbone, lr_head=lr_head, batch_size=batch_size,
+                             grad_accum=grad_accum, patience=patience, augment=augment, precision=precision,
+                             val_split=val_split, num_workers=num_workers, seed=seed)
+        head = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
+                          loss=loss.value, class_weight=class_weight.value, lr=lr_head, seed=seed)
+        _, metrics = run_finetune(data_dir, out, cfg, head, val=val_pair, device=device, resume=resume,
+                                  progress=progress, log=typer.echo)
+    typer.echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; validation: "
+               + format_metrics(metrics["validation"]))
+    typer.echo(f"saved run to {out}: tuned text model in {out}/text, image weights in {out}/image.pt "
+               f"(mmfuse extract DATA --text-model {out}/text --image-model {image_model} "
+               f"--image-weights {out}/image.pt)")
 
 
 @app.command()

@@ -27,10 +27,14 @@ class Predictor(Protocol):
 
 
 def load_run(run: str | Path) -> Predictor:
-    """A saved head, bagged head (bagged.json) or stacking ensemble (ensemble.json)."""
+    """A saved head, bagged head (bagged.json), stacking ensemble (ensemble.json) or fine-tune run
+    (finetune.json; it predicts from raw data, not from a cache)."""
     run = Path(run)
     if not run.is_dir():
         raise MmfuseError(f"run folder not found: {run}")
+    if (run / "finetune.json").is_file():
+        from .finetune import FineTunedRun
+        return FineTunedRun(run)
     if (run / "ensemble.json").is_file():
         from .ensemble import StackedEnsemble
         return StackedEnsemble.load(run)
@@ -41,18 +45,37 @@ def load_run(run: str | Path) -> Predictor:
     return Head.load(run)
 
 
-def evaluate_run(run: str | Path, cache: str | Path | FeatureCache, zero: str | None = None,
-                 save: bool = True) -> dict:
-    """Metrics of a saved run on a labelled cache, saved as ``eval-{cache}[-zero-{modality}].json``."""
+def _predict(model, source, split: str, zero: str | None):
+    """(guids, probabilities, labels or None, name) of a cache, or of a data folder's split for a fine-tune run."""
+    raw = hasattr(model, "predict_data")
+    is_dir = not isinstance(source, FeatureCache) and Path(source).is_dir()
+    if raw and not is_dir:
+        raise MmfuseError("a fine-tune run predicts from raw data: pass a data folder and --split, not "
+                          f"{getattr(source, 'path', source)}")
+    if is_dir and not raw:
+        raise MmfuseError(f"{source} is a data folder, but this run reads cached features: extract it "
+                          f"(mmfuse extract {source} ...) and pass the cache")
+    if raw:
+        if zero:
+            raise MmfuseError("--zero works on cached features only")
+        guids, proba, y = model.predict_data(source, split)
+        return guids, proba, (None if (y < 0).any() else y), f"{Path(source).name}-{split}"
+    X, proba = model.predict_cache(source, zero)
+    return X.guids, proba, X.y, Path(X.source).stem
+
+
+def evaluate_run(run: str | Path, source: str | Path | FeatureCache, zero: str | None = None,
+                 save: bool = True, split: str = "train") -> dict:
+    """Metrics of a saved run on a labelled cache (a fine-tune run: a data folder's ``split``), saved as
+    ``eval-{name}[-zero-{modality}].json``."""
     model = load_run(run)
-    X, proba = model.predict_cache(cache, zero)
-    if X.y is None:
-        raise MmfuseError(f"{X.source} has unlabelled rows: evaluate needs a labelled cache (use predict)")
-    metrics = classification_metrics(X.y, proba.argmax(1), model.label_names_)
-    metrics.update(cache=X.source, zero=zero)
+    _, proba, y, name = _predict(model, source, split, zero)
+    if y is None:
+        raise MmfuseError(f"{source} has unlabelled rows: evaluate needs labels (use predict)")
+    metrics = classification_metrics(y, proba.argmax(1), model.label_names_)
+    metrics.update(source=str(getattr(source, "path", source)), zero=zero)
     if save:
-        name = f"eval-{Path(X.source).stem}{f'-zero-{zero}' if zero else ''}.json"
-        (Path(run) / name).write_text(json.dumps(metrics, indent=2) + "\n")
+        (Path(run) / f"eval-{name}{f'-zero-{zero}' if zero else ''}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -68,18 +91,21 @@ def write_tags(path: str | Path, guids: list[str], tags: list[str]) -> Path:
     return path
 
 
-def predict_run(run: str | Path, cache: str | Path | FeatureCache, out: str | Path, log=print) -> Path:
-    """Write ``guid,tag`` rows in the cache's order (the course format), tag names not numbers.
+def predict_run(run: str | Path, source: str | Path | FeatureCache, out: str | Path, log=print,
+                split: str = "test") -> Path:
+    """Write ``guid,tag`` rows in the source's order (the course format), tag names not numbers.
+    ``source``: a feature cache, or for a fine-tune run a data folder (its ``split``).
 
     Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
     model = load_run(run)
-    cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-    if cache.skipped:
-        shown = "; ".join(f"{g} ({reason})" for g, reason in cache.skipped[:5])
-        log(f"warning: {len(cache.skipped)} row(s) of {cache.path} were skipped at extraction and get no "
-            f"prediction: {shown}{' ...' if len(cache.skipped) > 5 else ''}")
-    X, proba = model.predict_cache(cache)
-    return write_tags(out, X.guids, [model.label_names_[p] for p in proba.argmax(1)])
+    if not hasattr(model, "predict_data") and not (not isinstance(source, FeatureCache) and Path(source).is_dir()):
+        source = source if isinstance(source, FeatureCache) else FeatureCache(source)
+        if source.skipped:
+            shown = "; ".join(f"{g} ({reason})" for g, reason in source.skipped[:5])
+            log(f"warning: {len(source.skipped)} row(s) of {source.path} were skipped at extraction and get no "
+                f"prediction: {shown}{' ...' if len(source.skipped) > 5 else ''}")
+    guids, proba, _, _ = _predict(model, source, split, None)
+    return write_tags(out, guids, [model.label_names_[p] for p in proba.argmax(1)])
 
 
 def score_files(predictions: str | Path, truth: str | Path, label_names: tuple[str, ...]) -> dict:

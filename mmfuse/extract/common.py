@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from importlib import metadata
 from pathlib import Path
 
@@ -50,3 +51,13 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def finetune_run(path: str | None) -> dict | None:
+    """The fine-tune run a weights file or model folder was saved by (its folder holds finetune.json)."""
+    if not path:
+        return None
+    for folder in (Path(path).parent, Path(path)):
+        if (folder / "finetune.json").is_file():
+            return {"run": str(folder.resolve()), **json.loads((folder / "finetune.json").read_text())}
+    return None

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data import open_image
 from ..errors import BackboneError
-from .common import autocast, sha256_files
+from .common import autocast, finetune_run, sha256_files
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; its ImageNet top-1 confidence on
@@ -138,23 +138,39 @@ def _pooled_node(model: nn.Module) -> str:
     return nodes[nodes.index(linears[-1]) - 1]
 
 
-def load_image_encoder(cfg: ImageExtractorConfig):
-    """Return (feature model mapping (B,3,H,W) -> (B,D), preprocessing dict, provenance)."""
+def load_image_model(cfg: ImageExtractorConfig):
+    """The full classification model (eager, trainable; fine-tuning saves its state dict in the form
+    ``--image-weights FILE`` loads), its preprocessing dict, and its weights' provenance."""
     if cfg.model in LITE_SIZES:
-        model, prep, weights = _lite_model(cfg)
-    else:
-        model, prep, weights = _torchvision_model(cfg)
-    model.eval()
+        return _lite_model(cfg)
+    return _torchvision_model(cfg)
+
+
+def feature_extractor(model: nn.Module) -> tuple[nn.Module, str]:
+    """(module mapping (B,3,H,W) -> {"pooled": (B, D)}, graph node name). The module shares its
+    parameters with ``model``, so training one trains the other."""
     node = _pooled_node(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        features = create_feature_extractor(model, return_nodes={node: "pooled"}).eval()
+        return create_feature_extractor(model, return_nodes={node: "pooled"}), node
+
+
+def load_image_encoder(cfg: ImageExtractorConfig):
+    """Return (feature model mapping (B,3,H,W) -> (B,D), preprocessing dict, provenance). The
+    feature model is eager and in eval mode; inference-only speed-ups live in ``encode_images``."""
+    model, prep, weights = load_image_model(cfg)
+    model.eval()
+    features, node = feature_extractor(model)
+    features.eval()
     prep = {**prep, "interpolation": "bilinear (antialiased)", "center_crop": True,
             "jpeg_draft": cfg.draft, "rgb": "converted to RGB; transparency over white"}
     with torch.inference_mode():
         dim = features(torch.zeros(1, 3, prep["crop"], prep["crop"]))["pooled"].flatten(1).shape[1]
     provenance = {"model": cfg.model, "weights": weights, "node": node, "dim": int(dim),
                   "preprocessing": prep, "seed": cfg.seed}
+    finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
+    if finetuned:
+        provenance["finetune_run"] = finetuned
     return features, prep, provenance
 
 

