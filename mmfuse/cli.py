@@ -12,6 +12,7 @@ import typer
 from .errors import MmfuseError
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
+from .finetune import FineTuneConfig
 from .heads import HeadConfig
 from .heads.config import CLASS_WEIGHTS, LOSSES, TEXT_FEATURES
 from .grid import REFITS
@@ -115,7 +116,8 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
         typer.echo(f"skipped guid {guid}: {reason}")
 
 
-D = HeadConfig()  # the CLI's defaults are the config's defaults
+D = HeadConfig()  # the CLI's defaults are the configs' defaults
+FT = FineTuneConfig()
 
 
 @app.command("train-head")
@@ -205,35 +207,35 @@ def finetune(
     out: Path = typer.Option(..., help="Run folder (checkpoint, metrics, plots, text/, image.pt)."),
     fusion: str = typer.Option("concat", help="Any torch head: concat, weighted, attention, gated, aligned, late, "
                                "text, image."),
-    text_model: str = typer.Option("bert-base-uncased", help="HF hub id, local folder, or 'minilm' (offline)."),
-    image_model: str = typer.Option("resnet50", help="torchvision model name or efficientnet-lite0/1/2."),
-    image_weights: str = typer.Option("DEFAULT", help="DEFAULT, a weights name, none, or a state-dict file."),
+    text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
+    image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
+    image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
     text_feature: TextFeature = typer.Option(TextFeature("cls"), help="Text vector: cls or mean, as in extraction."),
-    unfreeze_text_layers: str = typer.Option("2", help="Train the last N encoder layers, or all."),
-    unfreeze_image_blocks: str = typer.Option("1", help="Train the last M image stages (ResNet: layer4 for 1), or all."),
-    epochs: int = typer.Option(5, help="Maximum epochs (early stopping on validation macro-F1)."),
-    lr_backbone: float = typer.Option(2e-5, help="AdamW peak lr of the unfrozen backbone layers."),
-    lr_head: float = typer.Option(1e-3, help="AdamW peak lr of the fusion head."),
-    batch_size: int = typer.Option(16, help="Rows per forward pass."),
-    grad_accum: int = typer.Option(2, help="Forward passes per optimiser step (effective batch = product)."),
-    max_length: int = typer.Option(128, help="Max tokens per text."),
-    val_split: float = typer.Option(0.2, help="Stratified validation fraction when --val is not given."),
+    unfreeze_text_layers: str = typer.Option(str(FT.unfreeze_text_layers), help="Train the last N encoder layers, or all."),
+    unfreeze_image_blocks: str = typer.Option(str(FT.unfreeze_image_blocks), help="Train the last M image stages (ResNet: layer4 for 1), or all."),
+    epochs: int = typer.Option(FT.epochs, help="Maximum epochs (early stopping on validation macro-F1)."),
+    lr_backbone: float = typer.Option(FT.lr_backbone, help="AdamW peak lr of the unfrozen backbone layers."),
+    lr_head: float = typer.Option(FT.lr_head, help="AdamW peak lr of the fusion head."),
+    batch_size: int = typer.Option(FT.batch_size, help="Rows per forward pass."),
+    grad_accum: int = typer.Option(FT.grad_accum, help="Forward passes per optimiser step (effective batch = product)."),
+    max_length: int = typer.Option(FT.max_length, help="Max tokens per text."),
+    val_split: float = typer.Option(FT.val_split, help="Stratified validation fraction when --val is not given."),
     val: Optional[str] = typer.Option(None, help="Validation data as DATA_DIR:SPLIT (e.g. data/dev:train)."),
-    augment: bool = typer.Option(False, help="Train-only random resized crop, flip, colour jitter."),
-    precision: str = typer.Option("auto", help="auto, fp32, bf16 or fp16 autocast."),
+    augment: bool = typer.Option(FT.augment, help="Train-only random resized crop, flip, colour jitter."),
+    precision: str = typer.Option(FT.precision, help="auto (bf16 where the hardware has it natively; fp16 on older "
+                                   "CUDA), fp32, bf16 or fp16 autocast."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     hidden: int = typer.Option(D.hidden, help="Head MLP / projection width."),
     dropout: float = typer.Option(D.dropout, help="Head dropout."),
     loss: Loss = typer.Option(Loss(D.loss), help="ce or hinge."),
     class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced or none."),
-    patience: int = typer.Option(2, help="Epochs without validation gain before stopping."),
-    num_workers: int = typer.Option(0, help="Image decode processes."),
-    seed: int = typer.Option(0, help="Seed."),
+    patience: int = typer.Option(FT.patience, help="Epochs without validation gain before stopping."),
+    num_workers: int = typer.Option(FT.num_workers, help="Image decode processes."),
+    seed: int = typer.Option(FT.seed, help="Seed."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Fine-tune the backbones end to end with a fusion head; save the tuned backbones for extract."""
-    from .finetune import FineTuneConfig
     from .finetune import finetune as run_finetune
     from .metrics import format_metrics
 
