@@ -43,14 +43,14 @@ def plain_fit(cfg, data: FeatureSet, train: np.ndarray, test: np.ndarray) -> tup
     for _ in range(cfg.epochs):
         model.train()
         for tb, ib, yb in loader:
-            loss = torch.nn.functional.cross_entropy(model(tb, ib), yb, weight=w)
+            loss = torch.nn.functional.cross_entropy(model(tb, ib).logits, yb, weight=w)
             opt.zero_grad()
             loss.backward()
             opt.step()
     seconds = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():
-        pred = model(t[test], i[test]).argmax(1).numpy()
+        pred = model(t[test], i[test]).logits.argmax(1).numpy()
     return seconds, macro_f1(data.y[test], pred, len(data.label_names))
 
 

@@ -45,7 +45,7 @@ for fusion in ("concat", "weighted"):
     params, buffers = stack_module_state(mods)
     base = copy.deepcopy(mods[0]).to("meta")
     def f(p, b, t, i):
-        return functional_call(base, (p, b), (t, i))
+        return functional_call(base, (p, b), (t, i)).logits
     fwd = vmap(f, in_dims=(0, 0, None, None), randomness="different")
     lr = torch.tensor([a for a, _ in grid]); wd = torch.tensor([b for _, b in grid])
     m = {k: torch.zeros_like(v) for k, v in params.items()}; v2 = {k: torch.zeros_like(v) for k, v in params.items()}

@@ -49,7 +49,7 @@ def cv_scores(data: FeatureSet, cfg: HeadConfig, folds: int, val_fraction: float
     f1s, accs = [], []
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=0).split(data.text, data.y):
         fit_idx, val_idx = stratified_split(data.y[tr], val_fraction, cfg.seed)
-        head = Head(cfg).fit(data.subset(tr[fit_idx]), data.subset(tr[val_idx]))
+        head = Head(cfg).fit(data.subset(tr[fit_idx]), val=data.subset(tr[val_idx]))
         pred = head.predict(data.subset(te))
         f1s.append(macro_f1(data.y[te], pred, len(data.label_names)))
         accs.append(float((pred == data.y[te]).mean()))
