@@ -12,7 +12,7 @@ OFFLINE := --text-model minilm --image-model efficientnet-lite0
 HEADS := concat weighted attention gated aligned late text image logreg
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -65,6 +65,18 @@ bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(M
 bench-grid: install ## the default 180-fit grid vs a plain loop on $(MVSA) features
 	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 	$(BIN)/python bench/grid_batching.py --cache $(FEATURES)/mvsa-train.h5
+
+bench-cache: install ## bytes the cache writes and reads per MiB of features (goal: at most 2x)
+	$(BIN)/python bench/cache_io.py
+
+bench-refit: install ## grid best/ and ensembles as fold models vs a step-matched refit, on held-out $(MVSA) rows
+	$(BIN)/python bench/refit.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+
+bench-defaults: install ## HeadConfig's defaults vs alternatives as paired per-fold macro-F1 on $(MVSA)
+	$(BIN)/python bench/defaults.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+
+bench-finetune: install ## seconds per end-to-end fine-tune step vs a head step on cached features ($(MVSA))
+	$(BIN)/python bench/finetune.py --data $(MVSA)
 
 clean: ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache
