@@ -115,11 +115,12 @@ def _describe_holder(path: Path, holder: dict) -> str:
 
 
 def acquire_writer_lock(path: Path) -> FileLock:
-    """Take ``path``'s writer lock or raise CacheError naming the process that holds it."""
+    """Take ``path``'s writer lock or raise CacheError naming the process that holds it. Waits up to 2 s,
+    so that a reader's momentary probe (``lock_holder``) is not taken for a writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=2)
     except Timeout:
         holder = lock_holder(path) or {"pid": "unknown"}
         raise CacheError(_describe_holder(path, holder) + ": wait for it to finish or stop it; "
@@ -129,11 +130,12 @@ def acquire_writer_lock(path: Path) -> FileLock:
     return lock
 
 
-def _open(path: Path, mode: str, **kw) -> h5py.File:
+def _open(path: Path, mode: str, locked: bool = False, **kw) -> h5py.File:
+    """Open an HDF5 file; an error names the extraction writing it, unless ``locked`` (we are that writer)."""
     try:
         return h5py.File(path, mode, **kw)
     except OSError as e:
-        holder = lock_holder(path)
+        holder = None if locked else lock_holder(path)
         if holder is not None:
             raise CacheError(_describe_holder(path, holder) + ": wait for it to finish "
                              "(`mmfuse info` shows its progress)") from None
@@ -165,7 +167,7 @@ class CacheWriter:
         lock = acquire_writer_lock(path)
         try:
             if path.exists() and not overwrite:
-                f = _open(path, "r+")
+                f = _open(path, "r+", locked=True)
                 if f.attrs.get("format") != FORMAT or f.attrs.get("identity") != identity:
                     old = json.loads(f.attrs.get("provenance", "{}"))
                     f.close()
@@ -174,7 +176,7 @@ class CacheWriter:
                         f"({_describe(old)}); pass --overwrite to replace it or choose another --out.")
                 return cls(f, path, lock)
             tmp = path.with_name(path.name + ".partial")
-            f = _open(tmp, "w")
+            f = _open(tmp, "w", locked=True)
             try:
                 cls._create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance,
                             identity)
@@ -184,8 +186,9 @@ class CacheWriter:
                 raise
             f.close()
             tmp.replace(path)  # the file appears under its name only with its full layout in place
-            return cls(_open(path, "r+"), path, lock)
+            return cls(_open(path, "r+", locked=True), path, lock)
         except BaseException:
+            _owner_path(path).unlink(missing_ok=True)
             lock.release()
             raise
 

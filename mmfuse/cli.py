@@ -89,8 +89,8 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     from .cache import FeatureCache, lock_holder
 
     with user_errors():
-        if lock_holder(path):  # an extraction is writing it: show its progress
-            pr = FeatureCache.progress(path)
+        pr = FeatureCache.progress(path) if lock_holder(path) else None
+        if pr and pr["writer"]:  # an extraction is writing it: show its progress
             typer.echo(f"{path}: being written by pid {pr['writer'].get('pid')} (since "
                        f"{pr['writer'].get('started')}): text {pr['text']}/{pr['rows']}, image {pr['image']}/"
                        f"{pr['rows']} rows done, {pr['skipped']} skipped")
@@ -173,7 +173,8 @@ def evaluate(
     from .runs import evaluate_run
 
     with user_errors():
-        metrics = evaluate_run(run, source, zero=zero.value if zero else None, split=split)
+        metrics = evaluate_run(run, source, zero=zero.value if zero else None, split=split,
+                               log=lambda s: typer.secho(s, fg="yellow", err=True))
     typer.echo(f"{run} on {source}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
 
 

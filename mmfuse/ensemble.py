@@ -75,7 +75,12 @@ class StackedEnsemble:
             X = sets[tf]
             head.check_compatible(X)
             probas.append(head.predict_proba(X, zero))
-        return X, self.meta_.predict_proba(_meta_features(probas))
+        p = self.meta_.predict_proba(_meta_features(probas))
+        if p.shape[1] < len(self.label_names_):  # the meta-classifier never saw a class: its column is 0
+            full = np.zeros((len(p), len(self.label_names_)), p.dtype)
+            full[:, self.meta_.classes_] = p
+            p = full
+        return X, p
 
     @classmethod
     def load(cls, folder: str | Path) -> "StackedEnsemble":

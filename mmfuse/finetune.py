@@ -109,16 +109,19 @@ def image_stages(model: nn.Module, features: nn.Module) -> list[tuple[str, ...]]
     for seq in ("_blocks", "features"):
         if seq in kids:
             i = kids.index(seq)
-            stages = ([tuple(kids[:i])] if i else []) + [(f"{seq}.{j}",) for j in range(len(getattr(model, seq)))]
+            blocks = [(f"{seq}.{name}",) for name, m in getattr(model, seq).named_children()
+                      if any(True for _ in m.parameters())]
+            stages = ([tuple(kids[:i])] if i else []) + blocks
             stages[-1] = stages[-1] + tuple(kids[i + 1:])
             return stages
     return [(k,) for k in kids]
 
 
 def freeze(text_model: nn.Module, image_model: nn.Module, image_features: nn.Module, cfg: FineTuneConfig
-           ) -> list[nn.Module]:
-    """Set requires_grad so that only the last N text layers and M image stages (and the head) train;
-    return the frozen modules, which stay in eval mode (fixed BatchNorm statistics, no dropout)."""
+           ) -> tuple[list[nn.Module], list[nn.Module]]:
+    """Set requires_grad so that only the last N text layers and M image stages (and the head) train.
+    Returns (frozen modules, which stay in eval mode: fixed BatchNorm statistics, no dropout;
+    the trainable image stages' modules)."""
     frozen: list[nn.Module] = []
     layers = text_layers(text_model)
     n = len(layers) if cfg.unfreeze_text_layers == ALL else min(cfg.unfreeze_text_layers, len(layers))
@@ -130,14 +133,16 @@ def freeze(text_model: nn.Module, image_model: nn.Module, image_features: nn.Mod
         frozen += list(layers)[:len(layers) - n]
     stages = image_stages(image_model, image_features)
     m = len(stages) if cfg.unfreeze_image_blocks == ALL else min(cfg.unfreeze_image_blocks, len(stages))
-    image_features.requires_grad_(False)
+    image_features.requires_grad_(cfg.unfreeze_image_blocks == ALL)  # all: parameters outside stages too
+    if cfg.unfreeze_image_blocks == ALL:
+        return frozen, [image_features]
+    trainable = []
     for i, stage in enumerate(stages):
         modules = [image_features.get_submodule(name) for name in stage]
         for module in modules:
             module.requires_grad_(i >= len(stages) - m)
-        if i < len(stages) - m:
-            frozen += modules
-    return frozen
+        (frozen if i < len(stages) - m else trainable).extend(modules)
+    return frozen, trainable
 
 
 # --- the model ------------------------------------------------------------------------------------------
@@ -332,7 +337,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
         val_ds = ds
         tr_rows, va_rows = stratified_split(y_all, cfg.val_split, cfg.seed)
     model, tokenizer, prep, text_prov, image_prov, image_model = build_model(cfg, head_cfg, len(ds.label_names))
-    frozen = freeze(model.text, image_model, model.image, cfg)
+    parts = freeze(model.text, image_model, model.image, cfg)
     model.to(dev)
     train = PairLoader(ds, np.sort(tr_rows), tokenizer, prep, cfg, train=True, device=dev)
     valid = PairLoader(val_ds, np.arange(len(val_ds.records)) if va_rows is None else np.sort(va_rows), tokenizer,
@@ -349,21 +354,23 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
     scaler = torch.amp.GradScaler(dev.type, enabled=precision == "fp16" and dev.type == "cuda")
     weight = class_weights(train.y, len(ds.label_names), head_cfg.class_weight)
     criterion = loss_fn(head_cfg, None if weight is None else torch.tensor(weight, dtype=torch.float32, device=dev))
-    state = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None}
+    state = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
     if resume:
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # map_location moved it; RNG states live on the CPU
         if dev.type == "cuda" and ckpt["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], dev)
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"].cpu(), dev)
         state = {k: ckpt[k] for k in state}
         log(f"resuming {out} after epoch {state['epoch']} of {cfg.epochs}")
     else:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "finetune.json").write_text(json.dumps(run_spec, indent=2) + "\n")
+        # the preprocessing trained with (a weights name's own transforms) goes with the run: predicting
+        # and extracting from RUN/image.pt use it, not a file's generic resize
+        (out / "finetune.json").write_text(json.dumps({**run_spec, "image_preprocessing": prep}, indent=2) + "\n")
         _fit_standardiser(model, train, precision, dev)
         torch.manual_seed(cfg.seed)  # dropout and augmentation draw from here on
     log(f"fine-tuning {sum(p.numel() for p in backbone) / 1e6:.2f}M backbone + "
@@ -371,9 +378,9 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
         f"{len(train.records)} training, {len(valid.records)} validation rows")
 
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        model.train()
-        for module in frozen:
-            module.eval()
+        if state["stopped"]:  # an early stop recorded before an interruption stays a stop
+            break
+        _train_mode(model, parts, image_prov["node"])
         train.sampler.epoch = epoch
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -408,7 +415,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
         if row["val_macro_f1"] > state["best"]:
             state.update(best=row["val_macro_f1"], best_epoch=epoch, best_state=_trainable_state(model))
         state["epoch"] = epoch
-        stop = epoch - state["best_epoch"] >= cfg.patience
+        stop = state["stopped"] = epoch - state["best_epoch"] >= cfg.patience
         _save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                       "scaler": scaler.state_dict(), **state,
                       "rng": {"torch": torch.get_rng_state(),
@@ -422,6 +429,23 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
     metrics["train_rows"] = len(train.records)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return model, metrics
+
+
+def _train_mode(model: FineTuneModel, parts: tuple[list[nn.Module], list[nn.Module]], pooled_node: str) -> None:
+    """Training mode for what trains, eval mode (fixed BatchNorm statistics, no dropout) for the frozen
+    modules. The traced image model runs its eval graph, then its trainable stages are put back in
+    training mode: its training graph bakes functional dropout and drop-connect (EfficientNet-Lite) into
+    every block, frozen ones included, while BatchNorm and Dropout modules follow their own flags. The
+    pooled feature's dropout stays off, so the head sees what extraction computes."""
+    frozen, image_trainable = parts
+    model.train()
+    model.image.train(False)  # a DualGraphModule switches graphs in train(), not by its flag
+    for module in image_trainable:
+        module.train()
+    for module in frozen:
+        module.eval()
+    if pooled_node in dict(model.image.named_modules()):
+        model.image.get_submodule(pooled_node).eval()
 
 
 @torch.no_grad()
@@ -489,11 +513,15 @@ class FineTunedRun:
         self.head_cfg = HeadConfig.from_json(folder / "config.json")
         self.label_names_ = tuple(json.loads((folder / "head.json").read_text())["label_names"])
         self.dev = resolve_device(device)
+        self.image_preprocessing = spec.get("image_preprocessing")
+        self.trained_on = (spec["data"], spec["split"])
         self.precision = choose_precision(self.cfg.precision, self.dev)
         with torch.random.fork_rng(devices=[]):  # building seeds the head's init; leave the caller's RNG alone
             self.model, self.tokenizer, self.prep, *_ = build_model(
                 self.cfg, self.head_cfg, len(self.label_names_), text_source=str(folder / "text"),
                 image_weights=str(folder / "image.pt"))
+        if self.image_preprocessing:
+            self.prep = self.image_preprocessing
         saved = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
         self.model.head.load_state_dict(saved.pop("head"))
         for k, v in saved.items():

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import os
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
@@ -361,8 +362,20 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
     ``full``: one head on all rows with the fold fits' schedule in optimiser steps (the cosine over
     cfg.epochs of a fold fit's steps per epoch, stopped at its mean best epoch).
     """
+    import torch
+
     cfg = row_config(row)
     data = _features(cache, cfg.text_feature)
+    shutil.rmtree(out, ignore_errors=True)  # never leave another refit's files (bagged.json) behind
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CV fits ran: the same numbers, so the shipped folds are the scored ones
+    try:
+        return _refit(data, cfg, row, out, fold, mode)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.ndarray, mode: str) -> Path:
     if mode == "folds":
         heads = [head for _, head, _, _ in fold_fits(data, cfg, fold)]
         BaggedHead(heads).save(out)

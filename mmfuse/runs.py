@@ -65,10 +65,13 @@ def _predict(model, source, split: str, zero: str | None):
 
 
 def evaluate_run(run: str | Path, source: str | Path | FeatureCache, zero: str | None = None,
-                 save: bool = True, split: str = "train") -> dict:
+                 save: bool = True, split: str = "train", log=print) -> dict:
     """Metrics of a saved run on a labelled cache (a fine-tune run: a data folder's ``split``), saved as
     ``eval-{name}[-zero-{modality}].json``."""
     model = load_run(run)
+    trained_on = getattr(model, "trained_on", None)
+    if trained_on and trained_on == (str(Path(str(source)).resolve()), split):
+        log(f"warning: {run} was trained and validated on {source} split {split}: these metrics are in-sample")
     _, proba, y, name = _predict(model, source, split, zero)
     if y is None:
         raise MmfuseError(f"{source} has unlabelled rows: evaluate needs labels (use predict)")

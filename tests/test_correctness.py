@@ -356,3 +356,33 @@ def test_grid_with_forced_bf16_training_scores_like_fp32(tmp_path):
         scores[precision] = row["macro_f1_mean"], np.load(out / "oof" / f"{row['config_id']}.npy")
     assert scores["fp32"][0] > 0.75 and abs(scores["bf16"][0] - scores["fp32"][0]) < 0.05, scores
     assert not np.array_equal(scores["bf16"][1], scores["fp32"][1])  # bf16 did run: other numbers
+
+
+# --- found by review --------------------------------------------------------------------------------------
+def test_a_saved_head_predicts_its_own_labels_after_loading(tmp_path):
+    X = FeatureSet.from_cache(text_cache(tmp_path / "train.h5"))
+    names = np.array(["pos", "neu", "neg"])[X.y]
+    head = Head(fusion="logreg").fit((X.text, X.image), names)
+    head.save(tmp_path / "run")
+    loaded = Head.load(tmp_path / "run")
+    np.testing.assert_array_equal(loaded.predict((X.text, X.image)), head.predict((X.text, X.image)))
+    with pytest.raises(ValueError, match="expecting 28 features"):
+        loaded.predict((X.text[:, :4], X.image))
+
+
+def test_refit_modes_replace_each_other_in_one_folder(tmp_path):
+    cache = text_cache(tmp_path / "train.h5")
+    configs = expand_grid({"fusion": ["concat"], "epochs": [3], "precision": ["fp32"]})
+    run_grid(cache, configs, tmp_path / "g", folds=3, jobs=1, progress=False, log=lambda s: None)
+    full = run_grid(cache, configs, tmp_path / "g", folds=3, jobs=1, refit_mode="full", progress=False,
+                    log=lambda s: None)
+    assert not (full.best_run / "bagged.json").exists() and isinstance(load_run(full.best_run), Head)
+
+
+def test_a_torn_cache_file_says_overwrite_not_locked(clean_course_dir, extract_args, tmp_path):
+    out = tmp_path / "train.h5"
+    out.write_bytes(b"not an HDF5 file")
+    result = runner.invoke(app, extract_args(clean_course_dir, out))
+    assert result.exit_code == 1 and "--overwrite" in result.output and "being written" not in result.output
+    assert not Path(str(out) + ".lock.owner").exists()
+    assert runner.invoke(app, extract_args(clean_course_dir, out, "--overwrite")).exit_code == 0

@@ -176,3 +176,30 @@ def test_refusals_are_one_line_errors(data, tiny_bert, tmp_path):
                            (["--unfreeze-text-layers", "some"], "a number or 'all'")):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+
+
+def test_image_stages_of_other_torchvision_families():
+    from torchvision.models import get_model
+
+    from mmfuse.extract.image import feature_extractor
+    for name, first, last in (("resnet18", ("conv1", "bn1"), ("layer4",)),
+                              ("densenet121", ("features.conv0",), ("features.norm5",)),
+                              ("mobilenet_v3_small", ("features.0",), ("features.12", "classifier"))):
+        model = get_model(name, weights=None)
+        features, _ = feature_extractor(model)
+        stages = ft.image_stages(model, features)
+        assert stages[0] == first and stages[-1][-len(last):] == last, (name, stages[:2], stages[-1])
+        for stage in stages:
+            for module in stage:
+                features.get_submodule(module)  # every stage names modules of the extractor
+
+
+def test_frozen_image_blocks_are_deterministic_in_training_mode(tiny_bert):
+    """EfficientNet-Lite's traced training graph applies drop-connect in every block; frozen blocks must not."""
+    cfg = options(tiny_bert, image_model="efficientnet-lite0", unfreeze_image_blocks=1)
+    model, _, prep, _, image_prov, image_model = ft.build_model(cfg, HeadConfig(fusion="concat", hidden=16), 3)
+    parts = ft.freeze(model.text, image_model, model.image, cfg)
+    ft._train_mode(model, parts, image_prov["node"])
+    x = torch.randn(2, 3, prep["crop"], prep["crop"])
+    with torch.no_grad():
+        assert torch.equal(model.image(x)["pooled"], model.image(x)["pooled"])

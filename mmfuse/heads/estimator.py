@@ -305,7 +305,8 @@ class Head(ClassifierMixin, BaseEstimator):
         self.config.to_json(folder / "config.json")
         np.savez(folder / "scaler.npz", text_mean=self.text_scaler_.mean_, text_std=self.text_scaler_.scale_,
                  image_mean=self.image_scaler_.mean_, image_std=self.image_scaler_.scale_)
-        meta = {"label_names": list(self.label_names_), "dims": self.dims_, "best_epoch": self.best_epoch_,
+        meta = {"label_names": list(self.label_names_), "classes": np.asarray(self.classes_).tolist(),
+                "dims": self.dims_, "best_epoch": self.best_epoch_,
                 "modality_weights": self.modality_weights(), "provenance": self.provenance_}
         (folder / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
         if getattr(self.model_, "kind", "module") == "sklearn":
@@ -326,8 +327,9 @@ class Head(ClassifierMixin, BaseEstimator):
         head = cls(HeadConfig.from_json(folder / "config.json"))
         meta = json.loads((folder / "head.json").read_text())
         head.label_names_ = tuple(meta["label_names"])
-        head.classes_ = np.arange(len(head.label_names_))
+        head.classes_ = np.array(meta.get("classes", list(range(len(head.label_names_)))))
         head.dims_, head.best_epoch_, head.provenance_ = meta["dims"], meta["best_epoch"], meta["provenance"]
+        head.n_features_in_ = sum(head.dims_.values())
         s = np.load(folder / "scaler.npz")
         head.text_scaler_ = _scaler(s["text_mean"], s["text_std"])
         head.image_scaler_ = _scaler(s["image_mean"], s["image_std"])
