@@ -127,7 +127,8 @@ def train_head(
     out: Path = typer.Option(..., help="Run folder to write (weights, config, metrics, plots)."),
     val_split: float = typer.Option(0.2, help="Stratified validation fraction (0: none) when --val is not given."),
     val: Optional[Path] = typer.Option(None, help="A separate labelled validation cache."),
-    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Cached text vector to use."),
+    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Cached text vector: cls, mean, or "
+                                             "auto (the encoder's trained pooling where recorded, else cls)."),
     epochs: int = typer.Option(D.epochs, help="Maximum epochs."),
     lr: float = typer.Option(D.lr, help="AdamW peak learning rate."),
     weight_decay: float = typer.Option(D.weight_decay, help="AdamW weight decay."),
@@ -152,8 +153,8 @@ def train_head(
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
                          label_smoothing=label_smoothing, patience=patience, C=c, seed=seed)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out)
-    typer.echo(f"{fusion}: trained in {metrics['fit_seconds']:.1f} s ({metrics['epochs_run']} epochs, "
-               f"best {metrics['best_epoch']})")
+    typer.echo(f"{fusion} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
+               f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
     if metrics.get("modality_weights"):
         typer.echo("modality weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_weights"].items()))
     if "validation" in metrics:
@@ -211,7 +212,8 @@ def finetune(
     text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
     image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
     image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
-    text_feature: TextFeature = typer.Option(TextFeature("cls"), help="Text vector: cls or mean, as in extraction."),
+    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Text vector: cls, mean, or auto (the "
+                                             "encoder's trained pooling where its folder says, else cls)."),
     unfreeze_text_layers: str = typer.Option(str(FT.unfreeze_text_layers), help="Train the last N encoder layers, or all."),
     unfreeze_image_blocks: str = typer.Option(str(FT.unfreeze_image_blocks), help="Train the last M image stages (ResNet: layer4 for 1), or all."),
     epochs: int = typer.Option(FT.epochs, help="Maximum epochs (early stopping on validation macro-F1)."),
@@ -300,14 +302,14 @@ def grid(
     dropout: Optional[str] = typer.Option(None, help="Comma list."),
     loss: Optional[str] = typer.Option(None, help="Comma list of ce, hinge."),
     class_weight: Optional[str] = typer.Option(None, help="Comma list of balanced, none."),
-    text_feature: Optional[str] = typer.Option(None, help="Comma list of cls, mean."),
+    text_feature: Optional[str] = typer.Option(None, help="Comma list of auto, cls, mean [default: auto]."),
     label_smoothing: Optional[str] = typer.Option(None, help="Comma list."),
     batch_size: Optional[str] = typer.Option(None, help="Comma list."),
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
     c: Optional[str] = typer.Option(None, "--C", help="Comma list (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
-                                            "CPU runs it 1.5x faster than fp32, else fp32]."),
+                                            "CPU has native bf16 and runs it 1.5x faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
     folds: Optional[int] = typer.Option(None, help="Stratified CV folds [default: 5]."),
     seed: Optional[int] = typer.Option(None, help="Seed of the folds [default: 0]."),
@@ -332,8 +334,9 @@ def grid(
         axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
         axes = {**DEFAULT_GRID, "epochs": [20], **axes}
         if "precision" not in axes:
-            axes["precision"] = [default_precision(out)]
-            typer.echo(f"training precision {axes['precision'][0]} (this grid's, or measured fastest on this CPU)")
+            chosen, reason = default_precision(out)
+            axes["precision"] = [chosen]
+            typer.echo(f"training precision {chosen}: {reason} (--precision to choose)")
         configs = expand_grid(axes)
         n_folds = folds or spec.get("folds", 5)
         typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")

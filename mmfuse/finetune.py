@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from .data import DataSet, open_image, read_course
 from .errors import DataError, MmfuseError
-from .extract.common import resolve_device
+from .extract.common import native_bf16, resolve_device
 from .extract.image import ImageExtractorConfig, ImageFiles, feature_extractor, load_image_model
-from .extract.text import TextExtractorConfig, load_text_encoder, pool_text
+from .extract.text import TextExtractorConfig, load_text_encoder, pool_text, resolve_text_feature
 from .heads import HeadConfig, create_head
 from .heads.registry import get_head_class
 from .heads.estimator import class_weights, loss_fn, warmup_cosine
@@ -81,11 +81,7 @@ def choose_precision(requested: str, device: torch.device) -> str:
         return requested
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        flags = ""
-    return "bf16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "fp32"
+    return "bf16" if native_bf16() else "fp32"
 
 
 # --- freezing -----------------------------------------------------------------------------------------
@@ -282,7 +278,8 @@ def build_model(cfg: FineTuneConfig, head_cfg: HeadConfig, n_classes: int, *, te
         dim = features.eval()(torch.zeros(1, 3, prep["crop"], prep["crop"]))["pooled"].flatten(1).shape[1]
     torch.manual_seed(cfg.seed)
     head = create_head(head_cfg.fusion, text_prov["hidden_size"], dim, n_classes, head_cfg)
-    model = FineTuneModel(text_model, features, head, head_cfg.text_feature, text_prov["hidden_size"], dim)
+    text_feature = resolve_text_feature(head_cfg.text_feature, text_prov)  # auto: the encoder's own pooling
+    model = FineTuneModel(text_model, features, head, text_feature, text_prov["hidden_size"], dim)
     model.head_classes = n_classes
     image_prov = {"model": cfg.image_model, "weights": weights, "node": node, "dim": int(dim), "preprocessing": prep}
     return model, tokenizer, prep, text_prov, image_prov, image_model
@@ -472,7 +469,8 @@ def _fit_standardiser(model: FineTuneModel, train: PairLoader, precision: str, d
 def _write_run(out: Path, model: FineTuneModel, image_model: nn.Module, tokenizer, valid: PairLoader, label_names,
                state: dict, head_cfg: HeadConfig, provenance: dict, precision: str, dev: torch.device) -> dict:
     logits = predict_loader(model, valid, precision, dev)
-    metrics = {"fusion": head_cfg.fusion, "best_epoch": state["best_epoch"], "epochs_run": len(state["history"]),
+    metrics = {"fusion": head_cfg.fusion, "text_feature": model.text_feature, "best_epoch": state["best_epoch"],
+               "epochs_run": len(state["history"]),
                "precision": precision, "device": str(dev), "train_rows": None,
                "validation": classification_metrics(valid.y, logits.argmax(1), label_names)}
     try:  # our own output says what was saved; no per-shard bars

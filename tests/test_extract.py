@@ -225,3 +225,30 @@ def test_empty_split_and_all_rows_skipped_are_one_line_errors(clean_course_dir, 
 def test_unknown_device_is_a_one_line_error(clean_course_dir, extract_args, tmp_path):
     result = invoke(extract_args(clean_course_dir, tmp_path / "d.h5", "--device", "gpu"))
     assert result.exit_code == 1 and "unknown --device 'gpu'" in result.output
+
+
+def test_auto_text_feature_follows_the_encoders_trained_pooling(clean_course_dir, extract_args, tiny_bert, tmp_path):
+    """``auto`` reads a sentence-transformers folder's Pooling config (mean here); a plain BERT gets CLS."""
+    import json
+    import shutil
+
+    from mmfuse.heads import FeatureSet
+    st = tmp_path / "st-model"
+    shutil.copytree(tiny_bert, st)
+    (st / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (st / "1_Pooling").mkdir()
+    (st / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": False,
+                                                              "pooling_mode_mean_tokens": True}))
+    for model, expected in ((tiny_bert, "cls"), (st, "mean")):
+        out = tmp_path / f"{model.name}.h5"
+        args = extract_args(clean_course_dir, out)
+        args[args.index("--text-model") + 1] = str(model)
+        assert invoke(args).exit_code == 0
+        X = FeatureSet.from_cache(out, "auto")
+        assert X.text_feature == expected
+        np.testing.assert_array_equal(X.text, FeatureCache(out).features(f"text/{expected}"))
+        result = invoke(["train-head", str(out), "--fusion", "logreg", "--val-split", "0", "--out", str(tmp_path / expected)])
+        assert result.exit_code == 0 and f"on text/{expected}" in result.output
+        assert json.loads((tmp_path / expected / "head.json").read_text())["text_feature"] == expected

@@ -155,3 +155,15 @@ def test_grid_folder_refuses_a_re_extracted_cache(cache, tmp_path):
     assert again.exit_code == 1 and "another cache or other folds" in again.output
     ens = runner.invoke(app, ["ensemble", str(out), "--out", str(tmp_path / "e")])
     assert ens.exit_code == 1 and "no longer holds the features" in ens.output
+
+
+def test_precision_choice_follows_the_cpus_bf16_support(monkeypatch):
+    from mmfuse.extract import common
+    from mmfuse.grid import fast_precision
+
+    monkeypatch.setattr(common, "native_bf16", lambda: False)
+    assert {fast_precision()[0] for _ in range(3)} == {"fp32"}  # no timing, no flip
+    assert "no native bf16" in fast_precision()[1]
+    monkeypatch.setattr(common, "native_bf16", lambda: True)
+    choice, reason = fast_precision()
+    assert choice in ("fp32", "bf16") and "measured" in reason

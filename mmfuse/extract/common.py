@@ -25,6 +25,16 @@ def resolve_device(device: str) -> torch.device:
         raise MmfuseError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX in its flags). Without it bf16 is
+    emulated and several times slower than fp32 (measured on an AVX2 EPYC: 0.17-0.29x)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def autocast(device: torch.device, precision: str):
     """Autocast the backbone to bf16/fp16 (bf16 also on CPU); a no-op for fp32."""
     if precision not in PRECISIONS:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import socket
 from dataclasses import dataclass
@@ -93,10 +94,38 @@ def load_text_encoder(cfg: TextExtractorConfig):
         "max_length": cfg.max_length,
         "pooling": {"text/cls": "last layer [CLS] (first token)",
                     "text/mean": "attention-masked mean of the last layer"},
+        "trained_pooling": trained_pooling(source if local else None),  # what --text-feature auto reads
     }
     if local and finetune_run(source):
         provenance["finetune_run"] = finetune_run(source)
     return tokenizer, model, provenance
+
+
+def trained_pooling(folder: str | Path | None) -> str | None:
+    """The pooling a sentence-transformers model folder was trained with, "mean" or "cls", read from its
+    modules.json and Pooling config.json; None where the folder does not say (a plain encoder)."""
+    if not folder:
+        return None
+    try:
+        modules = json.loads((Path(folder) / "modules.json").read_text())
+        pooling = next(m for m in modules if str(m.get("type", "")).endswith("Pooling"))
+        cfg = json.loads((Path(folder) / pooling.get("path", "") / "config.json").read_text())
+    except (OSError, ValueError, StopIteration, AttributeError):
+        return None
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    return "cls" if cfg.get("pooling_mode_cls_token") else None
+
+
+def resolve_text_feature(name: str, text_provenance: dict) -> str:
+    """``auto`` -> the pooling the encoder was trained with (sentence-transformers folders say so), else
+    "cls"; "cls" and "mean" stay as they are."""
+    if name != "auto":
+        return name
+    pooling = text_provenance.get("trained_pooling")
+    if pooling is None and "trained_pooling" not in text_provenance:  # a cache made before it was recorded
+        pooling = trained_pooling(text_provenance.get("source"))
+    return pooling or "cls"
 
 
 def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -48,15 +48,19 @@ class FeatureSet:
     label_names: tuple[str, ...]
     provenance: dict | None = None
     source: str = ""
+    text_feature: str = ""  # which text vector ("cls" or "mean"; ``auto`` resolved)
 
     @classmethod
-    def from_cache(cls, cache: FeatureCache | str | Path, text_feature: str = "cls") -> "FeatureSet":
+    def from_cache(cls, cache: FeatureCache | str | Path, text_feature: str = "auto") -> "FeatureSet":
+        from ..extract.text import resolve_text_feature
+
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
         if not len(cache):
             raise CacheError(f"{cache.path} has no usable rows (all {len(cache.skipped)} were skipped)")
         y = cache.labels if cache.labelled else None
-        return cls(cache.features(f"text/{text_feature}"), cache.features(IMAGE_FEATURE), y, list(cache.guids),
-                   cache.label_names, cache.provenance, str(cache.path))
+        name = resolve_text_feature(text_feature, cache.provenance.get("text", {}))
+        return cls(cache.features(f"text/{name}"), cache.features(IMAGE_FEATURE), y, list(cache.guids),
+                   cache.label_names, cache.provenance, str(cache.path), name)
 
     def __len__(self) -> int:
         return len(self.guids)
@@ -73,7 +77,8 @@ class FeatureSet:
 
     def subset(self, idx: np.ndarray) -> "FeatureSet":
         return FeatureSet(self.text[idx], self.image[idx], None if self.y is None else self.y[idx],
-                          [self.guids[i] for i in idx], self.label_names, self.provenance, self.source)
+                          [self.guids[i] for i in idx], self.label_names, self.provenance, self.source,
+                          self.text_feature)
 
 
 def class_weights(y: np.ndarray, n_classes: int, mode: str) -> np.ndarray | None:
@@ -191,7 +196,7 @@ class Head(ClassifierMixin, BaseEstimator):
             y = column_or_1d(y, warn=True)
             if len(y) != len(fs):
                 raise InputError(f"X has {len(fs)} rows but y has {len(y)} labels")
-            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source)
+            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source, fs.text_feature)
         for name, a in (("text", fs.text), ("image", fs.image)):
             if not np.all(np.isfinite(a)):
                 raise InputError(f"{fs.source or 'X'}: {name} features hold NaN or infinite values")
@@ -248,6 +253,7 @@ class Head(ClassifierMixin, BaseEstimator):
         self.dims_ = {"text": train.text.shape[1], "image": train.image.shape[1]}
         self.n_features_in_ = sum(self.dims_.values())
         self.provenance_ = train.provenance
+        self.text_feature_ = train.text_feature  # the resolved text vector (cfg may say auto)
         weight = class_weights(y_idx, len(self.classes_), cfg.class_weight)
         # nn.Module init and dropout draw from torch's global generator: seed it inside fork_rng, so the
         # fit is reproducible and the caller's random state is left as it was
@@ -306,7 +312,7 @@ class Head(ClassifierMixin, BaseEstimator):
         np.savez(folder / "scaler.npz", text_mean=self.text_scaler_.mean_, text_std=self.text_scaler_.scale_,
                  image_mean=self.image_scaler_.mean_, image_std=self.image_scaler_.scale_)
         meta = {"label_names": list(self.label_names_), "classes": np.asarray(self.classes_).tolist(),
-                "dims": self.dims_, "best_epoch": self.best_epoch_,
+                "dims": self.dims_, "best_epoch": self.best_epoch_, "text_feature": self.text_feature_,
                 "modality_weights": self.modality_weights(), "provenance": self.provenance_}
         (folder / "head.json").write_text(json.dumps(meta, indent=2) + "\n")
         if getattr(self.model_, "kind", "module") == "sklearn":
@@ -330,6 +336,7 @@ class Head(ClassifierMixin, BaseEstimator):
         head.classes_ = np.array(meta.get("classes", list(range(len(head.label_names_)))))
         head.dims_, head.best_epoch_, head.provenance_ = meta["dims"], meta["best_epoch"], meta["provenance"]
         head.n_features_in_ = sum(head.dims_.values())
+        head.text_feature_ = meta.get("text_feature") or head.config.text_feature
         s = np.load(folder / "scaler.npz")
         head.text_scaler_ = _scaler(s["text_mean"], s["text_std"])
         head.image_scaler_ = _scaler(s["image_mean"], s["image_std"])
@@ -349,7 +356,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
         """(features, probabilities) of a cache, after checking it was extracted like the training one."""
-        X = FeatureSet.from_cache(cache, self.config.text_feature)
+        X = FeatureSet.from_cache(cache, self.text_feature_ or self.config.text_feature)
         self.check_compatible(X)
         return X, self.predict_proba(X, zero)
 

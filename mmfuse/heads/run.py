@@ -64,7 +64,8 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
     t0 = time.perf_counter()
     head = Head(cfg).fit(train, val=valid)
     seconds = time.perf_counter() - t0
-    metrics = {"fusion": cfg.fusion, "fit_seconds": seconds, "best_epoch": head.best_epoch_,
+    metrics = {"fusion": cfg.fusion, "text_feature": head.text_feature_, "fit_seconds": seconds,
+               "best_epoch": head.best_epoch_,
                "epochs_run": len(head.history_), "train_rows": len(train),
                "modality_weights": head.modality_weights()}
     if valid is not None:
