@@ -68,7 +68,7 @@ def main() -> None:
             held_cache = subset_cache(src, np.sort(held), tmp / "held.h5", f"held{seed}")
             grid = run_grid(dev_cache, configs, tmp / "g", folds=5, jobs=args.jobs, refit_best=False,
                             progress=False, log=lambda s: None)
-            best = grid.rows[0]
+            best = grid.pick  # what best/ ships: the one-standard-error pick
             from mmfuse.grid import refit
             fold = np.load(tmp / "g" / "folds.npy")
             for mode in ("folds", "full"):

@@ -346,9 +346,12 @@ def grid(
     fits = result.computed * n_folds
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
-    best = result.rows[0]
-    typer.echo(f"best: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
-               f"{best['macro_f1_std']:.3f}; saved ({refit.value}) in {result.best_run}")
+    best, pick = result.rows[0], result.pick
+    typer.echo(f"top: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
+               f"{best['macro_f1_std']:.3f}; {len(result.tied)} configuration(s) within one standard error of it")
+    typer.echo(f"picked (one-standard-error rule: the simplest tied one): {pick['fusion']} ({pick['config_id']}, "
+               f"{pick['parameters']:,} parameters) CV macro-F1 {pick['macro_f1_mean']:.3f}; saved ({refit.value}) "
+               f"in {result.best_run}")
 
 
 @app.command()

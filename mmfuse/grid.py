@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -251,6 +252,8 @@ class GridResult:
     computed: int  # configurations computed in this run (the rest were already done)
     seconds: float
     best_run: Path | None
+    pick: dict | None = None  # the configuration saved in best/ (one-standard-error rule)
+    tied: list[dict] | None = None  # the configurations within one standard error of the top
 
 
 def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str]) -> np.ndarray:
@@ -346,12 +349,37 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
             bar.update(folds)
     rows = ranked(read_results(out))
     seconds = time.perf_counter() - t0
-    write_summary(out, rows, folds)
+    for r in rows:
+        r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
+    pick, tied = one_se_pick(rows, folds) if rows else (None, [])
+    write_summary(out, rows, folds, pick=pick, tied=tied)
     plot_grid(out, rows)
     best_run = None
-    if refit_best and rows:
-        best_run = refit(cache_path, rows[0], out / "best", fold, refit_mode)
-    return GridResult(out, rows, len(todo), seconds, best_run)
+    if refit_best and pick:
+        best_run = refit(cache_path, pick, out / "best", fold, refit_mode)
+    return GridResult(out, rows, len(todo), seconds, best_run, pick, tied)
+
+
+def standard_error(row: dict, folds: int) -> float:
+    """Standard error of a row's mean fold macro-F1 (its std is over folds, ddof 0)."""
+    return row["macro_f1_std"] / math.sqrt(max(1, folds - 1))
+
+
+def n_parameters(cfg: HeadConfig, text_dim: int, image_dim: int, n_classes: int) -> int:
+    """Learned parameters of a configuration's head: the measure of "simpler" in the one-SE rule."""
+    if cfg.fusion == "logreg":
+        return (text_dim + image_dim + 1) * n_classes
+    from .heads import create_head
+    return sum(p.numel() for p in create_head(cfg.fusion, text_dim, image_dim, n_classes, cfg).parameters())
+
+
+def one_se_pick(rows: list[dict], folds: int) -> tuple[dict, list[dict]]:
+    """(pick, tied): the configurations whose mean CV macro-F1 is within one standard error of the top's
+    are statistically tied with it; the pick is the simplest of them (fewest parameters; then rank).
+    ``rows`` are ranked and carry "parameters"."""
+    bar = rows[0]["macro_f1_mean"] - standard_error(rows[0], folds)
+    tied = [r for r in rows if r["macro_f1_mean"] >= bar]
+    return min(tied, key=lambda r: (r["parameters"], tied.index(r))), tied
 
 
 def ranked(rows: list[dict]) -> list[dict]:
@@ -421,18 +449,26 @@ def _varied(rows: list[dict]) -> list[str]:
     return [f.name for f in fields(HeadConfig) if len({r[f.name] for r in rows}) > 1]
 
 
-def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "") -> Path:
+def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "",
+                  pick: dict | None = None, tied: list[dict] | None = None) -> Path:
     axes = _varied(rows) or ["fusion"]
+    tied_ids = {r["config_id"] for r in tied or []}
     lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV\n",
-             f"| rank | {' | '.join(axes)} | macro-F1 | accuracy | weighted-F1 | balanced acc. | s/fit |",
-             "|---:|" + "---|" * len(axes) + "---:|---:|---:|---:|---:|"]
-    for i, r in enumerate(rows[:top], 1):
+             f"| rank | {' | '.join(axes)} | macro-F1 | ± SE | accuracy | weighted-F1 | balanced acc. | s/fit | "
+             "parameters | tied with the top |",
+             "|---:|" + "---|" * len(axes) + "---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    for i, r in enumerate(rows[:max(top, len(tied_ids))], 1):
         lines.append(f"| {i} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
-                     + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in METRICS)
-                     + f" | {r['seconds_per_fit']:.2f} |")
-    if rows:
-        lines.append(f"\nBest: `{rows[0]['config_id']}` ({', '.join(f'{a}={rows[0][a]}' for a in axes)}), "
-                     f"saved in `best/` (use it with `mmfuse predict {out}/best ...`).")
+                     + f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {standard_error(r, folds):.3f} | "
+                     + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in METRICS[1:])
+                     + f" | {r['seconds_per_fit']:.2f} | {r.get('parameters', '')} | "
+                     + ("yes" if r["config_id"] in tied_ids else "") + " |")
+    if pick:
+        lines.append(f"\n{len(tied_ids)} configuration(s) score within one standard error of the top "
+                     f"({rows[0]['macro_f1_mean']:.3f} - {standard_error(rows[0], folds):.3f}): statistically tied. "
+                     f"Picked by the one-standard-error rule, the simplest of them (fewest parameters): "
+                     f"`{pick['config_id']}` ({', '.join(f'{a}={pick[a]}' for a in axes)}), saved in `best/` "
+                     f"(use it with `mmfuse predict {out}/best ...`). `mmfuse ensemble {out}` stacks the top ones.")
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n" + extra)
     return path

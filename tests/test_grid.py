@@ -48,11 +48,11 @@ def test_grid_scores_every_configuration_on_the_same_folds(cache, tmp_path):
         oof = np.load(out / "oof" / f"{cid}.npy")
         assert oof.shape == (300, 3) and np.allclose(oof.sum(1), 1, atol=1e-4)
     summary = (out / "summary.md").read_text()
-    assert summary.count("\n| ") == 9 and "Best:" in summary  # header + 8 rows
+    assert summary.count("\n| ") == 9 and "Picked by the one-standard-error rule" in summary  # header + 8 rows
     for png in ("heatmaps.png", "fusions.png"):
         assert (out / png).stat().st_size > 1000
-    best = max(rows.values(), key=lambda r: float(r["macro_f1_mean"]))
-    assert json.loads((out / "best" / "config.json").read_text())["fusion"] == best["fusion"]
+    assert "one-standard-error rule" in summary and "tied with the top" in summary
+    assert json.loads((out / "best" / "config.json").read_text())["fusion"] in ("concat", "text")
     pred = runner.invoke(app, ["predict", str(out / "best"), str(cache), "--out", str(tmp_path / "p.txt")])
     assert pred.exit_code == 0 and len((tmp_path / "p.txt").read_text().splitlines()) == 301
 
@@ -167,3 +167,15 @@ def test_precision_choice_follows_the_cpus_bf16_support(monkeypatch):
     monkeypatch.setattr(common, "native_bf16", lambda: True)
     choice, reason = fast_precision()
     assert choice in ("fp32", "bf16") and "measured" in reason
+
+
+def test_one_standard_error_rule_picks_the_simplest_tied_configuration():
+    from mmfuse.grid import one_se_pick
+
+    rows = [{"config_id": "a", "fusion": "attention", "macro_f1_mean": 0.80, "macro_f1_std": 0.02, "parameters": 900_000},
+            {"config_id": "b", "fusion": "logreg", "macro_f1_mean": 0.79, "macro_f1_std": 0.02, "parameters": 5_000},
+            {"config_id": "c", "fusion": "text", "macro_f1_mean": 0.70, "macro_f1_std": 0.01, "parameters": 1_000}]
+    pick, tied = one_se_pick(rows, folds=5)  # SE of the top: 0.02 / 2 = 0.01 -> bar 0.79
+    assert [r["config_id"] for r in tied] == ["a", "b"] and pick["config_id"] == "b"
+    pick, tied = one_se_pick([{**rows[0], "macro_f1_std": 0.0}, *rows[1:]], folds=5)
+    assert pick["config_id"] == "a" and len(tied) == 1  # nothing within a zero standard error
