@@ -140,7 +140,7 @@ def train_head(
     label_smoothing: float = typer.Option(D.label_smoothing, help="Cross-entropy label smoothing."),
     patience: int = typer.Option(D.patience, help="Early stopping patience (epochs) on validation macro-F1."),
     align_weight: float = typer.Option(D.align_weight, help="Contrastive loss weight (aligned)."),
-    c: float = typer.Option(D.C, "--C", help="Inverse regularisation (logreg)."),
+    c: str = typer.Option(str(D.C), "--C", help="Inverse regularisation (logreg), or auto: searched by CV."),
     seed: int = typer.Option(D.seed, help="Seed: same seed, same result."),
 ):
     """Train a fusion head on cached features in seconds; save a reusable run folder."""
@@ -151,7 +151,7 @@ def train_head(
         cfg = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
                          align_weight=align_weight, epochs=epochs, lr=lr, weight_decay=weight_decay,
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
-                         label_smoothing=label_smoothing, patience=patience, C=c, seed=seed)
+                         label_smoothing=label_smoothing, patience=patience, C=_number_or_auto(c, "--C"), seed=seed)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out)
     typer.echo(f"{fusion} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
                f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
@@ -192,6 +192,15 @@ def predict(
     with user_errors():
         path = predict_run(run, source, out, log=lambda s: typer.secho(s, fg="yellow", err=True), split=split)
     typer.echo(f"wrote {path}")
+
+
+def _number_or_auto(value: str, option: str):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise MmfuseError(f"{option} takes a number or 'auto', not {value!r}") from None
 
 
 def _layers(value: str, option: str) -> int:
@@ -306,7 +315,7 @@ def grid(
     label_smoothing: Optional[str] = typer.Option(None, help="Comma list."),
     batch_size: Optional[str] = typer.Option(None, help="Comma list."),
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
-    c: Optional[str] = typer.Option(None, "--C", help="Comma list (logreg)."),
+    c: Optional[str] = typer.Option(None, "--C", help="Comma list of numbers or auto (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
                                             "CPU has native bf16 and runs it 1.5x faster than fp32, else fp32]."),

@@ -39,6 +39,14 @@ ONLY_FOR = {"align_weight": {"aligned"}, "temperature": {"aligned"}, "heads": {"
 LOGREG_USES = {"fusion", "text_feature", "class_weight", "C", "seed"}
 
 
+def _float_or_auto(v: str):
+    return "auto" if str(v).strip() == "auto" else float(v)
+
+
+_float_or_auto.__name__ = "number or auto"
+CASTS = {"int": int, "float": float, "str": str, "float | str": _float_or_auto}  # by HeadConfig field type
+
+
 def config_id(cfg: HeadConfig) -> str:
     return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
 
@@ -48,7 +56,7 @@ def parse_values(name: str, text: str) -> list:
     types = {f.name: f.type for f in fields(HeadConfig)}
     if name not in types:
         raise MmfuseError(f"unknown grid parameter {name!r}: choose from {', '.join(types)}")
-    cast = {"int": int, "float": float, "str": str}[str(types[name])]
+    cast = CASTS[str(types[name])]
     try:
         return [cast(v.strip()) for v in str(text).split(",") if v.strip()]
     except ValueError:
@@ -240,7 +248,7 @@ def read_results(out: Path) -> list[dict]:
             typed = {}
             for k, v in row.items():
                 t = str(types.get(k, "float" if k != "config_id" else "str"))
-                typed[k] = {"int": int, "float": float, "str": str}[t](v)
+                typed[k] = CASTS[t](v)
             rows.append(typed)
     return rows
 

@@ -206,3 +206,16 @@ def test_predict_names_rows_skipped_at_extraction(course_dir, extract_args, tmp_
     assert result.exit_code == 0
     assert "1 row(s)" in result.output and "107 (image unreadable" in result.output
     assert len((tmp_path / "p.txt").read_text().splitlines()) == 12  # header + the 11 usable rows
+
+
+def test_logreg_C_auto_searches_by_cross_validation(caches, tmp_path):
+    from mmfuse.grid import expand_grid, parse_values
+    result = runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "logreg", "--C", "auto",
+                                 "--out", str(tmp_path / "auto")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["C"] == "auto"
+    assert json.loads((tmp_path / "auto" / "metrics.json").read_text())["validation"]["accuracy"] > 0.85
+    assert parse_values("C", "auto,1e-3") == ["auto", 1e-3]
+    assert len(expand_grid({"fusion": ["logreg"], "C": ["auto", 1e-3]})) == 2
+    bad = runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "logreg", "--C", "big", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 1 and "a number or 'auto'" in bad.output
