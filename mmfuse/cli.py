@@ -15,7 +15,7 @@ from .extract.common import PRECISIONS
 from .finetune import FineTuneConfig
 from .heads import HeadConfig
 from .heads.config import CLASS_WEIGHTS, LOSSES, TEXT_FEATURES
-from .grid import REFITS
+from .grid import PICKS, REFITS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -44,6 +44,7 @@ ClassWeight = choices("ClassWeight", CLASS_WEIGHTS)
 TextFeature = choices("TextFeature", TEXT_FEATURES)
 Zero = choices("Zero", ("text", "image"))
 Refit = choices("Refit", REFITS)
+Pick = choices("Pick", PICKS)
 
 
 @app.command()
@@ -328,6 +329,9 @@ def grid(
     refit: Refit = typer.Option(Refit("folds"), help="What best/ holds: folds (the best configuration's k "
                                 "fold models, averaged: what CV scored) or full (one refit on all rows with the "
                                 "fold fits' schedule in steps)."),
+    pick: Pick = typer.Option(Pick("top"), help="What best/ holds: top (best mean CV macro-F1; it predicted "
+                              "held-out rows better) or one-se (the simplest configuration within one standard "
+                              "error of the top)."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
@@ -351,16 +355,17 @@ def grid(
         typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")
         result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
                           jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
-                          refit_mode=refit.value, progress=progress, log=typer.echo)
+                          refit_mode=refit.value, pick=pick.value, progress=progress, log=typer.echo)
     fits = result.computed * n_folds
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
-    best, pick = result.rows[0], result.pick
+    best = result.rows[0]
     typer.echo(f"top: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
                f"{best['macro_f1_std']:.3f}; {len(result.tied)} configuration(s) within one standard error of it")
-    typer.echo(f"picked (one-standard-error rule: the simplest tied one): {pick['fusion']} ({pick['config_id']}, "
-               f"{pick['parameters']:,} parameters) CV macro-F1 {pick['macro_f1_mean']:.3f}; saved ({refit.value}) "
-               f"in {result.best_run}")
+    chosen = result.pick
+    rule = "one-standard-error rule: the simplest tied one" if pick.value == "one-se" else "the top by mean"
+    typer.echo(f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
+               f"CV macro-F1 {chosen['macro_f1_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
 
 
 @app.command()
@@ -368,8 +373,9 @@ def ensemble(
     grid_dir: Path = typer.Argument(..., help="A grid folder from mmfuse grid."),
     out: Path = typer.Option(..., help="Run folder for the ensemble (predict/evaluate accept it)."),
     top: int = typer.Option(8, help="Stack this many best configurations."),
-    meta: str = typer.Option("lr", help="lr: logistic regression on the members' out-of-fold probabilities "
-                             "(C by inner CV); mean: average the members' probabilities."),
+    meta: str = typer.Option("mean", help="mean: average the members' probabilities (it beat lr on held-out "
+                             "mvsa rows, +0.006 over 5 splits); lr: logistic regression on their out-of-fold "
+                             "probabilities (C by inner CV)."),
     refit: Refit = typer.Option(Refit("folds"), help="Each member as its k fold models (folds) or one refit on "
                                 "all rows (full)."),
 ):

@@ -133,7 +133,7 @@ def paired(a: dict, b: dict) -> dict:
             "pooled": a["pooled_macro_f1"] - b["pooled_macro_f1"]}
 
 
-def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "lr",
+def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "mean",
                    refit_mode: str = "folds", log=print) -> tuple[StackedEnsemble | None, dict]:
     """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run.
 

@@ -131,7 +131,7 @@ def test_ensemble_reports_paired_fold_differences_and_pooled_scores(tmp_path):
     import json
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert len(m["cv"]["fold_macro_f1"]) == 3 and 0 <= m["cv"]["pooled_macro_f1"] <= 1
-    d = m["vs_best_member"]["lr"]
+    d = m["vs_best_member"][m["meta"]]
     assert d["mean"] == pytest.approx(np.mean(np.subtract(m["cv"]["fold_macro_f1"], m["best_member"]["fold_macro_f1"])))
     assert not list((tmp_path / "e").rglob("*.pkl"))  # nothing that loads back by unpickling
 
@@ -374,9 +374,10 @@ def test_refit_modes_replace_each_other_in_one_folder(tmp_path):
     cache = text_cache(tmp_path / "train.h5")
     configs = expand_grid({"fusion": ["concat"], "epochs": [3], "precision": ["fp32"]})
     run_grid(cache, configs, tmp_path / "g", folds=3, jobs=1, progress=False, log=lambda s: None)
-    full = run_grid(cache, configs, tmp_path / "g", folds=3, jobs=1, refit_mode="full", progress=False,
-                    log=lambda s: None)
+    full = run_grid(cache, configs, tmp_path / "g", folds=3, jobs=1, refit_mode="full", pick="one-se",
+                    progress=False, log=lambda s: None)
     assert not (full.best_run / "bagged.json").exists() and isinstance(load_run(full.best_run), Head)
+    assert full.pick in full.tied
 
 
 def test_a_torn_cache_file_says_overwrite_not_locked(clean_course_dir, extract_args, tmp_path):

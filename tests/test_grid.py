@@ -48,10 +48,10 @@ def test_grid_scores_every_configuration_on_the_same_folds(cache, tmp_path):
         oof = np.load(out / "oof" / f"{cid}.npy")
         assert oof.shape == (300, 3) and np.allclose(oof.sum(1), 1, atol=1e-4)
     summary = (out / "summary.md").read_text()
-    assert summary.count("\n| ") == 9 and "Picked by the one-standard-error rule" in summary  # header + 8 rows
+    assert summary.count("\n| ") == 9 and "Picked: the top by mean" in summary  # header + 8 rows
     for png in ("heatmaps.png", "fusions.png"):
         assert (out / png).stat().st_size > 1000
-    assert "one-standard-error rule" in summary and "tied with the top" in summary
+    assert "within one standard error of the top" in summary and "tied with the top" in summary
     assert json.loads((out / "best" / "config.json").read_text())["fusion"] in ("concat", "text")
     pred = runner.invoke(app, ["predict", str(out / "best"), str(cache), "--out", str(tmp_path / "p.txt")])
     assert pred.exit_code == 0 and len((tmp_path / "p.txt").read_text().splitlines()) == 301
@@ -131,9 +131,10 @@ def test_ensemble_is_no_worse_than_its_best_member_when_members_err_differently(
     out = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--out", str(tmp_path / "ens")])
     assert out.exit_code == 0, out.output
     assert "best single configuration" in out.output and "mean of probabilities" in out.output
-    mean = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "mean",
-                               "--out", str(tmp_path / "ens-mean")])
-    assert mean.exit_code == 0 and "(mean of probabilities, saved)" in mean.output
+    assert "(mean of probabilities, saved)" in out.output  # the default
+    lr = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "lr",
+                             "--out", str(tmp_path / "ens-lr")])
+    assert lr.exit_code == 0 and "(logistic regression, saved)" in lr.output
     ev = runner.invoke(app, ["evaluate", str(tmp_path / "ens"), str(cache)])
     assert ev.exit_code == 0, ev.output
     pred = runner.invoke(app, ["predict", str(tmp_path / "ens"), str(cache), "--out", str(tmp_path / "p.txt")])
