@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 from PIL import Image
 
 from .errors import DataError
@@ -68,6 +69,18 @@ class DataSet:
             size = r.image_path.stat().st_size if r.image_path.is_file() else -1
             h.update(f"{r.guid}\t{len(r.text)}\t{size}\n{r.text}\n".encode())
         return h.hexdigest()
+
+    def label_array(self) -> np.ndarray:
+        """Labels as indices into ``label_names``: (N,) int64, -1 where unlabelled; multi-label: (N, L)
+        uint8 multi-hot."""
+        index = {n: i for i, n in enumerate(self.label_names)}
+        if self.multilabel:
+            y = np.zeros((len(self.records), len(self.label_names)), np.uint8)
+            for row, r in enumerate(self.records):
+                y[row, [index[t] for t in r.labels if t in index]] = 1
+            return y
+        return np.array([index[r.labels[0]] if r.labels and r.labels[0] in index else -1 for r in self.records],
+                        np.int64)
 
     def check(self, on_error: str) -> list[Record]:
         """Raise on bad records (``on_error="raise"``), else return them to be recorded as skipped."""

@@ -212,7 +212,7 @@ class PairLoader:
     def __init__(self, ds: DataSet, rows: np.ndarray, tokenizer, prep: dict, cfg: FineTuneConfig, *,
                  train: bool, device: torch.device):
         self.records = [ds.records[i] for i in rows]
-        self.y = np.array([ds.label_names.index(r.labels[0]) if r.labels else -1 for r in self.records])
+        self.y = ds.label_array()[rows]
         self.enc = tokenizer([r.text for r in self.records], truncation=True, max_length=cfg.max_length)
         self.keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.enc]
         self.tokenizer, self.device = tokenizer, device
@@ -323,7 +323,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
         raise MmfuseError(f"{out} holds a fine-tune run already: pass --resume to continue it, or choose another --out")
     ds = read_course(data_dir, split)
     ds.check("raise")
-    y_all = np.array([ds.label_names.index(r.labels[0]) if r.labels else -1 for r in ds.records])
+    y_all = ds.label_array()
     if (y_all < 0).any():
         raise DataError(f"{ds.split_file} has unlabelled rows: fine-tune on a labelled split")
     if val is not None:

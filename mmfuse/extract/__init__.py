@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
-from ..data import DataSet, read_course
+from ..data import read_course
 from ..errors import DataError
 from .common import library_versions, resolve_device
 from .image import ImageExtractorConfig, encode_images, load_image_encoder
@@ -31,17 +31,6 @@ class ExtractReport:
     complete: bool
     seconds: dict[str, float] = field(default_factory=dict)  # text / image wall time of this run
     computed: dict[str, int] = field(default_factory=dict)  # rows computed in this run (resume: fewer)
-
-
-def _labels(ds: DataSet) -> np.ndarray:
-    index = {n: i for i, n in enumerate(ds.label_names)}
-    if ds.multilabel:
-        y = np.zeros((len(ds.records), len(ds.label_names)), np.uint8)
-        for row, r in enumerate(ds.records):
-            y[row, [index[t] for t in r.labels if t in index]] = 1
-        return y
-    return np.array([index[r.labels[0]] if r.labels and r.labels[0] in index else -1 for r in ds.records],
-                    np.int64)
 
 
 def extract(data_dir: str | Path, split: str = "train", out: str | Path | None = None, *,
@@ -85,7 +74,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     identity = hashlib.sha256(json.dumps(identity_src, sort_keys=True, default=str).encode()).hexdigest()
     dims = {"text/cls": text_prov["hidden_size"], "text/mean": text_prov["hidden_size"],
             "image/pooled": image_prov["dim"]}
-    writer = CacheWriter.open(out, guids=[r.guid for r in ds.records], labels=_labels(ds),
+    writer = CacheWriter.open(out, guids=[r.guid for r in ds.records], labels=ds.label_array(),
                               label_names=ds.label_names, multilabel=ds.multilabel, skipped=skipped,
                               dims=dims, store_dtype=store_dtype, provenance=provenance,
                               identity=identity, overwrite=overwrite)
