@@ -511,15 +511,12 @@ class FineTunedRun:
         self.head_cfg = HeadConfig.from_json(folder / "config.json")
         self.label_names_ = tuple(json.loads((folder / "head.json").read_text())["label_names"])
         self.dev = resolve_device(device)
-        self.image_preprocessing = spec.get("image_preprocessing")
         self.trained_on = (spec["data"], spec["split"])
         self.precision = choose_precision(self.cfg.precision, self.dev)
         with torch.random.fork_rng(devices=[]):  # building seeds the head's init; leave the caller's RNG alone
             self.model, self.tokenizer, self.prep, *_ = build_model(
                 self.cfg, self.head_cfg, len(self.label_names_), text_source=str(folder / "text"),
                 image_weights=str(folder / "image.pt"))
-        if self.image_preprocessing:
-            self.prep = self.image_preprocessing
         saved = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
         self.model.head.load_state_dict(saved.pop("head"))
         for k, v in saved.items():

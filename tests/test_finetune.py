@@ -203,3 +203,15 @@ def test_frozen_image_blocks_are_deterministic_in_training_mode(tiny_bert):
     x = torch.randn(2, 3, prep["crop"], prep["crop"])
     with torch.no_grad():
         assert torch.equal(model.image(x)["pooled"], model.image(x)["pooled"])
+
+
+def test_a_runs_image_weights_load_with_the_preprocessing_it_trained_with(run, tmp_path):
+    import shutil
+    out, _, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    spec = json.loads((copy / "finetune.json").read_text())
+    spec["image_preprocessing"] = {**spec["image_preprocessing"], "resize": 232}  # as resnet's named weights
+    (copy / "finetune.json").write_text(json.dumps(spec))
+    _, prep, _ = load_image_model(ImageExtractorConfig("resnet18", str(copy / "image.pt")))
+    assert prep["resize"] == 232 and ft.FineTunedRun(copy).prep["resize"] == 232

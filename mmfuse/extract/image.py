@@ -141,9 +141,11 @@ def _pooled_node(model: nn.Module) -> str:
 def load_image_model(cfg: ImageExtractorConfig):
     """The full classification model (eager, trainable; fine-tuning saves its state dict in the form
     ``--image-weights FILE`` loads), its preprocessing dict, and its weights' provenance."""
-    if cfg.model in LITE_SIZES:
-        return _lite_model(cfg)
-    return _torchvision_model(cfg)
+    model, prep, weights = (_lite_model if cfg.model in LITE_SIZES else _torchvision_model)(cfg)
+    finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
+    if finetuned and finetuned.get("image_preprocessing"):  # a tuned model: the preprocessing it trained with
+        prep = {k: finetuned["image_preprocessing"][k] for k in ("resize", "crop", "mean", "std")}
+    return model, prep, weights
 
 
 def feature_extractor(model: nn.Module) -> tuple[nn.Module, str]:
@@ -159,9 +161,6 @@ def load_image_encoder(cfg: ImageExtractorConfig):
     """Return (feature model mapping (B,3,H,W) -> (B,D), preprocessing dict, provenance). The
     feature model is eager and in eval mode; inference-only speed-ups live in ``encode_images``."""
     model, prep, weights = load_image_model(cfg)
-    finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
-    if finetuned and finetuned.get("image_preprocessing"):  # a tuned model: the preprocessing it trained with
-        prep = {k: finetuned["image_preprocessing"][k] for k in ("resize", "crop", "mean", "std")}
     model.eval()
     features, node = feature_extractor(model)
     features.eval()
@@ -171,6 +170,7 @@ def load_image_encoder(cfg: ImageExtractorConfig):
         dim = features(torch.zeros(1, 3, prep["crop"], prep["crop"]))["pooled"].flatten(1).shape[1]
     provenance = {"model": cfg.model, "weights": weights, "node": node, "dim": int(dim),
                   "preprocessing": prep, "seed": cfg.seed}
+    finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
     if finetuned:
         provenance["finetune_run"] = finetuned
     return features, prep, provenance

@@ -96,8 +96,9 @@ def load_text_encoder(cfg: TextExtractorConfig):
                     "text/mean": "attention-masked mean of the last layer"},
         "trained_pooling": trained_pooling(source if local else None),  # what --text-feature auto reads
     }
-    if local and finetune_run(source):
-        provenance["finetune_run"] = finetune_run(source)
+    finetuned = finetune_run(source) if local else None
+    if finetuned:
+        provenance["finetune_run"] = finetuned
     return tokenizer, model, provenance
 
 
