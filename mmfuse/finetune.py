@@ -422,9 +422,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
             break
     model.load_state_dict(state["best_state"], strict=False)  # the best epoch's trainable weights
     metrics = _write_run(out, model, image_model, tokenizer, valid, ds.label_names, state, head_cfg,
-                         {"text": text_prov, "image": image_prov}, precision, dev)
-    metrics["train_rows"] = len(train.records)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+                         {"text": text_prov, "image": image_prov}, precision, dev, len(train.records))
     return model, metrics
 
 
@@ -467,11 +465,12 @@ def _fit_standardiser(model: FineTuneModel, train: PairLoader, precision: str, d
 
 
 def _write_run(out: Path, model: FineTuneModel, image_model: nn.Module, tokenizer, valid: PairLoader, label_names,
-               state: dict, head_cfg: HeadConfig, provenance: dict, precision: str, dev: torch.device) -> dict:
+               state: dict, head_cfg: HeadConfig, provenance: dict, precision: str, dev: torch.device,
+               train_rows: int) -> dict:
     logits = predict_loader(model, valid, precision, dev)
     metrics = {"fusion": head_cfg.fusion, "text_feature": model.text_feature, "best_epoch": state["best_epoch"],
                "epochs_run": len(state["history"]),
-               "precision": precision, "device": str(dev), "train_rows": None,
+               "precision": precision, "device": str(dev), "train_rows": train_rows,
                "validation": classification_metrics(valid.y, logits.argmax(1), label_names)}
     try:  # our own output says what was saved; no per-shard bars
         from huggingface_hub.utils import disable_progress_bars
