@@ -20,7 +20,8 @@ import numpy as np
 from .cache import FeatureCache
 from .errors import MmfuseError
 from .grid import METRICS, REFITS, ranked, read_results, refit
-from .heads import BaggedHead, FeatureSet, Head
+from .heads import FeatureSet, Head
+from .heads.bagging import load_head
 from .heads.estimator import load_linear, save_linear
 from .metrics import classification_metrics, macro_f1
 
@@ -86,14 +87,11 @@ class StackedEnsemble:
     def load(cls, folder: str | Path) -> "StackedEnsemble":
         folder = Path(folder)
         meta = json.loads((folder / "ensemble.json").read_text())
-        members = [_load_member(folder / "members" / m) for m in meta["members"]]
+        members = [load_head(folder / "members" / m) for m in meta["members"]]
         model = (MeanOfMembers(len(meta["label_names"])) if meta["meta"] == "mean"
                  else load_linear(folder / "meta.npz"))
         return cls(members, model, meta["label_names"])
 
-
-def _load_member(folder: Path):
-    return BaggedHead.load(folder) if (folder / "bagged.json").is_file() else Head.load(folder)
 
 
 def _fit(model, Z: np.ndarray, y: np.ndarray):
@@ -173,7 +171,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     members = []
     for r in rows:
         log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
-        members.append(_load_member(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode)))
+        members.append(load_head(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode)))
     model = _fit(_meta_model(meta, len(names), info["seed"]), Z, y)
     if meta == "lr":
         save_linear(model, out / "meta.npz")

@@ -171,10 +171,11 @@ def _features(source, text_feature: str, identity: str | None = None) -> Feature
     cache's identity too, so a cache re-extracted to the same path is read again, never served stale."""
     if isinstance(source, FeatureSet):
         return source
-    identity = identity or FeatureCache(source).identity
+    cache = None if identity else FeatureCache(source)
+    identity = identity or cache.identity
     key = (str(source), identity, text_feature)
     if key not in _DATA:
-        cache = FeatureCache(source)
+        cache = cache or FeatureCache(source)
         if cache.identity != identity:
             raise MmfuseError(f"{source} was re-extracted while the grid ran: run the grid again")
         for old in [k for k in _DATA if k[0] == key[0]]:  # an older extraction of this path
@@ -433,10 +434,11 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
 
 def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.ndarray, mode: str) -> Path:
     if mode == "folds":
-        heads = [head for _, head, _, _ in fold_fits(data, cfg, fold)]
-        BaggedHead(heads).save(out)
-        metrics = {"fusion": cfg.fusion, "refit": "folds", "members": len(heads),
-                   "best_epochs": [h.best_epoch_ for h in heads], "modality_weights": BaggedHead(heads).modality_weights()}
+        bagged = BaggedHead([head for _, head, _, _ in fold_fits(data, cfg, fold)])
+        bagged.save(out)
+        metrics = {"fusion": cfg.fusion, "refit": "folds", "members": len(bagged.members),
+                   "best_epochs": [h.best_epoch_ for h in bagged.members],
+                   "modality_weights": bagged.modality_weights()}
     else:
         n_fit = np.mean([len(stratified_split(data.y[fold != k], VAL_FRACTION, cfg.seed)[0])
                          for k in range(int(fold.max()) + 1)])

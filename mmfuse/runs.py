@@ -38,17 +38,18 @@ def load_run(run: str | Path) -> Predictor:
     if (run / "ensemble.json").is_file():
         from .ensemble import StackedEnsemble
         return StackedEnsemble.load(run)
-    if (run / "bagged.json").is_file():
-        from .heads.bagging import BaggedHead
-        return BaggedHead.load(run)
-    from .heads import Head
-    return Head.load(run)
+    from .heads.bagging import load_head
+    return load_head(run)
+
+
+def _is_data_folder(source) -> bool:
+    return not isinstance(source, FeatureCache) and Path(source).is_dir()
 
 
 def _predict(model, source, split: str, zero: str | None):
     """(guids, probabilities, labels or None, name) of a cache, or of a data folder's split for a fine-tune run."""
     raw = hasattr(model, "predict_data")
-    is_dir = not isinstance(source, FeatureCache) and Path(source).is_dir()
+    is_dir = _is_data_folder(source)
     if raw and not is_dir:
         raise MmfuseError("a fine-tune run predicts from raw data: pass a data folder and --split, not "
                           f"{getattr(source, 'path', source)}")
@@ -101,7 +102,7 @@ def predict_run(run: str | Path, source: str | Path | FeatureCache, out: str | P
 
     Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
     model = load_run(run)
-    if not hasattr(model, "predict_data") and not (not isinstance(source, FeatureCache) and Path(source).is_dir()):
+    if not hasattr(model, "predict_data") and not _is_data_folder(source):
         source = source if isinstance(source, FeatureCache) else FeatureCache(source)
         if source.skipped:
             shown = "; ".join(f"{g} ({reason})" for g, reason in source.skipped[:5])

@@ -56,3 +56,8 @@ class BaggedHead:
         folder = Path(folder)
         n = json.loads((folder / "bagged.json").read_text())["members"]
         return cls([Head.load(folder / "folds" / str(k)) for k in range(n)])
+
+
+def load_head(folder: str | Path) -> Head | BaggedHead:
+    """A saved head run folder: a bagged one (bagged.json) or a single head."""
+    return BaggedHead.load(folder) if (Path(folder) / "bagged.json").is_file() else Head.load(folder)
