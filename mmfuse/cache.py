@@ -323,12 +323,13 @@ class FeatureCache:
         return len(self.guids)
 
     @staticmethod
-    def progress(path: str | Path) -> dict:
+    def progress(path: str | Path, holder: dict | None = None) -> dict:
         """Rows done per modality of a cache, also while another process is writing it
         ({"rows", "text", "image", "skipped", "complete", "writer"}). Read without HDF5's file lock, so
-        a number may lag the writer by a chunk; nothing here is used as features."""
+        a number may lag the writer by a chunk; nothing here is used as features. ``holder``: the
+        writer, when the caller has already asked ``lock_holder``."""
         path = Path(path)
-        holder = lock_holder(path)
+        holder = holder or lock_holder(path)
         with _open(path, "r", locking=False) if holder else _open(path, "r") as f:
             skipped = f["skipped"][:]
             return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": bool(f.attrs["complete"]),

@@ -90,8 +90,9 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     from .cache import FeatureCache, lock_holder
 
     with user_errors():
-        pr = FeatureCache.progress(path) if lock_holder(path) else None
-        if pr and pr["writer"]:  # an extraction is writing it: show its progress
+        holder = lock_holder(path)
+        if holder:  # an extraction is writing it: show its progress
+            pr = FeatureCache.progress(path, holder)
             typer.echo(f"{path}: being written by pid {pr['writer'].get('pid')} (since "
                        f"{pr['writer'].get('started')}): text {pr['text']}/{pr['rows']}, image {pr['image']}/"
                        f"{pr['rows']} rows done, {pr['skipped']} skipped")
