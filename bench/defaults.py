@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from mvsa_cache import ensure_cache
-from mmfuse.grid import config_id, expand_grid, run_grid
+from mmfuse.grid import config_id, run_grid
 from mmfuse.heads import HeadConfig
 from mmfuse.metrics import macro_f1
 

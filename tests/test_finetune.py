@@ -147,7 +147,6 @@ def test_tuned_backbones_feed_extract_with_the_in_memory_features(run, data, tmp
     from mmfuse.data import read_course
     records = read_course(data, "train").records
     text_cfg = TextExtractorConfig(str(out / "text"), 32, 8)
-    tok = ft.build_model  # noqa: F841 - the in-memory model is compared, not a reloaded one
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(out / "text")
     cls = np.zeros((len(records), model.text.config.hidden_size), np.float32)

@@ -28,7 +28,7 @@ from ..cache import FeatureCache, feature_mismatch
 from ..errors import CacheError, InputError, MmfuseError
 from ..metrics import macro_f1
 from .config import HeadConfig
-from .registry import create_head, get_head_class, register_head
+from .registry import create_head, register_head
 
 IMAGE_FEATURE = "image/pooled"
 
