@@ -314,8 +314,9 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
                 "split": split, "val": None if val is None else [str(Path(val[0]).resolve()), val[1]]}
     ckpt_path = out / "checkpoint.pt"
     if resume:
-        if not ckpt_path.is_file():
-            raise MmfuseError(f"nothing to resume: {ckpt_path} does not exist (run without --resume)")
+        if not ckpt_path.is_file() or not (out / "finetune.json").is_file():
+            raise MmfuseError(f"nothing to resume in {out}: it needs checkpoint.pt and finetune.json "
+                              "(run without --resume)")
         saved = json.loads((out / "finetune.json").read_text())
         if {k: saved.get(k) for k in run_spec} != run_spec:
             raise MmfuseError(f"{out} was started with other options: resume with the same command, or choose another --out")
