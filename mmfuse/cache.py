@@ -3,7 +3,7 @@
 Layout (N = rows of the split file, in file order, skipped rows included and flagged)::
 
     guid            (N,)    str
-    label           (N,)    int64, -1 when unlabelled      [multi-label: (N, L) uint8 multi-hot]
+    label           (N,)    int64, -1 when unlabelled      [multi-label: (N, L) int8 multi-hot, -1 unlabelled]
     text/cls        (N, Dt) last layer's [CLS] vector
     text/mean       (N, Dt) attention-masked mean of the last layer
     image/pooled    (N, Di) pooled features before the classifier
@@ -348,13 +348,15 @@ class FeatureCache:
 
     @property
     def labelled(self) -> bool:
-        """Whether every kept row has a label (multi-label rows always do: all-zero is a label set)."""
-        return self.multilabel or bool(np.all(self.labels >= 0))
+        """Whether every kept row has a label (multi-label: an all-zero row is a label set, -1 is none)."""
+        return bool(np.all(self.labels >= 0))
 
     def class_counts(self) -> dict[str, int]:
         """Rows per label name (multi-label: rows carrying it), plus 'unlabelled' if any."""
         if self.multilabel:
-            return {n: int(c) for n, c in zip(self.label_names, self.labels.sum(0))}
+            labelled = self.labels[(self.labels >= 0).all(1)]
+            counts = {n: int(c) for n, c in zip(self.label_names, labelled.sum(0))}
+            return {**counts, **({"unlabelled": len(self.labels) - len(labelled)} if len(labelled) < len(self.labels) else {})}
         counts = {n: int(np.sum(self.labels == i)) for i, n in enumerate(self.label_names)}
         unlabelled = int(np.sum(self.labels < 0))
         if unlabelled:

@@ -14,7 +14,7 @@ from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
 from .finetune import FineTuneConfig
 from .heads import HeadConfig
-from .heads.config import CLASS_WEIGHTS, LOSSES, TEXT_FEATURES
+from .heads.config import CLASS_WEIGHTS, COMBINES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
 from .grid import PICKS, REFITS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
@@ -45,12 +45,16 @@ TextFeature = choices("TextFeature", TEXT_FEATURES)
 Zero = choices("Zero", ("text", "image"))
 Refit = choices("Refit", REFITS)
 Pick = choices("Pick", PICKS)
+Monitor = choices("Monitor", MONITORS)
+Thresholds = choices("Thresholds", THRESHOLDS)
+Combine = choices("Combine", COMBINES)
 
 
 @app.command()
 def extract(
-    data_dir: Path = typer.Argument(..., help="Course-format folder (train.txt, test_without_label.txt, data/)."),
-    split: str = typer.Option("train", help="train or test."),
+    data_dir: Path = typer.Argument(..., help="Course-format folder (train.txt, test_without_label.txt, data/), "
+                                    "or a multi-label CSV (ImageID,Labels,Caption) with --images."),
+    split: str = typer.Option("train", help="train or test (course format)."),
     out: Optional[Path] = typer.Option(None, help="Cache file to write [default: features/{split}.h5]."),
     text_model: str = typer.Option("bert-base-uncased", help="HF hub id, local folder, or 'minilm' (offline)."),
     image_model: str = typer.Option("resnet50", help="torchvision model name or efficientnet-lite0/1/2."),
@@ -67,16 +71,27 @@ def extract(
                                   "optimize_for_inference (verified against eager)."),
     on_error: OnError = typer.Option(OnError("raise"), help="raise: stop at a bad record; skip: record and skip it."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache of another configuration."),
+    images: Optional[Path] = typer.Option(None, help="CSV data: the folder of the images named by the id column."),
+    id_col: str = typer.Option("ImageID", help="CSV data: the image id column."),
+    labels_col: str = typer.Option("Labels", help="CSV data: the labels column (absent: an unlabelled file)."),
+    text_col: str = typer.Option("Caption", help="CSV data: the text column."),
+    label_sep: str = typer.Option(" ", help="CSV data: separator between labels in a cell (' ': whitespace)."),
+    label_names: Optional[str] = typer.Option(None, help="CSV data: the label set in column order, as a comma "
+                                              "list (1,2,...,19) or a file with one name per line; use the "
+                                              "same for train and test [default: the labels seen, sorted]."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Run the text and image backbones once over a split and write the HDF5 feature cache."""
+    from .data import CsvFormat, parse_label_names
     from .extract import ImageExtractorConfig, TextExtractorConfig
     from .extract import extract as run_extract
 
     with user_errors():
+        csv_format = None if images is None else CsvFormat(images, id_col, labels_col, text_col, label_sep,
+                                                            parse_label_names(label_names))
         report = run_extract(
             data_dir, split, out, device=device, precision=precision.value, store_dtype=store_dtype.value,
-            on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo,
+            on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo, csv_format=csv_format,
             text=TextExtractorConfig(text_model, max_length, batch_size or TextExtractorConfig.batch_size),
             image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize))
     speed = ", ".join(f"{m} {report.computed[m]} in {s:.1f} s ({report.computed[m] / max(s, 1e-9):.1f}/s)"
@@ -104,8 +119,18 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     for name in cache.feature_names:
         typer.echo(f"  {name:14s} ({len(cache)}, {cache.dims[name]}) {cache.dtypes[name]}")
     counts = cache.class_counts()
-    total = max(sum(counts.values()), 1)
-    typer.echo("classes: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items()))
+    if cache.multilabel:
+        rows = cache.labels[(cache.labels >= 0).all(1)] if len(cache) else cache.labels
+        n = max(len(rows), 1)
+        typer.echo("labels (rows carrying each): " + ", ".join(f"{k} {v} ({100 * v / n:.0f}%)" for k, v in counts.items()))
+        if len(rows):
+            per_row = rows.sum(1)
+            spread = ", ".join(f"{k}: {int((per_row == k).sum())}" for k in range(min(3, int(per_row.max()) + 1)))
+            more = int((per_row >= 3).sum())
+            typer.echo(f"labels per row: mean {per_row.mean():.2f} ({spread}{f', 3+: {more}' if more else ''})")
+    else:
+        total = max(sum(counts.values()), 1)
+        typer.echo("classes: " + ", ".join(f"{k} {v} ({100 * v / total:.0f}%)" for k, v in counts.items()))
     typer.echo(f"text:  {p['text']['model']} ({p['text']['source']}), max_length {p['text']['max_length']}")
     typer.echo(f"image: {p['image']['model']}, weights {json.dumps(p['image']['weights'])}")
     typer.echo(f"       preprocessing {json.dumps(p['image']['preprocessing'])}")
@@ -140,20 +165,31 @@ def train_head(
     loss: Loss = typer.Option(Loss(D.loss), help="ce (softmax cross-entropy) or hinge (multiclass SVM)."),
     class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced: inverse class frequency."),
     label_smoothing: float = typer.Option(D.label_smoothing, help="Cross-entropy label smoothing."),
-    patience: int = typer.Option(D.patience, help="Early stopping patience (epochs) on validation macro-F1."),
+    patience: int = typer.Option(D.patience, help="Early stopping patience (epochs) on the --monitor score."),
     align_weight: float = typer.Option(D.align_weight, help="Contrastive loss weight (aligned)."),
     c: str = typer.Option(str(D.C), "--C", help="Inverse regularisation (logreg), or auto: searched by CV."),
+    monitor: Monitor = typer.Option(Monitor(D.monitor), help="Early-stopping score: auto (macro_f1; multi-label "
+                                    "micro_f1), or multi-label micro_f1, macro_f1, samples_f1, map."),
+    thresholds: Thresholds = typer.Option(Thresholds(D.thresholds), help="Multi-label: per-label (tuned on the "
+                                          "validation rows where a label has 5+ positives, else global), global "
+                                          "(one, for micro-F1) or fixed (0.5)."),
+    min_labels: int = typer.Option(D.min_labels, help="Multi-label: 1 gives a row where nothing passes its top "
+                                   "label; 0 allows none."),
+    combine: Combine = typer.Option(Combine(D.combine), help="Late fusion, multi-label: mean of the two heads' "
+                                    "probabilities, or union (a label either head predicts)."),
     seed: int = typer.Option(D.seed, help="Seed: same seed, same result."),
 ):
     """Train a fusion head on cached features in seconds; save a reusable run folder."""
     from .heads import train_head as run_train
-    from .metrics import format_metrics
+    from .metrics import format_metrics, format_size
 
     with user_errors():
         cfg = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
                          align_weight=align_weight, epochs=epochs, lr=lr, weight_decay=weight_decay,
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
-                         label_smoothing=label_smoothing, patience=patience, C=_number_or_auto(c, "--C"), seed=seed)
+                         label_smoothing=label_smoothing, patience=patience, C=_number_or_auto(c, "--C"), seed=seed,
+                         monitor=monitor.value, thresholds=thresholds.value, min_labels=min_labels,
+                         combine=combine.value)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out)
     typer.echo(f"{fusion} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
                f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
@@ -161,7 +197,9 @@ def train_head(
         typer.echo("modality weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_weights"].items()))
     if "validation" in metrics:
         typer.echo("validation: " + format_metrics(metrics["validation"]))
-    typer.echo(f"saved run to {out}")
+    if metrics.get("thresholds"):
+        typer.echo("thresholds: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics["thresholds"].items()))
+    typer.echo(f"saved run to {out} ({format_size(metrics['size_bytes'])} on disk)")
 
 
 @app.command()
@@ -289,16 +327,26 @@ def compare(runs: list[Path] = typer.Argument(..., help="Run folders from train-
 
 @app.command()
 def score(
-    predictions: Path = typer.Argument(..., help="guid,tag predictions (from predict)."),
-    truth: Path = typer.Argument(..., help="guid,tag true labels."),
+    predictions: Path = typer.Argument(..., help="Predictions (from predict): guid,tag or ImageID,Labels rows."),
+    truth: Path = typer.Argument(..., help="True labels in the same format."),
+    label_names: Optional[str] = typer.Option(None, help="Multi-label: the label set (comma list or file) "
+                                              "[default: every label in either file]."),
+    id_col: str = typer.Option("ImageID", help="Multi-label: the id column."),
+    labels_col: str = typer.Option("Labels", help="Multi-label: the labels column."),
 ):
-    """Score a predictions file against a labels file, both in the course format."""
-    from .data import COURSE_TAGS
+    """Score a predictions file against a labels file: the course format (guid,tag), or multi-label
+    ImageID,Labels files (micro-, macro-, samples-F1, per label)."""
+    from .data import COURSE_TAGS, parse_label_names
     from .metrics import format_metrics
-    from .runs import score_files
+    from .runs import is_course_file, score_files, score_label_sets
 
     with user_errors():
-        m = score_files(predictions, truth, COURSE_TAGS)
+        if not truth.is_file():
+            raise MmfuseError(f"file not found: {truth}")
+        if is_course_file(truth):
+            m = score_files(predictions, truth, COURSE_TAGS)
+        else:
+            m = score_label_sets(predictions, truth, parse_label_names(label_names), id_col, labels_col)
     typer.echo(f"{predictions} vs {truth}: " + format_metrics(m))
 
 
@@ -319,6 +367,8 @@ def grid(
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
     c: Optional[str] = typer.Option(None, "--C", help="Comma list of numbers or auto (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
+    combine: Optional[str] = typer.Option(None, help="Comma list of mean, union (late fusion, multi-label)."),
+    thresholds: Optional[str] = typer.Option(None, help="Comma list of per-label, global, fixed (multi-label)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
                                             "CPU has native bf16 and runs it 1.5x faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
@@ -336,7 +386,7 @@ def grid(
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
-    from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, run_grid
+    from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, primary, run_grid
 
     with user_errors():
         spec = load_grid_file(config) if config else {"grid": {}}
@@ -344,7 +394,8 @@ def grid(
         given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
                  "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
                  "label_smoothing": label_smoothing, "batch_size": batch_size, "epochs": epochs, "C": c,
-                 "align_weight": align_weight, "precision": precision}
+                 "align_weight": align_weight, "precision": precision, "combine": combine,
+                 "thresholds": thresholds}
         axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
         axes = {**DEFAULT_GRID, "epochs": [20], **axes}
         if "precision" not in axes:
@@ -361,12 +412,14 @@ def grid(
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
     best = result.rows[0]
-    typer.echo(f"top: {best['fusion']} ({best['config_id']}) CV macro-F1 {best['macro_f1_mean']:.3f} ± "
-               f"{best['macro_f1_std']:.3f}; {len(result.tied)} configuration(s) within one standard error of it")
+    metric = primary(best)
+    name = metric.replace("_f1", "-F1")
+    typer.echo(f"top: {best['fusion']} ({best['config_id']}) CV {name} {best[metric + '_mean']:.3f} ± "
+               f"{best[metric + '_std']:.3f}; {len(result.tied)} configuration(s) within one standard error of it")
     chosen = result.pick
     rule = "one-standard-error rule: the simplest tied one" if pick.value == "one-se" else "the top by mean"
     typer.echo(f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
-               f"CV macro-F1 {chosen['macro_f1_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
+               f"CV {name} {chosen[metric + '_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
 
 
 @app.command()
@@ -386,13 +439,15 @@ def ensemble(
     with user_errors():
         _, m = build_ensemble(grid_dir, top, out, meta, refit.value, log=typer.echo)
     b = m["best_member"]
-    typer.echo(f"best single configuration ({b['fusion']}): CV macro-F1 {b['macro_f1_mean']:.3f} ± "
-               f"{b['macro_f1_std']:.3f}, pooled out-of-fold {b['pooled_macro_f1']:.3f}")
+    metric = b["metric"]
+    name = metric.replace("_f1", "-F1")
+    typer.echo(f"best single configuration ({b['fusion']}): CV {name} {b[metric + '_mean']:.3f} ± "
+               f"{b[metric + '_std']:.3f}, pooled out-of-fold {b['pooled']:.3f}")
     for kind, cv in {meta: m["cv"], **m["cv_other"]}.items():
         d = m["vs_best_member"][kind]
         typer.echo(f"ensemble of {len(m['members'])} ({'logistic regression' if kind == 'lr' else 'mean of probabilities'}"
-                   f"{', saved' if kind == meta else ''}): CV macro-F1 {cv['macro_f1_mean']:.3f} ± "
-                   f"{cv['macro_f1_std']:.3f}, pooled {cv['pooled_macro_f1']:.3f}; vs the best member per fold "
+                   f"{', saved' if kind == meta else ''}): CV {name} {cv[metric + '_mean']:.3f} ± "
+                   f"{cv[metric + '_std']:.3f}, pooled {cv['pooled']:.3f}; vs the best member per fold "
                    f"{d['mean']:+.3f} ± {d['std']:.3f} (ahead on {d['ahead']} of {d['folds']} folds)")
     typer.echo("(members were chosen on these folds, so the ensemble's CV numbers are optimistic)")
     typer.echo(f"saved run to {out}")

@@ -1,15 +1,23 @@
 """Data set readers: one record type, one reader per format.
 
-The course format is a folder with ``train.txt`` / ``test_without_label.txt`` (``guid,tag`` rows,
-``null`` for unlabelled) and ``data/{guid}.txt|.jpg``. Every row of the split file becomes one
-:class:`Record`, in file order; a row with a problem carries it in ``Record.error`` so that the
-caller decides whether to raise or to skip it, and nothing is ever dropped silently.
+Two formats:
+
+- the course format (single-label): a folder with ``train.txt`` / ``test_without_label.txt``
+  (``guid,tag`` rows, ``null`` for unlabelled) and ``data/{guid}.txt|.jpg`` (:func:`read_course`);
+- a multi-label CSV (``ImageID,Labels,Caption``, labels space-separated) beside an image folder
+  (:func:`read_csv`), whose messy real-world quoting is parsed without losing or merging a row.
+
+Every row becomes one :class:`Record`, in file order; a row with a problem carries it in
+``Record.error`` so that the caller decides whether to raise or to skip it, and nothing is ever
+dropped silently. :func:`read_data` picks the reader from the path.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,6 +60,8 @@ class DataSet:
     label_names: tuple[str, ...]
     multilabel: bool = False
     encodings: Counter = field(default_factory=Counter)  # encoding -> number of texts
+    labelled: bool = True  # multi-label: whether the rows carry label sets (an empty set is a label set)
+    format: str = "course"  # course or csv
 
     @property
     def errors(self) -> list[Record]:
@@ -72,10 +82,12 @@ class DataSet:
 
     def label_array(self) -> np.ndarray:
         """Labels as indices into ``label_names``: (N,) int64, -1 where unlabelled; multi-label: (N, L)
-        uint8 multi-hot."""
+        int8 multi-hot, every entry -1 in an unlabelled set."""
         index = {n: i for i, n in enumerate(self.label_names)}
         if self.multilabel:
-            y = np.zeros((len(self.records), len(self.label_names)), np.uint8)
+            y = np.zeros((len(self.records), len(self.label_names)), np.int8)
+            if not self.labelled:
+                return y - 1
             for row, r in enumerate(self.records):
                 y[row, [index[t] for t in r.labels if t in index]] = 1
             return y
@@ -176,3 +188,202 @@ def guid_tag_rows(path: Path) -> Iterator[tuple[int, str, str]]:
         if len(row) != 2:
             raise DataError(f"{path} line {lineno}: expected 'guid,tag', got {','.join(row)!r}")
         yield lineno, row[0].strip(), row[1].strip().lower()
+
+
+# --- multi-label CSV ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CsvFormat:
+    """How to read a multi-label CSV: the image folder, column names and the label set."""
+
+    images: Path  # folder holding the images named by the id column
+    id_col: str = "ImageID"  # image file name (an id without extension gets .jpg)
+    labels_col: str = "Labels"  # label names or numbers; a file without this column is unlabelled
+    text_col: str = "Caption"  # the free text: may hold commas, quotes, line breaks
+    label_sep: str = " "  # between labels in a cell (" ": any run of whitespace)
+    label_names: tuple[str, ...] | None = None  # fixed label set and column order; None: the labels seen,
+    #                                             sorted (numerically when all are numbers)
+
+
+def parse_label_names(value: str | Path | None) -> tuple[str, ...] | None:
+    """``--label-names``: a comma list (``1,2,3``) or a file with one name per line (or a comma list)."""
+    if value is None or value == "":
+        return None
+    path = Path(str(value))
+    text = path.read_text(encoding="utf-8-sig") if path.is_file() else str(value)
+    names = tuple(n.strip() for n in re.split(r"[,\n]", text) if n.strip())
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if not names or dup:
+        raise DataError(f"--label-names {value}: " + (f"duplicate names {dup}" if dup else "no names"))
+    return names
+
+
+def _cell_pattern(columns: int, text_at: int) -> re.Pattern:
+    """A regex matching one whole record of ``columns`` fields whose field ``text_at`` is free text.
+
+    The other fields are simple (no quote inside; commas only inside quotes). The free text is either
+    unquoted (one line; a comma in it is kept when it is the last column) or quoted: from the opening
+    quote to the last quote that is followed by exactly the remaining simple fields. So commas, line
+    breaks and *unescaped* quotes inside it (``"reads "oh no, not beef!""``) are all kept; ``""`` is
+    read as one quote. Empty trailing columns (``...,caption,``) are allowed."""
+    simple = r'[ \t]*(?:"[^"\n]*"|[^,"\n]*)[ \t]*'
+    parts = []
+    for k in range(columns):
+        if k == text_at:
+            parts.append(r'(?:[ \t]*"(?P<quoted>.*)"[ \t]*|(?P<plain>(?![ \t]*")[^\n]*))')
+        else:
+            parts.append(f"(?P<f{k}>{simple})")
+    return re.compile(",".join(parts) + r"(?:,[ \t]*)*", re.DOTALL)
+
+
+def _simple(cell: str) -> str:
+    cell = cell.strip()
+    return cell[1:-1].strip() if len(cell) >= 2 and cell[0] == cell[-1] == '"' else cell
+
+
+def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = (),
+                is_record_start=None) -> tuple[list[tuple[int, dict | None, str | None, str]], list[str]]:
+    """Parse a CSV whose column ``text_col`` is free text, line by line, without ever merging rows.
+
+    Returns ([(line, {column: value} or None, error or None, encoding)], header names). Each
+    physical line is decoded on its own (UTF-8, else the fallbacks), CRLF and a BOM are accepted,
+    blank lines skipped. A quoted text that does not close on its line continues on the next ones;
+    it stops being continued, and is an error naming its line, where the next line is itself a
+    whole record that ``is_record_start(fields)`` accepts (so an unclosed quote cannot swallow the
+    rows after it), or at the end of the file.
+    """
+    raw = path.read_bytes()
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    lines, encs = [], []
+    for line in raw.split(b"\n"):
+        text, enc = decode_text(line[:-1] if line.endswith(b"\r") else line)
+        lines.append(text)
+        encs.append(enc)
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        raise DataError(f"{path} is empty")
+    header = [_simple(c) for c in next(csv.reader([lines[0]]))]
+    while header and header[-1] == "":
+        header.pop()  # an empty trailing column
+    lower = [h.lower() for h in header]
+    for name in (*required, text_col):
+        if name.lower() not in lower:
+            option = "--text-col" if name == text_col else "--id-col / --labels-col"
+            raise DataError(f"{path}: no column {name!r} in the header {header} (name it with {option})")
+    text_at = lower.index(text_col.lower())
+    pattern = _cell_pattern(len(header), text_at)
+    wanted = {name: lower.index(name.lower()) for name in (*required, *optional) if name.lower() in lower}
+
+    def parse(chunk: str) -> dict | None:
+        m = pattern.fullmatch(chunk)
+        if m is None:
+            return None
+        text = m.group("quoted").replace('""', '"') if m.group("quoted") is not None else m.group("plain")
+        out = {name: _simple(m.group(f"f{k}")) for name, k in wanted.items()}
+        out[text_col] = text.strip()
+        return out
+
+    rows, i = [], 1
+    while i < len(lines):
+        first = i + 1  # 1-based line number
+        if not lines[i].strip():
+            i += 1
+            continue
+        chunk, fields = lines[i], parse(lines[i])
+        j = i
+        while fields is None and j + 1 < len(lines):
+            nxt = parse(lines[j + 1])
+            if nxt is not None and (is_record_start is None or is_record_start(nxt)):
+                break  # the next line is a record of its own: this one cannot be closed
+            j += 1
+            chunk += "\n" + lines[j]
+            fields = parse(chunk)
+        if fields is None:  # the fields before the text are simple: keep them to name the row
+            cells = lines[i].split(",")
+            fields = {name: _simple(cells[k]) for name, k in wanted.items() if k < min(text_at, len(cells))}
+            rows.append((first, fields, f"cannot parse line {first} into the {len(header)} columns {header}: "
+                         "unbalanced quotes or a wrong number of fields", encs[i]))
+            i += 1
+        else:
+            used = {e for e in encs[i:j + 1] if e != "utf-8"}
+            rows.append((first, fields, None, min(used) if used else "utf-8"))
+            i = j + 1
+    return rows, header
+
+
+def _image_path(images: Path, image_id: str) -> tuple[Path, str | None]:
+    """The image file of an id, kept inside ``images`` (an absolute path or ``..`` is refused)."""
+    rel = Path(image_id)
+    if rel.is_absolute() or ".." in rel.parts or not image_id:
+        return images / "invalid", f"image id {image_id!r} is not a file name inside {images}"
+    path = images / rel
+    if not path.suffix and not path.is_file():
+        path = path.with_suffix(".jpg")
+    return path, None
+
+
+def _sort_labels(names) -> tuple[str, ...]:
+    names = sorted(set(names))
+    return tuple(sorted(names, key=int) if all(re.fullmatch(r"-?\d+", n) for n in names) else names)
+
+
+def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALLBACK_ENCODINGS) -> DataSet:
+    """Read a multi-label CSV (``ImageID,Labels,Caption``; without the labels column: unlabelled).
+
+    Bad rows (unparseable line, missing image, unknown label with fixed label names, duplicate id)
+    are returned with ``error`` set, naming the line and the image; an empty label cell is an
+    all-negative row."""
+    path, images = Path(path), Path(fmt.images)
+    if not path.is_file():
+        raise DataError(f"CSV file not found: {path}")
+    if not images.is_dir():
+        raise DataError(f"image folder not found: {images} (pass it with --images)")
+
+    def plausible(fields: dict) -> bool:  # a line that is a record of its own names an existing image
+        image, err = _image_path(images, fields.get(fmt.id_col, ""))
+        return err is None and image.is_file()
+
+    rows, header = csv_records(path, fmt.text_col, (fmt.id_col,), (fmt.labels_col,), plausible)
+    labelled = fmt.labels_col.lower() in [h.lower() for h in header]
+    split = (lambda cell: cell.split()) if fmt.label_sep == " " else (
+        lambda cell: [x.strip() for x in cell.split(fmt.label_sep) if x.strip()])
+    cells = [split(fields[fmt.labels_col]) if labelled and not error else [] for _, fields, error, _ in rows]
+    names = fmt.label_names or _sort_labels(x for c in cells for x in c)
+    if labelled and not names:
+        raise DataError(f"{path}: no row carries a label: pass --label-names to fix the label set")
+    known = set(names)
+    records, seen, encodings = [], {}, Counter()
+    for (line, fields, error, enc), labels in zip(rows, cells):
+        source = f"{path.name}:{line}"
+        if error:
+            guid = fields.get(fmt.id_col) or f"<line {line}>"
+            records.append(Record(guid, "", images / "invalid", (), source, enc, error))
+            continue
+        image_id, text = fields[fmt.id_col], fields[fmt.text_col]
+        image, error = _image_path(images, image_id)
+        unknown = [x for x in labels if x not in known]
+        if unknown:
+            error = error or (f"unknown label(s) {unknown} (the label names are {', '.join(names)})")
+        if image_id in seen:
+            error = error or f"duplicate {fmt.id_col} {image_id!r} (first at line {seen[image_id]})"
+        seen.setdefault(image_id, line)
+        if error is None and not image.is_file():
+            error = f"image file missing: {image}"
+        encodings[enc] += 1
+        records.append(Record(image_id, text, image, tuple(dict.fromkeys(labels)), source, enc, error))
+    if not records:
+        raise DataError(f"{path} lists no rows")
+    return DataSet(path.parent, path.stem, path, records, tuple(names), True, encodings, labelled, "csv")
+
+
+def read_data(source: str | Path, split: str = "train", csv_format: CsvFormat | None = None) -> DataSet:
+    """A course-format folder's ``split``, or (a ``.csv`` file, with ``csv_format``) a multi-label CSV."""
+    source = Path(source)
+    if source.suffix.lower() == ".csv" or source.is_file():
+        if csv_format is None:
+            raise DataError(f"{source} is a CSV file: pass --images DIR (the folder of its images)")
+        return read_csv(source, csv_format)
+    return read_course(source, split)

@@ -19,11 +19,12 @@ import numpy as np
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .grid import METRICS, REFITS, ranked, read_results, refit
+from .grid import REFITS, ranked, read_results, refit, task_metrics
 from .heads import FeatureSet, Head
 from .heads.bagging import load_head
 from .heads.estimator import load_linear, save_linear
-from .metrics import classification_metrics, macro_f1
+from .metrics import classification_metrics, multilabel_metrics
+from .multilabel import decide, tune_thresholds
 
 
 def _meta_features(probas: list[np.ndarray]) -> np.ndarray:
@@ -46,12 +47,51 @@ class MeanOfMembers:
         return self.predict_proba(Z).argmax(1)
 
 
-def _meta_model(kind: str, n_classes: int, seed: int):
-    """``lr``: balanced logistic regression, C chosen by inner 3-fold CV on macro-F1."""
+class PerLabelStack:
+    """Multi-label stacking: per label, a logistic regression on the members' probabilities of that label
+    (k inputs); saved as a (L, k) coefficient matrix."""
+
+    def __init__(self, n_labels: int, seed: int = 0):
+        self.n_labels, self.seed = n_labels, seed
+
+    def fit(self, Z: np.ndarray, Y: np.ndarray) -> "PerLabelStack":
+        from sklearn.linear_model import LogisticRegression
+
+        L = self.n_labels
+        k = Z.shape[1] // L
+        self.coef_, self.intercept_ = np.zeros((L, k)), np.zeros(L)
+        for label in range(L):
+            y = Y[:, label].astype(int)
+            if y.min() == y.max():
+                self.intercept_[label] = 9.0 if y[0] else -9.0
+                continue
+            m = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed).fit(Z[:, label::L], y)
+            self.coef_[label], self.intercept_[label] = m.coef_[0], m.intercept_[0]
+        self.classes_ = np.arange(L)
+        return self
+
+    def predict_proba(self, Z: np.ndarray) -> np.ndarray:
+        L = self.n_labels
+        logits = np.stack([Z[:, label::L] @ self.coef_[label] for label in range(L)], 1) + self.intercept_  # (N, L)
+        return 1 / (1 + np.exp(-logits))
+
+    @classmethod
+    def load(cls, path: Path) -> "PerLabelStack":
+        a = np.load(path, allow_pickle=False)
+        model = cls(len(a["intercept"]))
+        model.coef_, model.intercept_, model.classes_ = a["coef"], a["intercept"], a["classes"]
+        return model
+
+
+def _meta_model(kind: str, n_classes: int, seed: int, multilabel: bool = False):
+    """``lr``: balanced logistic regression, C chosen by inner 3-fold CV on macro-F1 (multi-label: one
+    logistic regression per label, :class:`PerLabelStack`)."""
     if kind == "mean":
         return MeanOfMembers(n_classes)
     if kind != "lr":
         raise MmfuseError(f"unknown meta-classifier {kind!r}: lr or mean")
+    if multilabel:
+        return PerLabelStack(n_classes, seed)
     from sklearn.linear_model import LogisticRegressionCV
 
     return LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=3, scoring="f1_macro", class_weight="balanced",
@@ -59,11 +99,20 @@ def _meta_model(kind: str, n_classes: int, seed: int):
 
 
 class StackedEnsemble:
-    """Members (saved heads) + a meta LogisticRegression; the run-folder interface of ``Head``."""
+    """Members (saved heads) + a meta-classifier; the run-folder interface of ``Head``. Multi-label:
+    ``thresholds`` (tuned on the out-of-fold rows) turn its probabilities into label sets."""
 
-    def __init__(self, members: list[Head], meta, label_names: tuple[str, ...]):
+    def __init__(self, members: list[Head], meta, label_names: tuple[str, ...], thresholds=None,
+                 min_labels: int = 1):
         self.members, self.meta_, self.label_names_ = members, meta, tuple(label_names)
         self.classes_ = np.arange(len(self.label_names_))
+        self.thresholds_ = None if thresholds is None else np.asarray(thresholds)
+        self.min_labels = min_labels
+
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        if self.thresholds_ is not None:
+            return decide(proba, self.thresholds_, self.min_labels)
+        return proba.argmax(1)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
@@ -88,9 +137,10 @@ class StackedEnsemble:
         folder = Path(folder)
         meta = json.loads((folder / "ensemble.json").read_text())
         members = [load_head(folder / "members" / m) for m in meta["members"]]
+        multilabel = meta.get("thresholds") is not None
         model = (MeanOfMembers(len(meta["label_names"])) if meta["meta"] == "mean"
-                 else load_linear(folder / "meta.npz"))
-        return cls(members, model, meta["label_names"])
+                 else PerLabelStack.load(folder / "meta.npz") if multilabel else load_linear(folder / "meta.npz"))
+        return cls(members, model, meta["label_names"], meta.get("thresholds"), meta.get("min_labels", 1))
 
 
 
@@ -107,28 +157,49 @@ def _fit(model, Z: np.ndarray, y: np.ndarray):
         return model.fit(Z, y)
 
 
-def _scores(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, label_names) -> dict:
-    """Per-fold metrics (mean, std, the macro-F1 of each fold) and macro-F1 pooled over all rows."""
-    per = [classification_metrics(y[fold == k], pred[fold == k], label_names) for k in range(int(fold.max()) + 1)]
-    out = {f"{n}_{s}": float(f([m[n] for m in per])) for n in METRICS for s, f in (("mean", np.mean), ("std", np.std))}
-    out.update(fold_macro_f1=[m["macro_f1"] for m in per], pooled_macro_f1=macro_f1(y, pred, len(label_names)))
+def _metrics(y: np.ndarray, pred: np.ndarray, label_names, proba: np.ndarray | None = None) -> dict:
+    if y.ndim == 2:
+        return multilabel_metrics(y, pred, label_names, proba)
+    return classification_metrics(y, pred, label_names)
+
+
+def _scores(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, label_names, proba: np.ndarray | None = None) -> dict:
+    """Per-fold metrics (mean, std, the primary score of each fold: macro-F1, multi-label micro-F1) and the
+    primary score pooled over all rows."""
+    names = task_metrics(y.ndim == 2)
+    per = [_metrics(y[fold == k], pred[fold == k], label_names, None if proba is None else proba[fold == k])
+           for k in range(int(fold.max()) + 1)]
+    out = {f"{n}_{s}": float(f([m[n] for m in per])) for n in names if n in per[0]
+           for s, f in (("mean", np.mean), ("std", np.std))}
+    out.update(metric=names[0], fold_scores=[m[names[0]] for m in per],
+               pooled=_metrics(y, pred, label_names)[names[0]])
     return out
 
 
-def _cv(kind: str, Z: np.ndarray, y: np.ndarray, fold: np.ndarray, label_names, seed: int) -> dict:
-    """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, predict this one."""
-    pred = np.empty(len(y), np.int64)
+def _cv(kind: str, Z: np.ndarray, y: np.ndarray, fold: np.ndarray, label_names, seed: int,
+        thresholds: str = "per-label", min_labels: int = 1) -> dict:
+    """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, predict this one.
+    Multi-label: the thresholds are tuned on the other folds' rows too."""
+    multilabel = y.ndim == 2
+    pred = np.empty(y.shape if multilabel else len(y), np.int64)
+    proba = np.zeros(y.shape, float) if multilabel else None
     for k in range(int(fold.max()) + 1):
         tr, te = fold != k, fold == k
-        pred[te] = _fit(_meta_model(kind, len(label_names), seed), Z[tr], y[tr]).predict(Z[te])
-    return _scores(y, pred, fold, label_names)
+        model = _fit(_meta_model(kind, len(label_names), seed, multilabel), Z[tr], y[tr])
+        if multilabel:
+            t = tune_thresholds(y[tr], model.predict_proba(Z[tr]), thresholds, min_labels)
+            proba[te] = model.predict_proba(Z[te])
+            pred[te] = decide(proba[te], t, min_labels)
+        else:
+            pred[te] = model.predict(Z[te])
+    return _scores(y, pred, fold, label_names, proba)
 
 
 def paired(a: dict, b: dict) -> dict:
-    """Per-fold macro-F1 differences a - b on the same folds: mean, std, folds where a is ahead."""
-    d = np.array(a["fold_macro_f1"]) - np.array(b["fold_macro_f1"])
+    """Per-fold differences a - b of the primary score on the same folds: mean, std, folds where a is ahead."""
+    d = np.array(a["fold_scores"]) - np.array(b["fold_scores"])
     return {"mean": float(d.mean()), "std": float(d.std()), "ahead": int((d > 0).sum()), "folds": len(d),
-            "pooled": a["pooled_macro_f1"] - b["pooled_macro_f1"]}
+            "pooled": a["pooled"] - b["pooled"]}
 
 
 def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "mean",
@@ -158,9 +229,13 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     oofs = [np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows]
     Z = _meta_features(oofs)
     names = info["label_names"]
+    multilabel = y.ndim == 2
+    rule = {"thresholds": rows[0]["thresholds"], "min_labels": int(rows[0]["min_labels"])} if multilabel else {}
+    # the best member scored like the ensembles (multi-label: thresholds from the other folds' rows)
     best = {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
-            **_scores(y, oofs[0].argmax(1), fold, names)}
-    cv = {kind: _cv(kind, Z, y, fold, names, info["seed"]) for kind in ("lr", "mean")}
+            **(_cv("mean", oofs[0], y, fold, names, info["seed"], **rule) if multilabel
+               else _scores(y, oofs[0].argmax(1), fold, names))}
+    cv = {kind: _cv(kind, Z, y, fold, names, info["seed"], **rule) for kind in ("lr", "mean")}
     metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1, "meta": meta,
                "refit": refit_mode, "cv": cv[meta], "cv_other": {k: v for k, v in cv.items() if k != meta},
                "best_member": best, "vs_best_member": {k: paired(v, best) for k, v in cv.items()},
@@ -171,12 +246,15 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     members = []
     for r in rows:
         log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
-        members.append(load_head(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode)))
-    model = _fit(_meta_model(meta, len(names), info["seed"]), Z, y)
+        members.append(load_head(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode,
+                                       np.load(grid / "oof" / f"{r['config_id']}.npy"))))
+    model = _fit(_meta_model(meta, len(names), info["seed"], multilabel), Z, y)
+    thresholds = (tune_thresholds(y, model.predict_proba(Z), rule["thresholds"], rule["min_labels"]).tolist()
+                  if multilabel else None)
     if meta == "lr":
         save_linear(model, out / "meta.npz")
     (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": names,
-                                                   "grid": str(grid), "meta": meta, "refit": refit_mode},
-                                                  indent=2) + "\n")
+                                                   "grid": str(grid), "meta": meta, "refit": refit_mode,
+                                                   "thresholds": thresholds, **rule}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return StackedEnsemble(members, model, names), metrics
+    return StackedEnsemble(members, model, names, thresholds, rule.get("min_labels", 1)), metrics

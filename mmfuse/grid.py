@@ -27,16 +27,19 @@ from .cache import FeatureCache
 from .errors import MmfuseError
 from .heads import BaggedHead, FeatureSet, Head, HeadConfig
 from .heads.run import stratified_split, write_history
-from .metrics import classification_metrics
+from .metrics import metrics_for
+from .multilabel import iterative_stratification, tune_thresholds
 
 DEFAULT_GRID = {"fusion": ["concat", "weighted", "gated", "late"], "lr": [1e-4, 3e-4, 1e-3],
                 "weight_decay": [0.0, 1e-4, 1e-2]}
-METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")
+METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")  # single-label; ranked by the first
+MULTILABEL_METRICS = ("micro_f1", "macro_f1", "samples_f1", "map")  # multi-label; ranked by micro-F1
 VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
 # Fields that change nothing for a fusion are reset to the base value, so a grid never fits the same
 # model twice (e.g. logreg ignores lr; only aligned reads align_weight).
-ONLY_FOR = {"align_weight": {"aligned"}, "temperature": {"aligned"}, "heads": {"attention"}, "C": {"logreg"}}
-LOGREG_USES = {"fusion", "text_feature", "class_weight", "C", "seed"}
+ONLY_FOR = {"align_weight": {"aligned"}, "temperature": {"aligned"}, "heads": {"attention"}, "C": {"logreg"},
+            "combine": {"late"}}
+LOGREG_USES = {"fusion", "text_feature", "class_weight", "C", "seed", "thresholds", "min_labels"}
 
 
 def _float_or_auto(v: str):
@@ -148,12 +151,30 @@ def default_precision(out: str | Path) -> tuple[str, str]:
     return fast_precision()
 
 
+def task_metrics(multilabel: bool) -> tuple[str, ...]:
+    return MULTILABEL_METRICS if multilabel else METRICS
+
+
+def primary(row: dict) -> str:
+    """The metric a result row is ranked by: micro-F1 for a multi-label grid, else macro-F1."""
+    return "micro_f1" if "micro_f1_mean" in row else "macro_f1"
+
+
+def score(row: dict) -> float:
+    return row[f"{primary(row)}_mean"]
+
+
 def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """Fold index (0..k-1) of each row, stratified by label."""
+    """Fold index (0..k-1) of each row, stratified by label (multi-label (N, L): iterative stratification,
+    see mmfuse.multilabel)."""
     from sklearn.model_selection import StratifiedKFold
 
     if k < 2:
         raise MmfuseError(f"--folds must be at least 2, not {k}")
+    if y.ndim == 2:
+        if len(y) < 2 * k:
+            raise MmfuseError(f"{len(y)} rows are too few for --folds {k}")
+        return iterative_stratification(y, np.ones(k), seed)
     counts = np.bincount(y)
     if counts[counts > 0].min() < k:
         raise MmfuseError(f"a class has {counts[counts > 0].min()} rows, fewer than --folds {k}")
@@ -213,26 +234,29 @@ def _cross_validate(data: FeatureSet, config: HeadConfig, fold: np.ndarray) -> t
     # scikit-learn's cross_val_predict would refit without the inner early-stopping split and gives no
     # per-fold best epochs or fit times, so the loop is ours (fold_fits); each row of ``oof`` is
     # predicted only by the head that was fit without its fold
+    names = task_metrics(data.y.ndim == 2)
     oof = np.full((len(data), len(data.label_names)), np.nan, np.float32)
-    scores: dict[str, list[float]] = {m: [] for m in METRICS}
+    scores: dict[str, list[float]] = {m: [] for m in names}
     seconds, epochs = [], []
     for k, head, test, secs in fold_fits(data, config, fold):
         seconds.append(secs)
         epochs.append(head.best_epoch_)
         part = data.subset(test)
         oof[test] = head.predict_proba(part)
-        m = classification_metrics(part.y, oof[test].argmax(1), data.label_names)
-        for name in METRICS:
+        m = metrics_for(part.y, oof[test], data.label_names, head.decide)  # multi-label: the fold's thresholds
+        for name in names:
             scores[name].append(m[name])
     row = {"config_id": config_id(config), **asdict(config)}
-    for name in METRICS:
+    for name in names:
         row[f"{name}_mean"], row[f"{name}_std"] = float(np.mean(scores[name])), float(np.std(scores[name]))
     row.update(seconds_per_fit=float(np.mean(seconds)), best_epoch_mean=float(np.mean(epochs)))
     return row, oof
 
 
-RESULT_COLUMNS = (["config_id"] + [f.name for f in fields(HeadConfig)]
-                  + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")] + ["seconds_per_fit", "best_epoch_mean"])
+def result_columns(multilabel: bool) -> list[str]:
+    return (["config_id"] + [f.name for f in fields(HeadConfig)]
+            + [f"{m}_{s}" for m in task_metrics(multilabel) for s in ("mean", "std")]
+            + ["seconds_per_fit", "best_epoch_mean"])
 
 
 def read_results(out: Path) -> list[dict]:
@@ -271,6 +295,13 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     meta = {"cache": str(cache.path), "identity": cache.identity, "feature_identity": cache.feature_identity,
             "rows": len(cache), "folds": folds, "seed": seed}
     fold = make_folds(cache.labels, folds, seed)
+    results = out / "results.csv"
+    if results.is_file() and results.stat().st_size:
+        with open(results, newline="") as f:
+            header = next(csv.reader(f), [])
+        if header != result_columns(cache.multilabel):
+            raise MmfuseError(f"{results} was written by another version of mmfuse (other columns): "
+                              "choose another --out")
     if (out / "grid.json").is_file():
         old = json.loads((out / "grid.json").read_text())
         same = all(old.get(k) == meta[k] for k in ("identity", "rows", "folds", "seed"))
@@ -282,7 +313,8 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
         (out / "oof").mkdir(exist_ok=True)
         np.save(out / "folds.npy", fold)
         (out / "grid.json").write_text(json.dumps({**meta, "label_names": list(cache.label_names),
-                                                   "precision": precision}, indent=2))
+                                                   "multilabel": cache.multilabel, "precision": precision,
+                                                   "metric": task_metrics(cache.multilabel)[0]}, indent=2))
     return fold
 
 
@@ -325,8 +357,8 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run."""
     out, cache_path = Path(out), Path(cache)
     fc = FeatureCache(cache_path)
-    if not fc.labelled or fc.multilabel:
-        raise MmfuseError(f"{cache_path} must be a labelled single-label cache to run a grid on")
+    if not fc.labelled:
+        raise MmfuseError(f"{cache_path} must be a labelled cache to run a grid on")
     if not configs:
         raise MmfuseError("the grid is empty: give at least one value per parameter")
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}))
@@ -345,10 +377,11 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
     results = (_local_results(cache_path, fc.identity, todo, fold, jobs) if backend == "local"
                else _dask_results(cache_path, todo, fold, scheduler))
-    best = max((r["macro_f1_mean"] for r in read_results(out)), default=float("nan"))
+    metric = task_metrics(fc.multilabel)[0]
+    best = max((score(r) for r in read_results(out)), default=float("nan"))
     with open(out / "results.csv", "a", newline="") as f, \
             tqdm(total=len(todo) * folds, desc="grid", unit="fit", disable=not progress) as bar:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS)
+        writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
         if new_file:
             writer.writeheader()
             f.flush()
@@ -356,8 +389,8 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
             np.save(out / "oof" / f"{row['config_id']}.npy", oof)
             writer.writerow(row)  # after the oof file: a listed row is always complete
             f.flush()
-            best = np.nanmax([best, row["macro_f1_mean"]])
-            bar.set_postfix(best_macro_f1=f"{best:.3f}")
+            best = np.nanmax([best, score(row)])
+            bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
             bar.update(folds)
     rows = ranked(read_results(out))
     seconds = time.perf_counter() - t0
@@ -369,13 +402,14 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     plot_grid(out, rows)
     best_run = None
     if refit_best and chosen:
-        best_run = refit(cache_path, chosen, out / "best", fold, refit_mode)
+        best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
+                         np.load(out / "oof" / f"{chosen['config_id']}.npy"))
     return GridResult(out, rows, len(todo), seconds, best_run, chosen, tied)
 
 
 def standard_error(row: dict, folds: int) -> float:
-    """Standard error of a row's mean fold macro-F1 (its std is over folds, ddof 0)."""
-    return row["macro_f1_std"] / math.sqrt(max(1, folds - 1))
+    """Standard error of a row's mean fold score (its std is over folds, ddof 0)."""
+    return row[f"{primary(row)}_std"] / math.sqrt(max(1, folds - 1))
 
 
 def n_parameters(cfg: HeadConfig, text_dim: int, image_dim: int, n_classes: int) -> int:
@@ -390,14 +424,14 @@ def one_se_pick(rows: list[dict], folds: int) -> tuple[dict, list[dict]]:
     """(pick, tied): the configurations whose mean CV macro-F1 is within one standard error of the top's
     are statistically tied with it; the pick is the simplest of them (fewest parameters; then rank).
     ``rows`` are ranked and carry "parameters"."""
-    bar = rows[0]["macro_f1_mean"] - standard_error(rows[0], folds)
-    tied = [r for r in rows if r["macro_f1_mean"] >= bar]
+    bar = score(rows[0]) - standard_error(rows[0], folds)
+    tied = [r for r in rows if score(r) >= bar]
     return min(tied, key=lambda r: (r["parameters"], tied.index(r))), tied
 
 
 def ranked(rows: list[dict]) -> list[dict]:
     """Best CV macro-F1 first; ties broken by config id, so the order never depends on finishing order."""
-    return sorted(rows, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))
+    return sorted(rows, key=lambda r: (-score(r), r["config_id"]))
 
 
 def row_config(row: dict) -> HeadConfig:
@@ -411,13 +445,14 @@ REFITS = ("folds", "full")
 PICKS = ("top", "one-se")
 
 
-def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "folds") -> Path:
+def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "folds", oof: np.ndarray | None = None) -> Path:
     """Save the model to ship for a grid row into ``out``.
 
     ``folds`` (default): the row's k fold heads, refit exactly as CV fit them (same rows, seed and
     early stopping), averaged (a BaggedHead): the models whose out-of-fold predictions were scored.
     ``full``: one head on all rows with the fold fits' schedule in optimiser steps (the cosine over
-    cfg.epochs of a fold fit's steps per epoch, stopped at its mean best epoch).
+    cfg.epochs of a fold fit's steps per epoch, stopped at its mean best epoch); multi-label, its
+    thresholds tuned on the row's out-of-fold probabilities ``oof``.
     """
     import torch
 
@@ -427,12 +462,13 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CV fits ran: the same numbers, so the shipped folds are the scored ones
     try:
-        return _refit(data, cfg, row, out, fold, mode)
+        return _refit(data, cfg, row, out, fold, mode, oof)
     finally:
         torch.set_num_threads(before)
 
 
-def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.ndarray, mode: str) -> Path:
+def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.ndarray, mode: str,
+           oof: np.ndarray | None) -> Path:
     if mode == "folds":
         bagged = BaggedHead([head for _, head, _, _ in fold_fits(data, cfg, fold)])
         bagged.save(out)
@@ -445,6 +481,10 @@ def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.nda
         per_epoch = int(np.ceil(n_fit / cfg.batch_size))
         schedule = (cfg.epochs * per_epoch, max(1, int(round(row["best_epoch_mean"] * per_epoch))))
         head = Head(cfg).fit(data, schedule=None if cfg.fusion == "logreg" else schedule)
+        if head.multilabel_:
+            if oof is None:
+                raise MmfuseError("a multi-label full refit needs the row's out-of-fold probabilities")
+            head.thresholds_ = tune_thresholds(data.y, oof, cfg.thresholds, cfg.min_labels)
         head.save(out)
         if head.history_:
             write_history(head.history_, out / "history.csv")
@@ -471,19 +511,23 @@ def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra:
                   pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top") -> Path:
     axes = _varied(rows) or ["fusion"]
     tied_ids = {r["config_id"] for r in tied or []}
-    lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV\n",
-             f"| rank | {' | '.join(axes)} | macro-F1 | ± SE | accuracy | weighted-F1 | balanced acc. | s/fit | "
-             "parameters | tied with the top |",
-             "|---:|" + "---|" * len(axes) + "---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    metrics = task_metrics(bool(rows) and primary(rows[0]) == "micro_f1")
+    titles = {"macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted-F1",
+              "balanced_accuracy": "balanced acc.", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "map": "mAP"}
+    lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV"
+             + (" (multi-label: iterative stratification; ranked by micro-F1)" if metrics[0] == "micro_f1" else "") + "\n",
+             f"| rank | {' | '.join(axes)} | {titles[metrics[0]]} | ± SE | "
+             + " | ".join(titles[m] for m in metrics[1:]) + " | s/fit | parameters | tied with the top |",
+             "|---:|" + "---|" * len(axes) + "---:|---:|" + "---:|" * (len(metrics) - 1) + "---:|---:|:---:|"]
     for i, r in enumerate(rows[:max(top, len(tied_ids))], 1):
         lines.append(f"| {i} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
-                     + f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} | {standard_error(r, folds):.3f} | "
-                     + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in METRICS[1:])
+                     + f"{score(r):.3f} ± {r[metrics[0] + '_std']:.3f} | {standard_error(r, folds):.3f} | "
+                     + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in metrics[1:])
                      + f" | {r['seconds_per_fit']:.2f} | {r.get('parameters', '')} | "
                      + ("yes" if r["config_id"] in tied_ids else "") + " |")
     if pick:
         lines.append(f"\n{len(tied_ids)} configuration(s) score within one standard error of the top "
-                     f"({rows[0]['macro_f1_mean']:.3f} - {standard_error(rows[0], folds):.3f}): statistically tied. "
+                     f"({score(rows[0]):.3f} - {standard_error(rows[0], folds):.3f}): statistically tied. "
                      + ("Picked by the one-standard-error rule, the simplest of them (fewest parameters): "
                         if rule == "one-se" else "Picked: the top by mean (`--pick one-se` takes the simplest tied one): ")
                      + f"`{pick['config_id']}` ({', '.join(f'{a}={pick[a]}' for a in axes)}), saved in `best/` "
@@ -500,15 +544,17 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     from .metrics import _plt
 
     plt = _plt()
-    fusions = sorted({r["fusion"] for r in rows}, key=lambda f: -max(r["macro_f1_mean"] for r in rows if r["fusion"] == f))
-    best = {f: max((r for r in rows if r["fusion"] == f), key=lambda r: r["macro_f1_mean"]) for f in fusions}
+    name = {"macro_f1": "macro-F1", "micro_f1": "micro-F1"}[primary(rows[0])]
+    std = f"{primary(rows[0])}_std"
+    fusions = sorted({r["fusion"] for r in rows}, key=lambda f: -max(score(r) for r in rows if r["fusion"] == f))
+    best = {f: max((r for r in rows if r["fusion"] == f), key=score) for f in fusions}
     fig, ax = plt.subplots(figsize=(1.1 * len(fusions) + 3, 3.8))
-    ax.bar(range(len(fusions)), [best[f]["macro_f1_mean"] for f in fusions],
-           yerr=[best[f]["macro_f1_std"] for f in fusions], capsize=4, color="C0")
+    ax.bar(range(len(fusions)), [score(best[f]) for f in fusions],
+           yerr=[best[f][std] for f in fusions], capsize=4, color="C0")
     ax.set_xticks(range(len(fusions)), fusions, rotation=30, ha="right")
-    low = min(best[f]["macro_f1_mean"] - best[f]["macro_f1_std"] for f in fusions)
+    low = min(score(best[f]) - best[f][std] for f in fusions)
     ax.set_ylim(max(0, low - 0.05), None)
-    ax.set_ylabel("CV macro-F1 (best config, ± std over folds)")
+    ax.set_ylabel(f"CV {name} (best config, ± std over folds)")
     ax.set_title("best configuration per fusion")
     fig.tight_layout()
     fig.savefig(out / "fusions.png", dpi=110)
@@ -523,14 +569,14 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     nrows = -(-len(torch_fusions) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 1.2, 3.1 * nrows + 0.8), squeeze=False,
                              constrained_layout=True)
-    vmin = min(r["macro_f1_mean"] for r in rows)
-    vmax = max(r["macro_f1_mean"] for r in rows)
+    vmin = min(score(r) for r in rows)
+    vmax = max(score(r) for r in rows)
     for n, (ax, f) in enumerate(zip(axes.flat, torch_fusions)):
         grid = np.full((len(lrs), len(wds)), np.nan)
         for r in rows:
             if r["fusion"] == f:
                 i, j = lrs.index(r["lr"]), wds.index(r["weight_decay"])
-                grid[i, j] = np.nanmax([grid[i, j], r["macro_f1_mean"]])
+                grid[i, j] = np.nanmax([grid[i, j], score(r)])
         im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(lrs)):
             for j in range(len(wds)):
@@ -545,7 +591,7 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
         ax.set_title(f)
     for ax in list(axes.flat)[len(torch_fusions):]:
         ax.axis("off")
-    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="CV macro-F1")
-    fig.suptitle("CV macro-F1 by learning rate and weight decay (best over other axes)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"CV {name}")
+    fig.suptitle(f"CV {name} by learning rate and weight decay (best over other axes)")
     fig.savefig(out / "heatmaps.png", dpi=110)
     plt.close(fig)

@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 
 from .cache import FeatureCache
-from .data import guid_tag_rows
+from .data import csv_records, guid_tag_rows
 from .errors import DataError, MmfuseError
-from .metrics import classification_metrics
+from .metrics import classification_metrics, metrics_for, multilabel_metrics
 
 
 class Predictor(Protocol):
@@ -40,6 +40,11 @@ def load_run(run: str | Path) -> Predictor:
         return StackedEnsemble.load(run)
     from .heads.bagging import load_head
     return load_head(run)
+
+
+def decide(model, proba: np.ndarray) -> np.ndarray:
+    """A run's predictions from its probabilities: its own rule (multi-label thresholds), else argmax."""
+    return model.decide(proba) if hasattr(model, "decide") else proba.argmax(1)
 
 
 def _is_data_folder(source) -> bool:
@@ -76,28 +81,34 @@ def evaluate_run(run: str | Path, source: str | Path | FeatureCache, zero: str |
     _, proba, y, name = _predict(model, source, split, zero)
     if y is None:
         raise MmfuseError(f"{source} has unlabelled rows: evaluate needs labels (use predict)")
-    metrics = classification_metrics(y, proba.argmax(1), model.label_names_)
+    metrics = metrics_for(y, proba, model.label_names_, lambda p: decide(model, p))
     metrics.update(source=str(getattr(source, "path", source)), zero=zero)
     if save:
         (Path(run) / f"eval-{name}{f'-zero-{zero}' if zero else ''}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-def write_tags(path: str | Path, guids: list[str], tags: list[str]) -> Path:
+def write_tags(path: str | Path, guids: list[str], tags: list[str], header=("guid", "tag")) -> Path:
     """A ``guid,tag`` file written with csv (a guid holding a comma or quote is quoted, not split)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["guid", "tag"])
+    w.writerow(list(header))
     w.writerows(zip(guids, tags))
     path.write_text(buf.getvalue())
     return path
 
 
+def write_label_sets(path: str | Path, ids: list[str], labels: list[list[str]], header=("ImageID", "Labels")) -> Path:
+    """Multi-label predictions: ``ImageID,Labels`` rows, the label names space-separated."""
+    return write_tags(path, ids, [" ".join(x) for x in labels], header)
+
+
 def predict_run(run: str | Path, source: str | Path | FeatureCache, out: str | Path, log=print,
                 split: str = "test") -> Path:
-    """Write ``guid,tag`` rows in the source's order (the course format), tag names not numbers.
+    """Write ``guid,tag`` rows in the source's order (the course format), tag names not numbers;
+    multi-label: ``ImageID,Labels`` rows (the CSV's own column names), label names space-separated.
     ``source``: a feature cache, or for a fine-tune run a data folder (its ``split``).
 
     Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
@@ -109,7 +120,13 @@ def predict_run(run: str | Path, source: str | Path | FeatureCache, out: str | P
             log(f"warning: {len(source.skipped)} row(s) of {source.path} were skipped at extraction and get no "
                 f"prediction: {shown}{' ...' if len(source.skipped) > 5 else ''}")
     guids, proba, _, _ = _predict(model, source, split, None)
-    return write_tags(out, guids, [model.label_names_[p] for p in proba.argmax(1)])
+    pred = decide(model, proba)
+    if pred.ndim == 2:
+        cols = (source.provenance.get("data", {}).get("columns") or {}) if isinstance(source, FeatureCache) else {}
+        names = np.array(model.label_names_)
+        return write_label_sets(out, guids, [list(names[row > 0]) for row in pred],
+                                (cols.get("id", "ImageID"), cols.get("labels", "Labels")))
+    return write_tags(out, guids, [model.label_names_[p] for p in pred])
 
 
 def score_files(predictions: str | Path, truth: str | Path, label_names: tuple[str, ...]) -> dict:
@@ -137,3 +154,54 @@ def score_files(predictions: str | Path, truth: str | Path, label_names: tuple[s
     index = {n: i for i, n in enumerate(label_names)}
     return classification_metrics(np.array([index[true[g]] for g in true]),
                                   np.array([index[pred[g]] for g in true]), label_names)
+
+
+def read_label_sets(path: Path, id_col: str = "ImageID", labels_col: str = "Labels",
+                    label_sep: str = " ") -> dict[str, list[str]]:
+    """``ImageID,Labels`` rows (labels space-separated) of a multi-label truth or predictions file; a line
+    that cannot be parsed or a duplicate id is an error naming its line."""
+    if not path.is_file():
+        raise DataError(f"file not found: {path}")
+    rows, _ = csv_records(path, labels_col, (id_col,))
+    out: dict[str, list[str]] = {}
+    for line, fields, error, _ in rows:
+        if error:
+            raise DataError(f"{path} line {line}: {error}")
+        key = fields[id_col]
+        if key in out:
+            raise DataError(f"{path} line {line}: duplicate {id_col} {key}")
+        cell = fields[labels_col]
+        out[key] = cell.split() if label_sep == " " else [x.strip() for x in cell.split(label_sep) if x.strip()]
+    return out
+
+
+def score_label_sets(predictions: str | Path, truth: str | Path, label_names: tuple[str, ...] | None = None,
+                     id_col: str = "ImageID", labels_col: str = "Labels", label_sep: str = " ") -> dict:
+    """Multi-label metrics of a predictions file against a truth file (both ``ImageID,Labels``). The label
+    set is ``label_names`` (a label outside it is an error naming the line), else every label seen."""
+    from .data import _sort_labels
+
+    predictions, truth = Path(predictions), Path(truth)
+    pred, true = (read_label_sets(p, id_col, labels_col, label_sep) for p in (predictions, truth))
+    missing = [g for g in true if g not in pred]
+    if missing:
+        raise DataError(f"{predictions} has no prediction for {len(missing)} id(s) of {truth}, e.g. "
+                        f"{', '.join(missing[:3])}")
+    names = tuple(label_names) if label_names else _sort_labels(x for d in (pred, true) for v in d.values() for x in v)
+    index = {n: k for k, n in enumerate(names)}
+    arrays = []
+    for path, sets in ((truth, true), (predictions, pred)):
+        y = np.zeros((len(true), len(names)), np.int8)
+        for row, key in enumerate(true):
+            unknown = [x for x in sets[key] if x not in index]
+            if unknown:
+                raise DataError(f"{path}: unknown label(s) {unknown} for {key} (the label names are {', '.join(names)})")
+            y[row, [index[x] for x in sets[key]]] = 1
+        arrays.append(y)
+    return multilabel_metrics(arrays[0], arrays[1], names)
+
+
+def is_course_file(path: str | Path) -> bool:
+    """Whether a labels file is in the course's ``guid,tag`` format (else a multi-label CSV)."""
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        return [c.strip().lower() for c in f.readline().split(",")] == ["guid", "tag"]

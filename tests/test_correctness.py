@@ -130,9 +130,9 @@ def test_ensemble_reports_paired_fold_differences_and_pooled_scores(tmp_path):
     assert "pooled out-of-fold" in result.output and "optimistic" in result.output
     import json
     m = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert len(m["cv"]["fold_macro_f1"]) == 3 and 0 <= m["cv"]["pooled_macro_f1"] <= 1
+    assert len(m["cv"]["fold_scores"]) == 3 and 0 <= m["cv"]["pooled"] <= 1
     d = m["vs_best_member"][m["meta"]]
-    assert d["mean"] == pytest.approx(np.mean(np.subtract(m["cv"]["fold_macro_f1"], m["best_member"]["fold_macro_f1"])))
+    assert d["mean"] == pytest.approx(np.mean(np.subtract(m["cv"]["fold_scores"], m["best_member"]["fold_scores"])))
     assert not list((tmp_path / "e").rglob("*.pkl"))  # nothing that loads back by unpickling
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
-from ..data import read_course
+from ..data import CsvFormat, read_data
 from ..errors import DataError
 from .common import library_versions, resolve_device
 from .image import ImageExtractorConfig, encode_images, load_image_encoder
@@ -37,17 +37,20 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             text: TextExtractorConfig | None = None, image: ImageExtractorConfig | None = None,
             device: str = "auto", precision: str = "fp32", store_dtype: str = "float32",
             on_error: str = "raise", overwrite: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> ExtractReport:
+            csv_format: CsvFormat | None = None, log: Callable[[str], None] = print) -> ExtractReport:
     """Extract text and image features of one split into ``out`` (default features/{split}.h5).
+
+    ``data_dir``: a course-format folder (``split`` names the split), or a multi-label CSV file read
+    with ``csv_format`` (its images folder, columns and label names; the default out is named after it).
 
     Resumes an interrupted run with the same configuration; refuses to replace a cache of another
     configuration unless ``overwrite``. ``on_error="skip"`` skips bad records and records why.
     """
     text, image = text or TextExtractorConfig(), image or ImageExtractorConfig()
-    out = Path(out or f"features/{split}.h5")
     if store_dtype not in STORE_DTYPES:
         raise DataError(f"unknown store dtype {store_dtype!r}: choose {', '.join(STORE_DTYPES)}")
-    ds = read_course(data_dir, split)
+    ds = read_data(data_dir, split, csv_format)
+    out = Path(out or f"features/{ds.split}.h5")
     ds.check(on_error)  # raises on bad records unless skipping
     skipped = {i: f"{r.error} ({r.source})" for i, r in enumerate(ds.records) if r.error}
     for i, reason in skipped.items():
@@ -59,9 +62,12 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     dev = resolve_device(device)
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
-    data_prov = {"format": "course", "root": str(Path(data_dir).resolve()), "split": ds.split,
+    data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
-                 "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings)}
+                 "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),
+                 "label_names": list(ds.label_names), "multilabel": ds.multilabel,
+                 **({"columns": {"id": csv_format.id_col, "labels": csv_format.labels_col, "text": csv_format.text_col},
+                     "label_sep": csv_format.label_sep} if ds.format == "csv" else {})}
     # numerics of this run that change features slightly without changing what they are: resuming
     # under other ones would mix rows computed two ways, so they are part of the resume identity
     numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MmfuseError
+from ..multilabel import decide
 from .estimator import FeatureSet, Head
 
 
@@ -21,12 +22,21 @@ class BaggedHead:
         first = members[0]
         self.config, self.label_names_, self.classes_ = first.config, first.label_names_, first.classes_
         self.provenance_, self.dims_ = first.provenance_, first.dims_
+        self.multilabel_ = first.multilabel_
+        # multi-label: the members' thresholds (each tuned on its own validation rows), averaged
+        self.thresholds_ = np.mean([m.thresholds_ for m in members], axis=0) if self.multilabel_ else None
 
     def predict_proba(self, X, zero: str | None = None) -> np.ndarray:
         return np.mean([m.predict_proba(X, zero) for m in self.members], axis=0)
 
+    def decide(self, proba: np.ndarray) -> np.ndarray:
+        if self.multilabel_:
+            return decide(proba, self.thresholds_, self.config.min_labels)
+        return proba.argmax(1)
+
     def predict(self, X, zero: str | None = None) -> np.ndarray:
-        return self.classes_[self.predict_proba(X, zero).argmax(1)]
+        pred = self.decide(self.predict_proba(X, zero))
+        return pred if self.multilabel_ else self.classes_[pred]
 
     def modality_weights(self) -> dict[str, float] | None:
         ws = [m.modality_weights() for m in self.members]

@@ -6,10 +6,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from ..errors import MmfuseError
+from ..multilabel import THRESHOLDS
 
 LOSSES = ("ce", "hinge")
 CLASS_WEIGHTS = ("none", "balanced")
 TEXT_FEATURES = ("auto", "cls", "mean")
+MONITORS = ("auto", "macro_f1", "micro_f1", "samples_f1", "map")
+COMBINES = ("mean", "union")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -39,6 +42,13 @@ class HeadConfig:
     C: float | str = 1e-3  # logreg inverse regularisation strength, or "auto" (searched by CV on the training
     #                        part: 1e-6..1e6 coarse, then halved intervals). 1e-3 on mvsa's 1664 standardised dims, paired 5-fold:
     #                  +0.019 ± 0.017 macro-F1 over 1e-2, 4 of 5 folds; +0.043 ± 0.021 over 1, 5 of 5)
+    monitor: str = "auto"  # validation score for early stopping: auto (macro_f1 single-label, micro_f1
+    #                        multi-label), macro_f1, micro_f1, samples_f1 or map (multi-label)
+    thresholds: str = "per-label"  # multi-label decision: per-label (tuned on validation where a label has
+    #                                5+ positives there, else global), global (one, for micro-F1), fixed (0.5)
+    min_labels: int = 1  # multi-label: 1 gives a row where no label passes its top label; 0 may predict none
+    combine: str = "mean"  # late fusion, multi-label: mean (weighted mean of the two heads' probabilities) or
+    #                        union (a label when either modality's head predicts it: the max)
     precision: str = "fp32"  # fp32, or bf16: autocast the training matmuls (4x the fp32 matmul rate on CPUs
     #                          with AVX-512 BF16; weights, optimiser and predictions stay fp32)
     seed: int = 0  # seeds initialisation, batch order and the validation split
@@ -46,7 +56,8 @@ class HeadConfig:
     def __post_init__(self):
         from .registry import list_heads
         checks = {"fusion": list_heads(), "loss": LOSSES, "class_weight": CLASS_WEIGHTS,
-                  "text_feature": TEXT_FEATURES, "precision": PRECISIONS}
+                  "text_feature": TEXT_FEATURES, "precision": PRECISIONS, "monitor": MONITORS,
+                  "thresholds": THRESHOLDS, "combine": COMBINES, "min_labels": (0, 1)}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise MmfuseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -41,9 +41,12 @@ class HeadOutput(NamedTuple):
 
 
 class FusionModule(nn.Module):
-    """Base of the torch heads; constructed as ``cls(text_dim, image_dim, n_out, cfg)`` like every head."""
+    """Base of the torch heads; constructed as ``cls(text_dim, image_dim, n_out, cfg)`` like every head.
+    ``task`` ("single" or "multilabel", set by ``create_head``) matters only to heads that mix
+    probabilities (late fusion); the others output logits either way."""
 
     kind = "module"
+    task = "single"
 
 
 @register_head("concat")
@@ -171,19 +174,31 @@ class AlignedHead(FusionModule):
 @register_head("late")
 class LateHead(FusionModule):
     """A head per modality; their probabilities are averaged with a learned weight. Returns the log
-    of the averaged probabilities, so softmax-based losses and predictions apply unchanged."""
+    of the averaged probabilities, so softmax-based losses and predictions apply unchanged.
+
+    Multi-label: per-label sigmoid probabilities, mixed by the learned weight (``combine="mean"``) or
+    by their max (``"union"``: a label passes a threshold when either modality's does); returned as
+    logits of the mixed probability, so BCE and thresholds apply unchanged."""
 
     def __init__(self, text_dim, image_dim, n_out, cfg):
         super().__init__()
         self.text = mlp(text_dim, cfg.hidden, n_out, cfg.dropout)
         self.image = mlp(image_dim, cfg.hidden, n_out, cfg.dropout)
         self.mix = nn.Parameter(torch.zeros(()))  # sigmoid(mix) = weight of the text head
+        self.combine = cfg.combine
 
-    def modality_weights(self) -> dict[str, float]:
+    def modality_weights(self) -> dict[str, float] | None:
+        if self.task == "multilabel" and self.combine == "union":
+            return None  # the max has no weights
         w = torch.sigmoid(self.mix).item()
         return {"text": w, "image": 1 - w}
 
     def forward(self, text, image):
         w = torch.sigmoid(self.mix)
+        if self.task == "multilabel":
+            pt, pi = self.text(text).float().sigmoid(), self.image(image).float().sigmoid()  # (B, L) each
+            p = torch.maximum(pt, pi) if self.combine == "union" else w * pt + (1 - w) * pi
+            p = p.clamp(1e-6, 1 - 1e-6)
+            return HeadOutput(torch.log(p) - torch.log1p(-p))  # logit of the mixed probability
         p = w * self.text(text).softmax(dim=1) + (1 - w) * self.image(image).softmax(dim=1)  # (B, C)
         return HeadOutput(torch.log(p.clamp_min(1e-12)))

@@ -29,8 +29,11 @@ def get_head_class(name: str):
     return _HEADS[name]
 
 
-def create_head(name: str, text_dim: int, image_dim: int, n_out: int, cfg):
-    """Build head ``name`` for (text, image) features and ``n_out`` classes. One contract for all: a torch
-    module (``kind="module"``) returning logits, or an estimator (``kind="sklearn"``, logreg) with
-    ``fit(text, image, y, class_weight)`` and ``decision_function(text, image)``."""
-    return get_head_class(name)(text_dim, image_dim, n_out, cfg)
+def create_head(name: str, text_dim: int, image_dim: int, n_out: int, cfg, task: str = "single"):
+    """Build head ``name`` for (text, image) features and ``n_out`` classes (or labels). One contract for
+    all: a torch module (``kind="module"``) returning logits, or an estimator (``kind="sklearn"``, logreg)
+    with ``fit(text, image, y, class_weight)`` and ``decision_function(text, image)``. ``task``
+    ("single" or "multilabel") is set as ``head.task``: the modules that mix probabilities read it."""
+    head = get_head_class(name)(text_dim, image_dim, n_out, cfg)
+    head.task = task
+    return head

@@ -14,15 +14,22 @@ from sklearn.model_selection import train_test_split
 
 from ..cache import FeatureCache
 from ..errors import MmfuseError
-from ..metrics import classification_metrics, plot_confusion, plot_history
+from ..metrics import format_size, metrics_for, plot_confusion, plot_history, plot_label_f1, plot_threshold_curve
+from ..multilabel import iterative_stratification
 from .config import HeadConfig
 from .estimator import FeatureSet, Head, check_compatible
 
 
 def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) with ``fraction`` of each class in val."""
+    """Indices (train, val) with ``fraction`` of each class in val; multi-label ``y`` (N, L): of each
+    label's positives, by iterative stratification."""
     if not 0 < fraction < 1:
         raise MmfuseError(f"--val-split must be between 0 and 1, not {fraction}")
+    if y.ndim == 2:
+        if len(y) < 4:
+            raise MmfuseError(f"{len(y)} rows are too few for a validation split: pass --val")
+        part = iterative_stratification(y, [1 - fraction, fraction], seed)
+        return np.flatnonzero(part == 0), np.flatnonzero(part == 1)
     counts = np.bincount(y)
     n_classes, n_val = int((counts > 0).sum()), int(np.ceil(fraction * len(y)))
     if counts[counts > 0].min() < 2:
@@ -45,8 +52,9 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
                val: str | Path | FeatureCache | None = None, out: str | Path | None = None) -> tuple[Head, dict]:
     """Fit a head on a cache (validation: ``val`` cache, else a stratified ``val_split``).
 
-    With ``out``, saves the run folder: weights, config.json, head.json (labels, dims, provenance),
-    scaler.npz, metrics.json, history.csv, curves.png and confusion.png. Returns (head, metrics).
+    With ``out``, saves the run folder: weights, config.json, head.json (labels, dims, provenance,
+    thresholds), scaler.npz, metrics.json, history.csv, curves.png and confusion.png (multi-label:
+    label_f1.png and thresholds.png, F1 against the global threshold). Returns (head, metrics).
     """
     cfg = config or HeadConfig()
     data = FeatureSet.from_cache(cache, cfg.text_feature)
@@ -69,24 +77,33 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
                "epochs_run": len(head.history_), "train_rows": len(train),
                "modality_weights": head.modality_weights()}
     if valid is not None:
-        metrics["validation"] = classification_metrics(valid.y, head.predict(valid), head.label_names_)
+        proba = head.predict_proba(valid)
+        metrics["validation"] = metrics_for(valid.y, proba, head.label_names_, head.decide)
+        if head.multilabel_:
+            metrics["thresholds"] = dict(zip(head.label_names_, map(float, head.thresholds_)))
     if out is not None:
         out = Path(out)
         head.save(out)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         if head.history_:
             write_history(head.history_, out / "history.csv")
             plot_history(head.history_, out / "curves.png", f"{cfg.fusion} head (dotted: best epoch, restored)",
                          head.best_epoch_ if valid is not None else None)
-        if valid is not None:
+        if valid is not None and head.multilabel_:
+            plot_label_f1(metrics["validation"], out / "label_f1.png",
+                          f"{cfg.fusion}: validation micro-F1 {metrics['validation']['micro_f1']:.3f}")
+            plot_threshold_curve(valid.y, proba, out / "thresholds.png", head.thresholds_, cfg.min_labels,
+                                 f"{cfg.fusion}: validation F1 against one global threshold (dotted: tuned)")
+        elif valid is not None:
             plot_confusion(metrics["validation"], out / "confusion.png",
                            f"{cfg.fusion}: validation macro-F1 {metrics['validation']['macro_f1']:.3f}")
+        metrics["size_bytes"] = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return head, metrics
 
 
 def compare_runs(runs: list[str | Path]) -> str:
-    """A markdown table of run folders' validation metrics, best macro-F1 first."""
-    rows = []
+    """A markdown table of run folders' validation metrics, best first (macro-F1; multi-label: micro-F1)."""
+    rows, multi = [], set()
     for run in runs:
         path = Path(run) / "metrics.json"
         if not path.is_file():
@@ -96,9 +113,20 @@ def compare_runs(runs: list[str | Path]) -> str:
         if v is None:
             raise MmfuseError(f"{run} was trained without validation (--val-split 0): nothing to compare")
         w = m.get("modality_weights") or {}
+        multi.add(bool(v.get("multilabel")))
+        if len(multi) > 1:
+            raise MmfuseError(f"{run} is {'multi' if v.get('multilabel') else 'single'}-label, the runs before it "
+                              "are not: compare runs of one task")
+        if v.get("multilabel"):
+            rows.append((v["micro_f1"], f"| {Path(run).name} | {m['fusion']} | {v['micro_f1']:.3f} | {v['macro_f1']:.3f} | "
+                         f"{v['samples_f1']:.3f} | {v.get('map', float('nan')):.3f} | {m['fit_seconds']:.2f} | "
+                         f"{format_size(m['size_bytes']) if 'size_bytes' in m else ''} |"))
+            continue
         rows.append((v["macro_f1"], f"| {Path(run).name} | {m['fusion']} | {v['macro_f1']:.3f} | {v['accuracy']:.3f} | "
                      f"{v['weighted_f1']:.3f} | {v['balanced_accuracy']:.3f} | {m['fit_seconds']:.2f} | "
                      + (" / ".join(f"{k} {x:.2f}" for k, x in w.items()) or "") + " |"))
-    head = ("| run | fusion | macro-F1 | accuracy | weighted-F1 | balanced acc. | fit (s) | modality weights |\n"
+    head = ("| run | fusion | micro-F1 | macro-F1 | samples-F1 | mAP | fit (s) | size |\n|---|---|---:|---:|---:|---:|---:|---:|"
+            if True in multi else
+            "| run | fusion | macro-F1 | accuracy | weighted-F1 | balanced acc. | fit (s) | modality weights |\n"
             "|---|---|---:|---:|---:|---:|---:|---|")
     return "\n".join([head, *(r for _, r in sorted(rows, key=lambda r: -r[0]))])

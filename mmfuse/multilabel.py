@@ -1,0 +1,89 @@
+"""Multi-label decisions and splits: thresholds on per-label probabilities, and iterative stratification.
+
+A multi-label head outputs one probability per label (a sigmoid). Which labels a row gets is a
+decision rule on top: a threshold per label (tuned on validation rows to maximise F1 where the
+label has enough positives there, else one global threshold tuned for micro-F1), and, with
+``min_labels=1``, the top label for a row where nothing passes.
+
+Splits and folds keep every label's share, as stratified k-fold does for one label: iterative
+stratification (Sechidis, Tsoumakas and Vlahavas, "On the stratification of multi-label data",
+ECML PKDD 2011): repeatedly take the label with the fewest rows still to place, and give each of
+its rows to the part that most wants that label (then the part that most wants rows; then at
+random, from ``seed``). Rows with no label left are spread over the parts that want rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import f1_score
+
+THRESHOLDS = ("per-label", "global", "fixed")
+GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)  # candidate thresholds
+MIN_POSITIVES = 5  # validation positives a label needs for a threshold of its own
+
+
+def decide(proba: np.ndarray, thresholds, min_labels: int = 1) -> np.ndarray:
+    """(N, L) 0/1 predictions: proba > threshold (a scalar or one per label); with ``min_labels=1``
+    a row where nothing passes gets its most probable label."""
+    pred = (proba > np.asarray(thresholds)).astype(np.int8)
+    if min_labels and len(pred):
+        empty = pred.sum(1) == 0
+        pred[np.flatnonzero(empty), proba[empty].argmax(1)] = 1
+    return pred
+
+
+def tune_thresholds(y: np.ndarray, proba: np.ndarray, mode: str = "per-label", min_labels: int = 1) -> np.ndarray:
+    """One threshold per label from validation rows ``y`` (N, L) and their probabilities.
+
+    ``fixed``: 0.5. ``global``: the one value of GRID with the best micro-F1 (ties: the one nearest
+    0.5). ``per-label``: for a label with at least MIN_POSITIVES positives, the value with its best
+    F1; for the others, the global one."""
+    L = y.shape[1]
+    if mode not in THRESHOLDS:
+        raise ValueError(f"thresholds must be one of {', '.join(THRESHOLDS)}, not {mode!r}")
+    if mode == "fixed" or not len(y):
+        return np.full(L, 0.5)
+    near_half = np.argsort(np.abs(GRID - 0.5), kind="stable")
+    micro = [f1_score(y, decide(proba, GRID[i], min_labels), average="micro", zero_division=0) for i in near_half]
+    best = float(GRID[near_half[int(np.argmax(micro))]])
+    out = np.full(L, best)
+    if mode == "per-label":
+        for label in np.flatnonzero(y.sum(0) >= MIN_POSITIVES):
+            f1 = [f1_score(y[:, label], proba[:, label] > GRID[i], zero_division=0) for i in near_half]
+            out[label] = GRID[near_half[int(np.argmax(f1))]]
+    return out
+
+
+def iterative_stratification(y: np.ndarray, ratios, seed: int = 0) -> np.ndarray:
+    """Part index of each row of a multi-hot ``y`` (N, L), the parts sized by ``ratios`` and each label's
+    positives shared in those ratios as closely as the rows allow."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y) > 0
+    n = len(y)
+    ratios = np.asarray(ratios, float) / np.sum(ratios)
+    want_rows = ratios * n  # (K,)
+    want = np.outer(ratios, y.sum(0))  # (K, L)
+    part = np.full(n, -1)
+    left = np.ones(n, bool)
+    order = rng.permutation(n)
+
+    def pick(scores: list[np.ndarray]) -> int:
+        cand = np.arange(len(ratios))
+        for s in scores:  # lexicographic: keep the parts with the top score, then the next criterion
+            cand = cand[s[cand] == s[cand].max()]
+        return int(rng.choice(cand))
+
+    while left.any():
+        remaining = y[left].sum(0)
+        if not remaining.any():  # rows without any label still to place
+            for i in order[left[order]]:
+                k = pick([want_rows])
+                part[i], want_rows[k], left[i] = k, want_rows[k] - 1, False
+            break
+        counts = np.where(remaining > 0, remaining, np.iinfo(np.int64).max)
+        label = int(rng.choice(np.flatnonzero(counts == counts.min())))
+        for i in order[left[order] & y[order, label]]:
+            k = pick([want[:, label], want_rows])
+            part[i], left[i] = k, False
+            want[k] -= y[i]
+            want_rows[k] -= 1
+    return part
