@@ -231,7 +231,7 @@ def _cell_pattern(columns: int, text_at: int) -> re.Pattern:
     parts = []
     for k in range(columns):
         if k == text_at:
-            parts.append(r'(?:[ \t]*"(?P<quoted>.*)"[ \t]*|(?P<plain>(?![ \t]*")[^\n]*))')
+            parts.append(r'(?:[ \t]*"(?P<quoted>.*)"[ \t]*|(?P<plain>(?![ \t]*")[^\n]*?))')
         else:
             parts.append(f"(?P<f{k}>{simple})")
     return re.compile(",".join(parts) + r"(?:,[ \t]*)*", re.DOTALL)

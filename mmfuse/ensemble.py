@@ -231,6 +231,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     names = info["label_names"]
     multilabel = y.ndim == 2
     rule = {"thresholds": rows[0]["thresholds"], "min_labels": int(rows[0]["min_labels"])} if multilabel else {}
+    # (the members' own decision rule: per-label or global thresholds, and min_labels)
     # the best member scored like the ensembles (multi-label: thresholds from the other folds' rows)
     best = {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
             **(_cv("mean", oofs[0], y, fold, names, info["seed"], **rule) if multilabel
@@ -255,6 +256,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
         save_linear(model, out / "meta.npz")
     (out / "ensemble.json").write_text(json.dumps({"members": metrics["members"], "label_names": names,
                                                    "grid": str(grid), "meta": meta, "refit": refit_mode,
-                                                   "thresholds": thresholds, **rule}, indent=2) + "\n")
+                                                   "thresholds": thresholds,
+                                                   "min_labels": rule.get("min_labels", 1)}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return StackedEnsemble(members, model, names, thresholds, rule.get("min_labels", 1)), metrics

@@ -157,12 +157,16 @@ def score_files(predictions: str | Path, truth: str | Path, label_names: tuple[s
 
 
 def read_label_sets(path: Path, id_col: str = "ImageID", labels_col: str = "Labels",
-                    label_sep: str = " ") -> dict[str, list[str]]:
-    """``ImageID,Labels`` rows (labels space-separated) of a multi-label truth or predictions file; a line
-    that cannot be parsed or a duplicate id is an error naming its line."""
+                    label_sep: str = " ", text_col: str = "Caption") -> dict[str, list[str]]:
+    """``ImageID,Labels`` rows (labels space-separated) of a multi-label truth or predictions file (or a
+    training CSV with its caption column); a line that cannot be parsed or a duplicate id is an error
+    naming its line."""
     if not path.is_file():
         raise DataError(f"file not found: {path}")
-    rows, _ = csv_records(path, labels_col, (id_col,))
+    with open(path, encoding="utf-8-sig", errors="replace") as f:
+        header = [h.strip().strip('"').lower() for h in f.readline().split(",")]
+    free = text_col if text_col.lower() in header else labels_col  # the column that may hold anything
+    rows, _ = csv_records(path, free, (id_col, labels_col) if free != labels_col else (id_col,))
     out: dict[str, list[str]] = {}
     for line, fields, error, _ in rows:
         if error:

@@ -87,7 +87,8 @@ def extract_args(tiny_bert):
 
 def write_feature_cache(path: Path, text: np.ndarray, image: np.ndarray, y: np.ndarray,
                         label_names=("positive", "neutral", "negative"), text_model: str = "tiny-text",
-                        guids: list[str] | None = None, identity: str = "x", provenance: dict | None = None) -> Path:
+                        guids: list[str] | None = None, identity: str = "x", provenance: dict | None = None,
+                        multilabel: bool = False) -> Path:
     """A finished feature cache with the given arrays, written through the cache's own writer.
     ``provenance`` overrides entries: ``{"text": {"max_length": 16}, "precision": "bf16"}``, ..."""
     from mmfuse.cache import CacheWriter
@@ -101,8 +102,8 @@ def write_feature_cache(path: Path, text: np.ndarray, image: np.ndarray, y: np.n
             "precision": "fp32", "store_dtype": "float32", "device": "cpu", "versions": {}, "created": "now"}
     for key, value in (provenance or {}).items():
         prov[key] = {**prov[key], **value} if isinstance(value, dict) else value
-    w = CacheWriter.open(path, guids=guids, labels=np.asarray(y, np.int64), label_names=tuple(label_names),
-                         multilabel=False, skipped={}, store_dtype="float32", provenance=prov, identity=identity,
+    w = CacheWriter.open(path, guids=guids, labels=np.asarray(y, np.int8 if multilabel else np.int64),
+                         label_names=tuple(label_names), multilabel=multilabel, skipped={}, store_dtype="float32", provenance=prov, identity=identity,
                          dims={"text/cls": text.shape[1], "text/mean": text.shape[1], "image/pooled": image.shape[1]})
     rows = np.arange(n)
     w.write("text", rows, {"text/cls": text, "text/mean": text})
@@ -124,3 +125,13 @@ def synthetic_features(kind: str, n: int = 600, seed: int = 0):
     text, image = rng.normal(size=(2 * n, 8)).astype(np.float32), rng.normal(size=(2 * n, 8)).astype(np.float32)
     y = ((text[:, 0] > 0) ^ (image[:, 0] > 0)).astype(np.int64)
     return text, image, y, ("yes", "no")
+
+
+def multilabel_features(n: int = 900, seed: int = 0):
+    """(text, image, Y, label_names): six labels, t0-t2 readable only from the text, i0-i2 only from the
+    image; t2 and i2 are rare (about 5% of rows), the others 30-50%."""
+    rng = np.random.default_rng(seed)
+    text, image = rng.normal(size=(n, 16)).astype(np.float32), rng.normal(size=(n, 12)).astype(np.float32)
+    Y = np.stack([text[:, 0] > 0.5, text[:, 1] > 0, text[:, 2] > 1.65,
+                  image[:, 0] > 0.5, image[:, 1] > 0, image[:, 2] > 1.65], 1).astype(np.int8)
+    return text, image, Y, ("t0", "t1", "t2", "i0", "i1", "i2")
