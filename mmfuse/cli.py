@@ -120,9 +120,12 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
         typer.echo(f"  {name:14s} ({len(cache)}, {cache.dims[name]}) {cache.dtypes[name]}")
     counts = cache.class_counts()
     if cache.multilabel:
-        rows = cache.labels[(cache.labels >= 0).all(1)] if len(cache) else cache.labels
-        n = max(len(rows), 1)
-        typer.echo("labels (rows carrying each): " + ", ".join(f"{k} {v} ({100 * v / n:.0f}%)" for k, v in counts.items()))
+        rows = cache.labels[(cache.labels >= 0).all(1)]
+        if not len(rows):
+            typer.echo(f"labels: none (unlabelled rows); label names {', '.join(cache.label_names) or 'not given'}")
+        else:
+            typer.echo("labels (rows carrying each): " + ", ".join(f"{k} {v} ({100 * v / len(rows):.0f}%)"
+                                                                   for k, v in counts.items()))
         if len(rows):
             per_row = rows.sum(1)
             spread = ", ".join(f"{k}: {int((per_row == k).sum())}" for k in range(min(3, int(per_row.max()) + 1)))
@@ -170,9 +173,9 @@ def train_head(
     c: str = typer.Option(str(D.C), "--C", help="Inverse regularisation (logreg), or auto: searched by CV."),
     monitor: Monitor = typer.Option(Monitor(D.monitor), help="Early-stopping score: auto (macro_f1; multi-label "
                                     "micro_f1), or multi-label micro_f1, macro_f1, samples_f1, map."),
-    thresholds: Thresholds = typer.Option(Thresholds(D.thresholds), help="Multi-label: per-label (tuned on the "
-                                          "validation rows where a label has 5+ positives, else global), global "
-                                          "(one, for micro-F1) or fixed (0.5)."),
+    thresholds: Thresholds = typer.Option(Thresholds(D.thresholds), help="Multi-label: global (one threshold "
+                                          "tuned on the validation rows for micro-F1), per-label (one per label with "
+                                          "5+ validation positives, else global) or fixed (0.5)."),
     min_labels: int = typer.Option(D.min_labels, help="Multi-label: 1 gives a row where nothing passes its top "
                                    "label; 0 allows none."),
     combine: Combine = typer.Option(Combine(D.combine), help="Late fusion, multi-label: mean of the two heads' "

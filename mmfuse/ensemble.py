@@ -177,7 +177,7 @@ def _scores(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, label_names, prob
 
 
 def _cv(kind: str, Z: np.ndarray, y: np.ndarray, fold: np.ndarray, label_names, seed: int,
-        thresholds: str = "per-label", min_labels: int = 1) -> dict:
+        thresholds: str = "global", min_labels: int = 1) -> dict:
     """Scores of a meta-classifier on the grid's own folds: fit on the other folds' rows, predict this one.
     Multi-label: the thresholds are tuned on the other folds' rows too."""
     multilabel = y.ndim == 2

@@ -322,6 +322,9 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
             raise MmfuseError(f"{out} was started with other options: resume with the same command, or choose another --out")
     elif ckpt_path.is_file():
         raise MmfuseError(f"{out} holds a fine-tune run already: pass --resume to continue it, or choose another --out")
+    if Path(data_dir).is_file():
+        raise DataError(f"{data_dir} is a file: fine-tuning reads single-label course-format folders (multi-label "
+                        "CSVs train heads on extracted features: mmfuse extract DATA.csv --images DIR ...)")
     ds = read_course(data_dir, split)
     ds.check("raise")
     y_all = ds.label_array()

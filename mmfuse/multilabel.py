@@ -1,9 +1,9 @@
 """Multi-label decisions and splits: thresholds on per-label probabilities, and iterative stratification.
 
 A multi-label head outputs one probability per label (a sigmoid). Which labels a row gets is a
-decision rule on top: a threshold per label (tuned on validation rows to maximise F1 where the
-label has enough positives there, else one global threshold tuned for micro-F1), and, with
-``min_labels=1``, the top label for a row where nothing passes.
+decision rule on top: one global threshold tuned on validation rows for micro-F1 (the default), or a
+threshold per label tuned for that label's F1 where it has enough validation positives, or 0.5;
+and, with ``min_labels=1``, the top label for a row where nothing passes.
 
 Splits and folds keep every label's share, as stratified k-fold does for one label: iterative
 stratification (Sechidis, Tsoumakas and Vlahavas, "On the stratification of multi-label data",
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score
 
-THRESHOLDS = ("per-label", "global", "fixed")
+THRESHOLDS = ("global", "per-label", "fixed")
 GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)  # candidate thresholds
 MIN_POSITIVES = 5  # validation positives a label needs for a threshold of its own
 
@@ -31,7 +31,7 @@ def decide(proba: np.ndarray, thresholds, min_labels: int = 1) -> np.ndarray:
     return pred
 
 
-def tune_thresholds(y: np.ndarray, proba: np.ndarray, mode: str = "per-label", min_labels: int = 1) -> np.ndarray:
+def tune_thresholds(y: np.ndarray, proba: np.ndarray, mode: str = "global", min_labels: int = 1) -> np.ndarray:
     """One threshold per label from validation rows ``y`` (N, L) and their probabilities.
 
     ``fixed``: 0.5. ``global``: the one value of GRID with the best micro-F1 (ties: the one nearest

@@ -159,7 +159,7 @@ def test_a_fused_head_beats_both_unimodal_heads_on_micro_f1(split):
 
 
 def test_tuned_per_label_thresholds_beat_0_5_on_a_rare_label(split):
-    head, tuned = fit_score(split, fusion="concat", class_weight="none")
+    head, tuned = fit_score(split, fusion="concat", class_weight="none", thresholds="per-label")
     _, fixed = fit_score(split, fusion="concat", class_weight="none", thresholds="fixed")
     assert head.thresholds_[2] != 0.5 and head.thresholds_[5] != 0.5
     rare = ("t2", "i2")
@@ -228,6 +228,10 @@ def test_extract_train_predict_score_evaluate_on_a_multilabel_csv(tmp_path, extr
         assert result.exit_code == 0, result.output
     info = runner.invoke(app, ["info", str(tmp_path / "train.h5")])
     assert "labels (rows carrying each): blue" in info.output and "labels per row: mean 2.00 (0: 0, 1: 0, 2: 40)" in info.output
+    info = runner.invoke(app, ["info", str(tmp_path / "test.h5")])
+    assert "labels: none (unlabelled rows); label names blue, cat, dog, red" in info.output, info.output
+    result = runner.invoke(app, ["finetune", str(train_csv), "--out", str(tmp_path / "ft")])
+    assert result.exit_code == 1 and "is a file: fine-tuning reads single-label course-format folders" in result.output
     result = runner.invoke(app, ["train-head", str(tmp_path / "train.h5"), "--fusion", "concat", "--out",
                                  str(tmp_path / "run"), "--epochs", "5", "--val-split", "0.25"])
     assert result.exit_code == 0, result.output
@@ -288,3 +292,14 @@ def test_grid_and_ensemble_run_on_a_multilabel_cache(tmp_path):
     assert (tmp_path / "p.csv").read_text().splitlines()[0] == "ImageID,Labels"
     result = runner.invoke(app, ["evaluate", str(tmp_path / "e"), str(cache)])
     assert result.exit_code == 0 and "micro-F1" in result.output, result.output
+
+
+def test_monitor_chooses_the_early_stopping_score(split):
+    train, val, _ = split
+    head = Head(**{**FAST, "epochs": 6}, fusion="concat", monitor="map").fit(train, val=val)
+    maps = [h["val_map"] for h in head.history_]
+    assert head.best_epoch_ == 1 + int(np.argmax(maps))  # the restored epoch is the best by mAP
+    assert {"val_micro_f1", "val_samples_f1", "val_macro_f1"} <= set(head.history_[0])
+    X = FeatureSet(train.text, train.image, train.y.argmax(1), train.guids, train.label_names)
+    with pytest.raises(Exception, match="multi-label score"):
+        Head(fusion="concat", epochs=1, monitor="micro_f1").fit(X, val=X)
