@@ -10,9 +10,10 @@ Layout (N = rows of the split file, in file order, skipped rows included and fla
     done/text       (N,)    bool, row's text features written
     done/image      (N,)    bool, row's image features written
     skipped         (N,)    bool, row left out (reason in skip_reason)
-    skip_reason     (N,)    str
+    skip_reason     (N,)    str, fixed length (REASON_BYTES of UTF-8)
+    complete        (1,)    bool, every row done or skipped
     attrs: format, version, label_names (JSON), multilabel, provenance (JSON), identity,
-           feature_identity (JSON), data_fingerprint, complete
+           feature_identity (JSON), data_fingerprint
 
 Two identities: the *feature identity* (:func:`feature_identity`: everything that changes a feature
 vector) must match between a head's training cache and any cache it scores; the cache ``identity``
@@ -23,7 +24,17 @@ Features are buffered and written a whole chunk (``CHUNK_ROWS`` rows) at a time,
 flags set, so each chunk is written about once (writing length-sorted batches into shared chunks
 rewrote each chunk many times: 484 MiB written for 9.4 MiB of text features). An interrupted
 extraction resumes from the last written chunk; ``complete`` is set only once every row is done or
-skipped. One writer at a time: ``{cache}.lock`` (held while writing; the kernel releases it when
+skipped.
+
+HDF5 is not crash-consistent: a process killed while the library updates the file's metadata (a
+chunk index, a heap, an attribute) can leave a file that no longer opens. So after creation the
+writer never changes metadata: every dataset's space is allocated when it is created (HDF5's
+``H5D_ALLOC_TIME_EARLY``; features without writing fill values, so nothing is written twice), skip
+reasons are fixed-length strings and completeness is a one-element dataset, not an attribute. A
+write after creation only overwrites raw bytes in place; a kill in the middle of one leaves rows
+whose ``done`` flag is still False, and the rerun computes them again (tests/faults/ kills
+extraction at a dozen points, mid-write and mid-finish included). The file is created as
+``{cache}.partial`` and renamed once its layout is in place. One writer at a time: ``{cache}.lock`` (held while writing; the kernel releases it when
 the writer dies) and ``{cache}.lock.owner`` (the holder's pid) guard the file.
 """
 from __future__ import annotations
@@ -41,7 +52,8 @@ from filelock import FileLock, Timeout
 from .errors import CacheError
 
 FORMAT = "mmfuse-cache"
-VERSION = 2
+VERSION = 3  # 3: space allocated at creation, fixed-length skip reasons, ``complete`` a dataset
+REASON_BYTES = 512  # a skip reason longer than this is cut (at a character boundary)
 MODALITIES = ("text", "image")
 CHUNK_ROWS = 256  # rows per HDF5 chunk; also the unit of buffered writes
 _str = h5py.string_dtype()
@@ -143,6 +155,26 @@ def _open(path: Path, mode: str, locked: bool = False, **kw) -> h5py.File:
                          "writing it, re-run it with --overwrite.") from None
 
 
+_REASON = h5py.string_dtype("utf-8", REASON_BYTES)
+
+
+def _reason(text: str) -> bytes:
+    """A skip reason as at most REASON_BYTES of UTF-8, cut at a character boundary."""
+    return text.encode()[:REASON_BYTES].decode(errors="ignore").encode()
+
+
+def _early():
+    """A dataset creation property list that allocates the dataset's whole space at creation, so that no
+    later write changes the file's metadata (chunk index, free space)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
+def _is_complete(f: h5py.File) -> bool:
+    return bool(f["complete"][0]) if "complete" in f else bool(f.attrs.get("complete", False))  # version 2: attr
+
+
 class CacheWriter:
     """Creates or resumes a cache file; used by the extractor only. Holds the writer lock while open."""
 
@@ -198,18 +230,20 @@ class CacheWriter:
         f.attrs.update(format=FORMAT, version=VERSION, label_names=json.dumps(list(label_names)),
                        multilabel=multilabel, provenance=json.dumps(provenance), identity=identity,
                        feature_identity=json.dumps(feature_identity(provenance)),
-                       data_fingerprint=str(provenance.get("data", {}).get("fingerprint", "")), complete=False)
+                       data_fingerprint=str(provenance.get("data", {}).get("fingerprint", "")))
         f.create_dataset("guid", data=np.array(guids, dtype=object), dtype=_str)
         f.create_dataset("label", data=labels)
-        for name, dim in dims.items():
-            f.create_dataset(name, shape=(n, dim), dtype=store_dtype, chunks=(min(n, CHUNK_ROWS) or 1, dim))
+        for name, dim in dims.items():  # space allocated now, nothing written: the rows are written once
+            f.create_dataset(name, shape=(n, dim), dtype=store_dtype, chunks=(min(n, CHUNK_ROWS) or 1, dim),
+                             dcpl=_early(), fill_time="never")
         for m in MODALITIES:
-            f.create_dataset(f"done/{m}", shape=(n,), dtype=bool)
+            f.create_dataset(f"done/{m}", data=np.zeros(n, bool), dcpl=_early())
         mask = np.zeros(n, bool)
         mask[list(skipped)] = True
-        reasons = np.array([skipped.get(i, "") for i in range(n)], dtype=object)
-        f.create_dataset("skipped", data=mask)
-        f.create_dataset("skip_reason", data=reasons, dtype=_str)
+        f.create_dataset("skipped", data=mask, dcpl=_early())
+        f.create_dataset("skip_reason", data=np.array([_reason(skipped.get(i, "")) for i in range(n)], dtype=_REASON),
+                         dcpl=_early())
+        f.create_dataset("complete", data=np.zeros(1, bool), dcpl=_early())
 
     def pending(self, modality: str) -> np.ndarray:
         """Rows whose ``modality`` features are still to be computed, ascending."""
@@ -243,8 +277,8 @@ class CacheWriter:
                 del buf[int(r)]
 
     def skip(self, row: int, reason: str) -> None:
+        self.f["skip_reason"][row] = _reason(reason)
         self.f["skipped"][row] = True
-        self.f["skip_reason"][row] = reason
         self.f.flush()
         for m in MODALITIES:
             self._todo[m][row] = False
@@ -256,7 +290,7 @@ class CacheWriter:
             self._write_chunks(m, everything=True)
         skipped = self.f["skipped"][:]
         complete = all(bool(np.all(self.f[f"done/{m}"][:] | skipped)) for m in MODALITIES)
-        self.f.attrs["complete"] = complete
+        self.f["complete"][0] = complete  # raw bytes in place: a kill here leaves a valid, incomplete file
         self.f.flush()
         return complete
 
@@ -295,7 +329,7 @@ class FeatureCache:
         with _open(self.path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise CacheError(f"{self.path} is not an mmfuse feature cache")
-            self.complete = bool(f.attrs["complete"])
+            self.complete = _is_complete(f)
             if not self.complete and not allow_incomplete:
                 done = int(np.sum(f["done/text"][:] & f["done/image"][:] | f["skipped"][:]))
                 raise CacheError(f"{self.path} is incomplete ({done}/{len(f['guid'])} rows): re-run the "
@@ -332,7 +366,7 @@ class FeatureCache:
         holder = holder or lock_holder(path)
         with _open(path, "r", locking=False) if holder else _open(path, "r") as f:
             skipped = f["skipped"][:]
-            return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": bool(f.attrs["complete"]),
+            return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": _is_complete(f),
                     "writer": holder, **{m: int(f[f"done/{m}"][:].sum()) for m in MODALITIES}}
 
     def features(self, name: str, torch: bool = False, dtype=np.float32):
