@@ -121,22 +121,23 @@ def lock_holder(path: str | Path) -> dict | None:
     return None
 
 
-def _describe_holder(path: Path, holder: dict) -> str:
-    return (f"{path} is being written by another extraction (pid {holder.get('pid')} on "
+def _describe_holder(path: Path, holder: dict, what: str = "extraction") -> str:
+    return (f"{path} is being written by another {what} (pid {holder.get('pid')} on "
             f"{holder.get('host', '?')}, since {holder.get('started', '?')})")
 
 
-def acquire_writer_lock(path: Path) -> FileLock:
-    """Take ``path``'s writer lock or raise CacheError naming the process that holds it. Waits up to 2 s,
-    so that a reader's momentary probe (``lock_holder``) is not taken for a writer."""
+def acquire_writer_lock(path: Path, what: str = "extraction",
+                        advice: str = "wait for it to finish or stop it; `mmfuse info` shows its progress") -> FileLock:
+    """Take ``path``'s writer lock (``{path}.lock``, holder in ``{path}.lock.owner``) or raise CacheError
+    naming the process that holds it. Waits up to 2 s, so that a reader's momentary probe
+    (``lock_holder``) is not taken for a writer. Used for caches and for grid folders."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path) + ".lock")
     try:
         lock.acquire(timeout=2)
     except Timeout:
         holder = lock_holder(path) or {"pid": "unknown"}
-        raise CacheError(_describe_holder(path, holder) + ": wait for it to finish or stop it; "
-                         "`mmfuse info` shows its progress") from None
+        raise CacheError(_describe_holder(path, holder, what) + ": " + advice) from None
     _owner_path(path).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
     return lock
@@ -173,6 +174,11 @@ def _early():
 
 def _is_complete(f: h5py.File) -> bool:
     return bool(f["complete"][0]) if "complete" in f else bool(f.attrs.get("complete", False))  # version 2: attr
+
+
+def release_writer_lock(path: Path, lock: FileLock) -> None:
+    _owner_path(path).unlink(missing_ok=True)
+    lock.release()
 
 
 class CacheWriter:
@@ -220,8 +226,7 @@ class CacheWriter:
             tmp.replace(path)  # the file appears under its name only with its full layout in place
             return cls(_open(path, "r+", locked=True), path, lock)
         except BaseException:
-            _owner_path(path).unlink(missing_ok=True)
-            lock.release()
+            release_writer_lock(path, lock)
             raise
 
     @staticmethod
@@ -304,8 +309,7 @@ class CacheWriter:
             try:
                 self.f.close()
             finally:
-                _owner_path(self.path).unlink(missing_ok=True)
-                self._lock.release()
+                release_writer_lock(self.path, self._lock)
 
 
 def _describe(prov: dict) -> str:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import FeatureCache
+from .cache import FeatureCache, acquire_writer_lock, release_writer_lock
 from .errors import MmfuseError
 from .heads import BaggedHead, FeatureSet, Head, HeadConfig
 from .heads.run import stratified_split, write_history
@@ -289,6 +289,32 @@ class GridResult:
     tied: list[dict] | None = None  # the configurations within one standard error of the top
 
 
+def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
+    """Drop a torn last line of ``results.csv`` (a run killed mid-write, or a crash before the disk had
+    it): the file is cut after its last newline, so the next append starts a line of its own and that
+    configuration is computed again. Rows listed twice (two runs that raced) keep their first copy."""
+    path = out / "results.csv"
+    if not path.is_file() or not path.stat().st_size:
+        return
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    keep, seen = [], set()
+    for i, line in enumerate(lines):
+        if not line.endswith("\n"):
+            log(f"{path}: dropped a torn last line (its configuration runs again): {line[:60]!r}")
+            continue
+        key = line.split(",", 1)[0]
+        if i and key in seen:
+            log(f"{path}: dropped a second row of configuration {key}")
+            continue
+        seen.add(key)
+        keep.append(line)
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(keep))
+        tmp.replace(path)
+
+
 def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str]) -> np.ndarray:
     """Create or reopen a grid folder; refuse one made from other features (another extraction of the
     same path included) or other folds."""
@@ -361,6 +387,17 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
         raise MmfuseError(f"{cache_path} must be a labelled cache to run a grid on")
     if not configs:
         raise MmfuseError("the grid is empty: give at least one value per parameter")
+    lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
+    try:
+        return _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode,
+                         pick, progress, log)
+    finally:
+        release_writer_lock(out / "grid", lock)
+
+
+def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode, pick,
+              progress, log) -> GridResult:
+    repair_results(out, log)
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}))
     done = {r["config_id"] for r in read_results(out)}
     todo = [c for c in configs if config_id(c) not in done]
