@@ -118,7 +118,12 @@ def decode_text(raw: bytes, fallbacks: tuple[str, ...] = FALLBACK_ENCODINGS) -> 
 
 
 def open_image(path: Path, draft_size: int | None = None) -> Image.Image:
-    """Open any image Pillow reads (also PNG/GIF saved as .jpg, grayscale, CMYK, RGBA) as RGB.
+    """Open any image Pillow reads (also PNG/GIF saved as .jpg, grayscale, CMYK, RGBA, 16-bit) as RGB.
+
+    Transparent pixels become white; 16-bit images are scaled to 8 bits; an animated image gives its
+    first frame; the EXIF orientation tag is not applied (the stored pixels are used, as torchvision's
+    and most training pipelines' loaders do). Pillow's decompression-bomb limit is kept: an image of
+    more than twice ``Image.MAX_IMAGE_PIXELS`` pixels is an error.
 
     With ``draft_size``, a JPEG is decoded at the smallest DCT scale whose both sides stay
     >= draft_size, which is the same size the model needs after the resize and 2-4x faster.
@@ -128,6 +133,12 @@ def open_image(path: Path, draft_size: int | None = None) -> Image.Image:
         img = Image.open(path)
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
+        if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit grey: Pillow's convert
+            a = np.asarray(img, np.float64)  # would clip every value above 255 to white; scale to 8 bits
+            peak = float(a.max()) if a.size else 0.0
+            top = next(t for t in (1.0, 255.0, 65535.0, peak) if peak <= t) if img.mode != "F" or peak > 1 else 1.0
+            top = 65535.0 if img.mode.startswith("I;16") else top
+            img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
             background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -157,16 +168,19 @@ def read_course(root: str | Path, split: str = "train",
             labels = (tag,)
         else:
             labels, error = (), f"unknown tag {tag!r} (expected one of {', '.join(COURSE_TAGS)}, null)"
+        plain = bool(guid) and Path(guid).name == guid and guid not in (".", "..") and "\\" not in guid
+        if not plain:  # never a path out of data/: such a guid's files are not even looked up
+            error = error or f"guid {guid!r} is not a plain file name (no '/', '..' or absolute paths)"
         if guid in seen:
             error = error or f"duplicate guid (first at {seen[guid]})"
         seen.setdefault(guid, source)
-        if text_path.is_file():
+        if plain and text_path.is_file():
             text, enc = decode_text(text_path.read_bytes(), fallbacks)
-            text = text.strip()
+            text = text.replace("\x00", "").strip()  # NUL bytes carry nothing and upset tokenizers
             encodings[enc] += 1
-        else:
+        elif plain:
             error = error or f"text file missing: {text_path}"
-        if not image_path.is_file():
+        if plain and not image_path.is_file():
             error = error or f"image file missing: {image_path}"
         records.append(Record(guid, text, image_path, labels, source, enc, error))
     if not records:
@@ -362,7 +376,7 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
             guid = fields.get(fmt.id_col) or f"<line {line}>"
             records.append(Record(guid, "", images / "invalid", (), source, enc, error))
             continue
-        image_id, text = fields[fmt.id_col], fields[fmt.text_col]
+        image_id, text = fields[fmt.id_col], fields[fmt.text_col].replace("\x00", "")
         image, error = _image_path(images, image_id)
         unknown = [x for x in labels if x not in known]
         if unknown:
