@@ -49,7 +49,7 @@ import h5py
 import numpy as np
 from filelock import FileLock, Timeout
 
-from .errors import CacheError
+from .errors import CacheError, MmfuseError, write_failed
 
 FORMAT = "mmfuse-cache"
 VERSION = 3  # 3: space allocated at creation, fixed-length skip reasons, ``complete`` a dataset
@@ -218,9 +218,11 @@ class CacheWriter:
             try:
                 cls._create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance,
                             identity)
-            except BaseException:
+            except BaseException as e:
                 f.close()
                 tmp.unlink(missing_ok=True)
+                if isinstance(e, OSError):
+                    raise write_failed(tmp, e, "Nothing was kept") from None
                 raise
             f.close()
             tmp.replace(path)  # the file appears under its name only with its full layout in place
@@ -266,6 +268,12 @@ class CacheWriter:
         """Write buffered rows chunk by chunk (only full chunks unless ``everything``), then mark them
         done and flush: a chunk is on disk and flagged before the next one starts."""
         buf, todo = self._buffer[modality], self._todo[modality]
+        try:
+            self._write_ready(buf, todo, modality, everything)
+        except OSError as e:  # a full disk above all: what is flagged done is on disk and stays
+            raise write_failed(self.path, e, "The rows written before are kept") from None
+
+    def _write_ready(self, buf, todo, modality: str, everything: bool) -> None:
         for chunk in sorted({row // CHUNK_ROWS for row in buf}):
             lo, hi = chunk * CHUNK_ROWS, min(len(todo), (chunk + 1) * CHUNK_ROWS)
             need = lo + np.flatnonzero(todo[lo:hi])
@@ -282,9 +290,12 @@ class CacheWriter:
                 del buf[int(r)]
 
     def skip(self, row: int, reason: str) -> None:
-        self.f["skip_reason"][row] = _reason(reason)
-        self.f["skipped"][row] = True
-        self.f.flush()
+        try:
+            self.f["skip_reason"][row] = _reason(reason)
+            self.f["skipped"][row] = True
+            self.f.flush()
+        except OSError as e:
+            raise write_failed(self.path, e, "The rows written before are kept") from None
         for m in MODALITIES:
             self._todo[m][row] = False
             self._buffer[m].pop(row, None)
@@ -295,8 +306,11 @@ class CacheWriter:
             self._write_chunks(m, everything=True)
         skipped = self.f["skipped"][:]
         complete = all(bool(np.all(self.f[f"done/{m}"][:] | skipped)) for m in MODALITIES)
-        self.f["complete"][0] = complete  # raw bytes in place: a kill here leaves a valid, incomplete file
-        self.f.flush()
+        try:
+            self.f["complete"][0] = complete  # raw bytes in place: a kill here leaves a valid, incomplete file
+            self.f.flush()
+        except OSError as e:
+            raise write_failed(self.path, e, "Every row is written; only the complete flag is not") from None
         return complete
 
     def close(self) -> None:
@@ -305,6 +319,8 @@ class CacheWriter:
             if self.f.id.valid:
                 for m in MODALITIES:
                     self._write_chunks(m, everything=True)
+        except MmfuseError:
+            pass  # the write failed again (a full disk): the error that stopped the run is the one to show
         finally:
             try:
                 self.f.close()

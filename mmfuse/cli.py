@@ -103,6 +103,7 @@ def extract(
 def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     """Print a cache's shapes, provenance, class balance and skipped rows."""
     from .cache import FeatureCache, lock_holder
+    from .data import current_fingerprint
 
     with user_errors():
         holder = lock_holder(path)
@@ -144,6 +145,13 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
                f"versions {json.dumps(p['versions'])}")
     for guid, reason in cache.skipped:
         typer.echo(f"skipped guid {guid}: {reason}")
+    now = current_fingerprint(d)
+    if now is None:
+        typer.secho(f"note: the data set at {d['root']} cannot be read now, so it was not checked against the cache",
+                    fg="yellow", err=True)
+    elif now != d["fingerprint"]:
+        typer.secho(f"warning: the data set at {d['root']} changed since this cache was extracted (fingerprint "
+                    f"{now[:16]} now, {d['fingerprint'][:16]} then): re-extract it with --overwrite", fg="yellow", err=True)
 
 
 D = HeadConfig()  # the CLI's defaults are the configs' defaults

@@ -401,3 +401,19 @@ def read_data(source: str | Path, split: str = "train", csv_format: CsvFormat | 
             raise DataError(f"{source} is a CSV file: pass --images DIR (the folder of its images)")
         return read_csv(source, csv_format)
     return read_course(source, split)
+
+
+def current_fingerprint(data: dict) -> str | None:
+    """The fingerprint that the data set a cache was extracted from (its provenance's ``data``) has now;
+    None when it can no longer be read (moved, deleted)."""
+    root = Path(data.get("root", ""))
+    try:
+        if data.get("format") == "csv":
+            cols = data.get("columns") or {}
+            fmt = CsvFormat(Path(data["images"]), cols.get("id", "ImageID"), cols.get("labels", "Labels"),
+                            cols.get("text", "Caption"), data.get("label_sep", " "),
+                            tuple(data.get("label_names") or ()) or None)
+            return read_csv(root, fmt).fingerprint()
+        return read_course(root, data.get("split", "train")).fingerprint()
+    except (DataError, OSError, KeyError):
+        return None

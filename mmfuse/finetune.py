@@ -36,6 +36,7 @@ from .heads.registry import get_head_class
 from .heads.estimator import class_weights, loss_fn, warmup_cosine
 from .heads.run import stratified_split, write_history
 from .metrics import classification_metrics, plot_confusion, plot_history
+from .safe import load_tensors
 
 ALL = -1  # --unfreeze-... all
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -357,7 +358,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
     criterion = loss_fn(head_cfg, None if weight is None else torch.tensor(weight, dtype=torch.float32, device=dev))
     state = {"epoch": 0, "history": [], "best": -1.0, "best_epoch": 0, "best_state": None, "stopped": False}
     if resume:
-        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        ckpt = load_tensors(ckpt_path, map_location=dev)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
@@ -520,7 +521,7 @@ class FineTunedRun:
             self.model, self.tokenizer, self.prep, *_ = build_model(
                 self.cfg, self.head_cfg, len(self.label_names_), text_source=str(folder / "text"),
                 image_weights=str(folder / "image.pt"))
-        saved = torch.load(folder / "head.pt", map_location="cpu", weights_only=True)
+        saved = load_tensors(folder / "head.pt")
         self.model.head.load_state_dict(saved.pop("head"))
         for k, v in saved.items():
             getattr(self.model, k).copy_(v)

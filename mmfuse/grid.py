@@ -24,7 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache, acquire_writer_lock, release_writer_lock
-from .errors import MmfuseError
+from .errors import MmfuseError, write_failed
 from .heads import BaggedHead, FeatureSet, Head, HeadConfig
 from .heads.run import stratified_split, write_history
 from .metrics import metrics_for
@@ -423,9 +423,13 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
             writer.writeheader()
             f.flush()
         for row, oof in results:
-            np.save(out / "oof" / f"{row['config_id']}.npy", oof)
-            writer.writerow(row)  # after the oof file: a listed row is always complete
-            f.flush()
+            try:
+                np.save(out / "oof" / f"{row['config_id']}.npy", oof)
+                writer.writerow(row)  # after the oof file: a listed row is always complete
+                f.flush()
+            except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
+                raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv "
+                                           "are kept") from None
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
             bar.update(folds)

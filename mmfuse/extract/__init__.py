@@ -67,7 +67,8 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                  "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),
                  "label_names": list(ds.label_names), "multilabel": ds.multilabel,
                  **({"columns": {"id": csv_format.id_col, "labels": csv_format.labels_col, "text": csv_format.text_col},
-                     "label_sep": csv_format.label_sep} if ds.format == "csv" else {})}
+                     "label_sep": csv_format.label_sep, "images": str(Path(csv_format.images).resolve())}
+                    if ds.format == "csv" else {})}
     # numerics of this run that change features slightly without changing what they are: resuming
     # under other ones would mix rows computed two ways, so they are part of the resume identity
     numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"

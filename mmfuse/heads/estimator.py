@@ -28,6 +28,7 @@ from ..cache import FeatureCache, feature_mismatch
 from ..errors import CacheError, InputError, MmfuseError
 from ..metrics import macro_f1
 from ..multilabel import decide, tune_thresholds
+from ..safe import load_tensors
 from .config import HeadConfig
 from .registry import create_head, register_head
 
@@ -415,7 +416,7 @@ class Head(ClassifierMixin, BaseEstimator):
         if getattr(head.model_, "kind", "module") == "sklearn":
             head.model_.load(folder)
         else:
-            head.model_.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+            head.model_.load_state_dict(load_tensors(folder / "model.pt"))
             head.model_.eval()
         head.history_ = []
         return head

@@ -68,6 +68,8 @@ FAULTS = {
     "absolute-path guid": (lambda r: set_tag(r, "105", "/etc/passwd,positive"), "record error"),
     # texts: read, never a crash
     "empty text": (lambda r: (r / "data" / "106.txt").write_bytes(b""), "extracted"),
+    "very long text (200,000 characters)": (lambda r: (r / "data" / "105.txt").write_text("good day " * 22222),
+                                            "extracted"),
     "text with NUL bytes": (lambda r: (r / "data" / "106.txt").write_bytes(b"good\x00 day\x00"), "extracted"),
     "mixed encodings": (lambda r: ((r / "data" / "106.txt").write_bytes("caf\u00e9".encode("cp1252")),
                                    (r / "data" / "107.txt").write_bytes("\u4e2d\u6587".encode("gb18030"))), "extracted"),
@@ -92,6 +94,7 @@ NOTES = {
     "text with NUL bytes": "NUL bytes removed",
     "mixed encodings": "each text decoded on its own: UTF-8, else GB18030, cp1252, latin-1",
     "empty text": "an empty string is encoded",
+    "very long text (200,000 characters)": "cut to `--max-length` tokens",
     "labels file with a BOM, CRLF line ends, blank lines, trailing spaces": "the same rows as a clean file",
 }
 
