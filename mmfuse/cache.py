@@ -403,6 +403,8 @@ class FeatureCache:
     @property
     def labelled(self) -> bool:
         """Whether every kept row has a label (multi-label: an all-zero row is a label set, -1 is none)."""
+        if self.multilabel and (self.labels.ndim != 2 or not self.labels.shape[1]):
+            return False  # an unlabelled CSV read without label names: no label columns at all
         return bool(np.all(self.labels >= 0))
 
     def class_counts(self) -> dict[str, int]:

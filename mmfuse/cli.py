@@ -121,13 +121,12 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
         typer.echo(f"  {name:14s} ({len(cache)}, {cache.dims[name]}) {cache.dtypes[name]}")
     counts = cache.class_counts()
     if cache.multilabel:
-        rows = cache.labels[(cache.labels >= 0).all(1)]
+        rows = cache.labels if cache.labelled else cache.labels[:0]
         if not len(rows):
             typer.echo(f"labels: none (unlabelled rows); label names {', '.join(cache.label_names) or 'not given'}")
         else:
             typer.echo("labels (rows carrying each): " + ", ".join(f"{k} {v} ({100 * v / len(rows):.0f}%)"
                                                                    for k, v in counts.items()))
-        if len(rows):
             per_row = rows.sum(1)
             spread = ", ".join(f"{k}: {int((per_row == k).sum())}" for k in range(min(3, int(per_row.max()) + 1)))
             more = int((per_row >= 3).sum())

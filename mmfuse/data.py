@@ -233,6 +233,9 @@ def parse_label_names(value: str | Path | None) -> tuple[str, ...] | None:
     return names
 
 
+_SIMPLE = r'(?:[ \t]*"[^"\n]*"[ \t]*|[^,"\n]*)'  # a field without quotes inside (unambiguous: no backtracking)
+
+
 def _cell_pattern(columns: int, text_at: int) -> re.Pattern:
     """A regex matching one whole record of ``columns`` fields whose field ``text_at`` is free text.
 
@@ -241,13 +244,12 @@ def _cell_pattern(columns: int, text_at: int) -> re.Pattern:
     quote to the last quote that is followed by exactly the remaining simple fields. So commas, line
     breaks and *unescaped* quotes inside it (``"reads "oh no, not beef!""``) are all kept; ``""`` is
     read as one quote. Empty trailing columns (``...,caption,``) are allowed."""
-    simple = r'[ \t]*(?:"[^"\n]*"|[^,"\n]*)[ \t]*'
     parts = []
     for k in range(columns):
         if k == text_at:
             parts.append(r'(?:[ \t]*"(?P<quoted>.*)"[ \t]*|(?P<plain>(?![ \t]*")[^\n]*?))')
         else:
-            parts.append(f"(?P<f{k}>{simple})")
+            parts.append(f"(?P<f{k}>{_SIMPLE})")
     return re.compile(",".join(parts) + r"(?:,[ \t]*)*", re.DOTALL)
 
 
@@ -256,30 +258,41 @@ def _simple(cell: str) -> str:
     return cell[1:-1].strip() if len(cell) >= 2 and cell[0] == cell[-1] == '"' else cell
 
 
+def _plain_id(value: str) -> bool:
+    return bool(value) and not any(c.isspace() for c in value)
+
+
 def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-                is_record_start=None) -> tuple[list[tuple[int, dict | None, str | None, str]], list[str]]:
+                plausible_id=_plain_id) -> tuple[list[tuple[int, dict, str | None, str]], list[str]]:
     """Parse a CSV whose column ``text_col`` is free text, line by line, without ever merging rows.
 
-    Returns ([(line, {column: value} or None, error or None, encoding)], header names). Each
-    physical line is decoded on its own (UTF-8, else the fallbacks), CRLF and a BOM are accepted,
-    blank lines skipped. A quoted text that does not close on its line continues on the next ones;
-    it stops being continued, and is an error naming its line, where the next line is itself a
-    whole record that ``is_record_start(fields)`` accepts (so an unclosed quote cannot swallow the
-    rows after it), or at the end of the file.
+    Returns ([(line, {column: value}, error or None, encoding)], header names); the first of
+    ``required`` is the id column. Each physical line is decoded on its own (UTF-8, else the
+    fallbacks); CRLF, lone CR, a BOM and blank lines between records are accepted.
+
+    A record starts at a line whose fields before the text column are simple and whose id
+    ``plausible_id`` accepts (by default: a non-empty id without spaces); it owns the lines up to the
+    next record start (the continuation of a quoted text), and is the longest run of them that
+    parses. So a quoted text over several lines is kept whole, and an unclosed quote is an error on
+    its line that never takes the next record with it. An error row keeps the fields it could read
+    (its id, to name it).
     """
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):
         raw = raw[len(codecs.BOM_UTF8):]
     lines, encs = [], []
-    for line in raw.split(b"\n"):
-        text, enc = decode_text(line[:-1] if line.endswith(b"\r") else line)
+    for line in re.split(rb"\r?\n" if b"\n" in raw else rb"\r", raw):  # lone CR: a classic-Mac file
+        text, enc = decode_text(line)
         lines.append(text)
         encs.append(enc)
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
         raise DataError(f"{path} is empty")
-    header = [_simple(c) for c in next(csv.reader([lines[0]]))]
+    try:
+        header = [_simple(c) for c in next(csv.reader([lines[0]]))]
+    except csv.Error as e:
+        raise DataError(f"{path}: cannot read the header line: {e}") from None
     while header and header[-1] == "":
         header.pop()  # an empty trailing column
     lower = [h.lower() for h in header]
@@ -289,7 +302,9 @@ def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optio
             raise DataError(f"{path}: no column {name!r} in the header {header} (name it with {option})")
     text_at = lower.index(text_col.lower())
     pattern = _cell_pattern(len(header), text_at)
+    prefix = re.compile("".join(f"(?P<f{k}>{_SIMPLE})," for k in range(text_at)))
     wanted = {name: lower.index(name.lower()) for name in (*required, *optional) if name.lower() in lower}
+    id_at = wanted[required[0]] if required else None
 
     def parse(chunk: str) -> dict | None:
         m = pattern.fullmatch(chunk)
@@ -300,32 +315,40 @@ def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optio
         out[text_col] = text.strip()
         return out
 
+    def starts(line: str) -> bool:
+        if not line.strip():
+            return False
+        if id_at is not None and id_at < text_at:  # the id comes before the free text: read it off the line
+            m = prefix.match(line)
+            return m is not None and plausible_id(_simple(m.group(f"f{id_at}")))
+        fields = parse(line)
+        return fields is not None and (id_at is None or plausible_id(fields[required[0]]))
+
     rows, i = [], 1
     while i < len(lines):
-        first = i + 1  # 1-based line number
         if not lines[i].strip():
             i += 1
             continue
-        chunk, fields = lines[i], parse(lines[i])
-        j = i
-        while fields is None and j + 1 < len(lines):
-            nxt = parse(lines[j + 1])
-            if nxt is not None and (is_record_start is None or is_record_start(nxt)):
-                break  # the next line is a record of its own: this one cannot be closed
-            j += 1
-            chunk += "\n" + lines[j]
-            fields = parse(chunk)
-        if fields is None:  # the fields before the text are simple: keep them to name the row
+        end = i + 1  # this record owns the lines up to the next record start
+        while end < len(lines) and not starts(lines[end]):
+            end += 1
+        for last in range(end - 1, i - 1, -1):  # the longest run that parses
+            fields = parse("\n".join(lines[i:last + 1]))
+            if fields is not None:
+                used = {e for e in encs[i:last + 1] if e != "utf-8"}
+                rows.append((i + 1, fields, None, min(used) if used else "utf-8"))
+                break
+        else:  # the fields before the text are simple: keep them to name the row
             cells = lines[i].split(",")
             fields = {name: _simple(cells[k]) for name, k in wanted.items() if k < min(text_at, len(cells))}
-            rows.append((first, fields, f"cannot parse line {first} into the {len(header)} columns {header}: "
+            rows.append((i + 1, fields, f"cannot parse line {i + 1} into the {len(header)} columns {header}: "
                          "unbalanced quotes or a wrong number of fields", encs[i]))
-            i += 1
-        else:
-            used = {e for e in encs[i:j + 1] if e != "utf-8"}
-            rows.append((first, fields, None, min(used) if used else "utf-8"))
-            i = j + 1
+            last = end - 1  # its continuation lines (none is a record start) go with it
+        i = last + 1
     return rows, header
+
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def _image_path(images: Path, image_id: str) -> tuple[Path, str | None]:
@@ -356,9 +379,11 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
     if not images.is_dir():
         raise DataError(f"image folder not found: {images} (pass it with --images)")
 
-    def plausible(fields: dict) -> bool:  # a line that is a record of its own names an existing image
-        image, err = _image_path(images, fields.get(fmt.id_col, ""))
-        return err is None and image.is_file()
+    def plausible(image_id: str) -> bool:  # an id that starts a record: an image name, or an existing image
+        if not _plain_id(image_id):
+            return False
+        image, err = _image_path(images, image_id)
+        return err is None and (Path(image_id).suffix.lower() in IMAGE_SUFFIXES or image.is_file())
 
     rows, header = csv_records(path, fmt.text_col, (fmt.id_col,), (fmt.labels_col,), plausible)
     labelled = fmt.labels_col.lower() in [h.lower() for h in header]
@@ -368,6 +393,8 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
     names = fmt.label_names or _sort_labels(x for c in cells for x in c)
     if labelled and not names:
         raise DataError(f"{path}: no row carries a label: pass --label-names to fix the label set")
+    if len(names) == 1:
+        raise DataError(f"{path}: a multi-label data set needs at least 2 labels, got {names[0]!r} only")
     known = set(names)
     records, seen, encodings = [], {}, Counter()
     for (line, fields, error, enc), labels in zip(rows, cells):

@@ -47,9 +47,15 @@ class MeanOfMembers:
         return self.predict_proba(Z).argmax(1)
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return np.log(p) - np.log1p(-p)
+
+
 class PerLabelStack:
-    """Multi-label stacking: per label, a logistic regression on the members' probabilities of that label
-    (k inputs); saved as a (L, k) coefficient matrix."""
+    """Multi-label stacking: per label, a logistic regression on the logits of the members' probabilities
+    of that label (k inputs; logits, because a one-vs-rest member's probabilities can sit in a narrow
+    band around 0.5); saved as a (L, k) coefficient matrix."""
 
     def __init__(self, n_labels: int, seed: int = 0):
         self.n_labels, self.seed = n_labels, seed
@@ -65,14 +71,14 @@ class PerLabelStack:
             if y.min() == y.max():
                 self.intercept_[label] = 9.0 if y[0] else -9.0
                 continue
-            m = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed).fit(Z[:, label::L], y)
+            m = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed).fit(_logit(Z[:, label::L]), y)
             self.coef_[label], self.intercept_[label] = m.coef_[0], m.intercept_[0]
         self.classes_ = np.arange(L)
         return self
 
     def predict_proba(self, Z: np.ndarray) -> np.ndarray:
         L = self.n_labels
-        logits = np.stack([Z[:, label::L] @ self.coef_[label] for label in range(L)], 1) + self.intercept_  # (N, L)
+        logits = np.stack([_logit(Z[:, label::L]) @ self.coef_[label] for label in range(L)], 1) + self.intercept_  # (N, L)
         return 1 / (1 + np.exp(-logits))
 
     @classmethod

@@ -111,6 +111,23 @@ def expand_grid(values: dict[str, list], base: HeadConfig | None = None) -> list
     return configs
 
 
+MULTILABEL_ONLY = ("thresholds", "min_labels", "combine")  # the decision rule of multi-label heads
+
+
+def for_task(configs: list[HeadConfig], multilabel: bool) -> list[HeadConfig]:
+    """Single-label: the multi-label-only fields reset to their defaults (they change nothing there), and
+    the duplicates this makes dropped."""
+    if multilabel:
+        return configs
+    base, out, seen = HeadConfig(), [], set()
+    for cfg in configs:
+        cfg = cfg.replace(**{f: getattr(base, f) for f in MULTILABEL_ONLY})
+        if config_id(cfg) not in seen:
+            seen.add(config_id(cfg))
+            out.append(cfg)
+    return out
+
+
 def fast_precision() -> tuple[str, str]:
     """(precision, reason): bf16 only where the CPU has native bf16 (AVX512-BF16 or AMX) and a head-sized
     matmul, timed in 5 rounds of about 40 ms, runs at least 1.5x faster in bf16 (median); else fp32. A CPU
@@ -387,6 +404,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
         raise MmfuseError(f"{cache_path} must be a labelled cache to run a grid on")
     if not configs:
         raise MmfuseError("the grid is empty: give at least one value per parameter")
+    configs = for_task(configs, fc.multilabel)
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:
         return _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode,
@@ -476,7 +494,8 @@ def ranked(rows: list[dict]) -> list[dict]:
 
 
 def row_config(row: dict) -> HeadConfig:
-    return HeadConfig(**{f.name: row[f.name] for f in fields(HeadConfig)})
+    """The HeadConfig of a result row; fields an older grid did not have take their defaults."""
+    return HeadConfig(**{f.name: row[f.name] for f in fields(HeadConfig) if f.name in row})
 
 
 REFITS = ("folds", "full")

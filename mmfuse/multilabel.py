@@ -34,23 +34,32 @@ def decide(proba: np.ndarray, thresholds, min_labels: int = 1) -> np.ndarray:
 def tune_thresholds(y: np.ndarray, proba: np.ndarray, mode: str = "global", min_labels: int = 1) -> np.ndarray:
     """One threshold per label from validation rows ``y`` (N, L) and their probabilities.
 
-    ``fixed``: 0.5. ``global``: the one value of GRID with the best micro-F1 (ties: the one nearest
-    0.5). ``per-label``: for a label with at least MIN_POSITIVES positives, the value with its best
+    ``fixed``: 0.5. ``global``: the candidate (GRID and the probabilities' percentiles) with the best
+    micro-F1 (ties: the one nearest 0.5). ``per-label``: for a label with at least MIN_POSITIVES positives, the value with its best
     F1; for the others, the global one."""
     L = y.shape[1]
     if mode not in THRESHOLDS:
         raise ValueError(f"thresholds must be one of {', '.join(THRESHOLDS)}, not {mode!r}")
     if mode == "fixed" or not len(y):
         return np.full(L, 0.5)
-    near_half = np.argsort(np.abs(GRID - 0.5), kind="stable")
-    micro = [f1_score(y, decide(proba, GRID[i], min_labels), average="micro", zero_division=0) for i in near_half]
-    best = float(GRID[near_half[int(np.argmax(micro))]])
+    grid = candidates(proba)
+    near_half = np.argsort(np.abs(grid - 0.5), kind="stable")
+    micro = [f1_score(y, decide(proba, grid[i], min_labels), average="micro", zero_division=0) for i in near_half]
+    best = float(grid[near_half[int(np.argmax(micro))]])
     out = np.full(L, best)
     if mode == "per-label":
         for label in np.flatnonzero(y.sum(0) >= MIN_POSITIVES):
-            f1 = [f1_score(y[:, label], proba[:, label] > GRID[i], zero_division=0) for i in near_half]
-            out[label] = GRID[near_half[int(np.argmax(f1))]]
+            g = candidates(proba[:, label])
+            order = np.argsort(np.abs(g - 0.5), kind="stable")
+            f1 = [f1_score(y[:, label], proba[:, label] > g[i], zero_division=0) for i in order]
+            out[label] = g[order[int(np.argmax(f1))]]
     return out
+
+
+def candidates(proba: np.ndarray) -> np.ndarray:
+    """Thresholds to try: GRID, plus the 2nd..98th percentiles of the probabilities themselves (so
+    probabilities packed in a narrow band, as a linear member's or a stack's can be, are still split)."""
+    return np.unique(np.concatenate([GRID, np.round(np.percentile(proba, np.arange(2, 99, 2)), 6)]))
 
 
 def iterative_stratification(y: np.ndarray, ratios, seed: int = 0) -> np.ndarray:

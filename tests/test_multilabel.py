@@ -71,10 +71,26 @@ def test_an_unclosed_quote_is_an_error_on_its_line_and_never_shifts_the_rows_aft
     assert [r.guid for r in ds.check("skip")] == ["0.jpg"]  # skipped and recorded, the others intact
 
 
+def test_an_unclosed_quote_never_takes_a_multiline_record_or_a_row_with_a_missing_image(tmp_path):
+    ds, rows = read(tmp_path, 'ImageID,Labels,Caption\n0.jpg,1,"never closed\n1.jpg,2,"two\nlines"\n'
+                              '9.jpg,2,"image missing"\n2.jpg,1,"Sign reads "STOP"\nand a car below"\n3.jpg,1,last\n')
+    assert rows[1:] == [("1.jpg", ("2",), "two\nlines"), ("9.jpg", ("2",), "image missing"),
+                        ("2.jpg", ("1",), 'Sign reads "STOP"\nand a car below'), ("3.jpg", ("1",), "last")]
+    assert [r.source for r in ds.errors] == ["data.csv:2", "data.csv:5"]  # unclosed; 9.jpg: image missing
+    assert "image file missing" in ds.errors[1].error
+
+
+def test_classic_mac_line_ends_and_a_lone_cr_inside_a_caption(tmp_path):
+    _, rows = read(tmp_path, "ImageID,Labels,Caption\r0.jpg,1,a\r1.jpg,2,b\r")
+    assert rows == [("0.jpg", ("1",), "a"), ("1.jpg", ("2",), "b")]
+    _, rows = read(tmp_path, "ImageID,Labels,Caption\n0.jpg,1,a\rb\n1.jpg,2,c\n")
+    assert rows == [("0.jpg", ("1",), "a\rb"), ("1.jpg", ("2",), "c")]
+
+
 def test_mixed_encodings_are_decoded_per_line(tmp_path):
-    body = "ImageID,Labels,Caption\n0.jpg,1,caf\u00e9\n".encode() + "1.jpg,1,\u4e2d\u6587\n".encode("gb18030")
+    body = "ImageID,Labels,Caption\n0.jpg,1,caf\u00e9\n".encode() + "1.jpg,2,\u4e2d\u6587\n".encode("gb18030")
     ds, rows = read(tmp_path, body)
-    assert rows == [("0.jpg", ("1",), "caf\u00e9"), ("1.jpg", ("1",), "\u4e2d\u6587")]
+    assert rows == [("0.jpg", ("1",), "caf\u00e9"), ("1.jpg", ("2",), "\u4e2d\u6587")]
     assert ds.encodings == {"utf-8": 1, "gb18030": 1}
 
 
@@ -303,3 +319,13 @@ def test_monitor_chooses_the_early_stopping_score(split):
     X = FeatureSet(train.text, train.image, train.y.argmax(1), train.guids, train.label_names)
     with pytest.raises(Exception, match="multi-label score"):
         Head(fusion="concat", epochs=1, monitor="micro_f1").fit(X, val=X)
+
+
+def test_one_label_is_refused_and_a_single_label_grid_ignores_multilabel_axes(tmp_path):
+    with pytest.raises(DataError, match="at least 2 labels"):
+        read(tmp_path, "ImageID,Labels,Caption\n0.jpg,a,x\n1.jpg,,y\n")
+    from mmfuse.grid import for_task, row_config
+    configs = [HeadConfig(thresholds=t, combine=c) for t in ("global", "per-label") for c in ("mean", "union")]
+    assert len(for_task(configs, multilabel=False)) == 1 and len(for_task(configs, multilabel=True)) == 4
+    old_row = {k: v for k, v in vars(HeadConfig(fusion="late")).items() if k not in ("monitor", "combine")}
+    assert row_config(old_row) == HeadConfig(fusion="late")  # a grid written before these fields existed

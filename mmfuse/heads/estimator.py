@@ -283,6 +283,8 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise InputError(f"{train.source or 'y'}: multi-label targets must be 0/1 (unlabelled rows?)")
             if cfg.loss == "hinge":
                 raise InputError("loss hinge is single-label only: multi-label heads use BCE (--loss ce)")
+            if train.y.shape[1] < 2:
+                raise InputError(f"{train.source or 'y'}: a multi-label head needs at least 2 labels")
             self.label_names_ = tuple(train.label_names) or tuple(str(k) for k in range(train.y.shape[1]))
             self.classes_ = np.arange(train.y.shape[1])
         elif len(np.unique(train.y)) < 2:
@@ -467,6 +469,7 @@ class LogRegHead:
     (``logreg.npz``), never pickled."""
 
     kind = "sklearn"
+    task = "single"  # create_head sets "multilabel" for one-vs-rest
 
     def __init__(self, text_dim: int, image_dim: int, n_out: int, cfg: HeadConfig):
         self.cfg, self.n_classes = cfg, n_out
