@@ -307,7 +307,10 @@ class CacheWriter:
         skipped = self.f["skipped"][:]
         complete = all(bool(np.all(self.f[f"done/{m}"][:] | skipped)) for m in MODALITIES)
         try:
-            self.f["complete"][0] = complete  # raw bytes in place: a kill here leaves a valid, incomplete file
+            if "complete" in self.f:
+                self.f["complete"][0] = complete  # raw bytes in place: a kill here leaves a valid, incomplete file
+            else:
+                self.f.attrs["complete"] = complete  # a version 2 cache, resumed
             self.f.flush()
         except OSError as e:
             raise write_failed(self.path, e, "Every row is written; only the complete flag is not") from None

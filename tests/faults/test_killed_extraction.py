@@ -165,3 +165,24 @@ def test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_
     with h5py.File(tmp_path / "control.h5", "r+") as f:
         f["x"][:256] = 1
     assert _metadata_bytes(tmp_path / "control.h5") != before
+
+
+def test_a_version_2_cache_still_reads_and_resumes(tmp_path):
+    """Caches written before version 3 (complete as an attribute, lazily allocated) keep working."""
+    from mmfuse.cache import CacheWriter
+
+    n = 8
+    kw = dict(guids=[str(i) for i in range(n)], labels=np.zeros(n, np.int64), label_names=("a", "b"), multilabel=False,
+              skipped={}, dims={"text/cls": 4, "text/mean": 4, "image/pooled": 3}, store_dtype="float32",
+              provenance={}, identity="v2")
+    w = CacheWriter.open(tmp_path / "c.h5", **kw)
+    w.write("text", np.arange(n), {"text/cls": np.ones((n, 4)), "text/mean": np.ones((n, 4))})
+    w.close()
+    with h5py.File(tmp_path / "c.h5", "r+") as f:  # make it look like version 2
+        del f["complete"]
+        f.attrs.update(version=2, complete=False)
+    w = CacheWriter.open(tmp_path / "c.h5", **kw)
+    w.write("image", np.arange(n), {"image/pooled": np.ones((n, 3))})
+    assert w.finish()
+    w.close()
+    assert FeatureCache(tmp_path / "c.h5").complete and len(FeatureCache(tmp_path / "c.h5")) == n
