@@ -95,7 +95,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             for block in np.unique(pending // TEXT_BLOCK):
                 rows = pending[pending // TEXT_BLOCK == block]
                 for pos, cls, mean in encode_texts([ds.records[i].text for i in rows], tokenizer, text_model,
-                                                   text, dev, precision):
+                                                   text, dev, precision, log):
                     writer.write("text", rows[pos], {"text/cls": cls, "text/mean": mean})
                     bar.update(len(pos))
         report.seconds["text"], report.computed["text"] = time.perf_counter() - t0, len(pending)
@@ -104,7 +104,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         t0 = time.perf_counter()
         with tqdm(total=len(rows), desc=f"image {image.model}", unit="img", disable=not progress) as bar:
             for pos, pooled, errors in encode_images([ds.records[i].image_path for i in rows], image_model,
-                                                     prep, image, dev, precision):
+                                                     prep, image, dev, precision, log):
                 for p, err in errors.items():
                     r = ds.records[rows[p]]
                     if on_error == "raise":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MmfuseError
+from ..errors import BackboneError, MmfuseError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,3 +71,35 @@ def finetune_run(path: str | None) -> dict | None:
         if (folder / "finetune.json").is_file():
             return {"run": str(folder.resolve()), **json.loads((folder / "finetune.json").read_text())}
     return None
+
+
+class HalveOnOOM:
+    """Runs a model on a batch; on an out-of-memory error (CUDA's, above all) it runs that batch in halves,
+    and every later batch in pieces of the size that fitted, down to one row (then a BackboneError).
+
+    ``rows`` is a batch's length; ``take(batch, lo, hi)`` its rows lo..hi; ``fn`` returns a tensor or a
+    tuple of tensors, concatenated back along the rows.
+    """
+
+    def __init__(self, what: str, log=None):
+        self.what, self.log, self.limit = what, log, None
+
+    def __call__(self, fn, batch, rows: int, take):
+        size, lo, parts = min(rows, self.limit or rows), 0, []
+        while lo < rows:
+            hi = min(rows, lo + size)
+            try:
+                parts.append(fn(take(batch, lo, hi) if (lo, hi) != (0, rows) else batch))
+                lo = hi
+            except torch.OutOfMemoryError:
+                if size == 1:
+                    raise BackboneError(f"{self.what}: out of memory on a single row; use a smaller model or "
+                                      "--max-length, or --device cpu") from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                size = self.limit = max(1, size // 2)
+                if self.log:
+                    self.log(f"{self.what}: out of memory; batches of {size} rows from now on")
+        if isinstance(parts[0], tuple):
+            return tuple(torch.cat(p) for p in zip(*parts))
+        return torch.cat(parts)

@@ -23,7 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data import open_image
 from ..errors import BackboneError
-from .common import autocast, finetune_run, sha256_files
+from .common import HalveOnOOM, autocast, finetune_run, sha256_files
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; its ImageNet top-1 confidence on
@@ -220,9 +220,10 @@ def _runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, devic
 
 
 def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExtractorConfig,
-                  device: torch.device, precision: str = "fp32"
+                  device: torch.device, precision: str = "fp32", log=None
                   ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
-    """Yield (positions, pooled, errors) per batch; positions index ``paths``, errors map position -> text."""
+    """Yield (positions, pooled, errors) per batch; positions index ``paths``, errors map position -> text.
+    A batch that runs out of memory is run in halves (:class:`HalveOnOOM`)."""
     if not paths:
         return
     cores, cuda = os.cpu_count() or 1, device.type == "cuda"
@@ -233,10 +234,10 @@ def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExt
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
     std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
-    run = None
+    run, halve = None, HalveOnOOM("image model", log)
     for pos, x, errors in loader:
         x = x.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)  # (B, 3, H, W)
         run = run or _runtime(model, x, cfg, device, precision)
         with torch.inference_mode(), autocast(device, precision):
-            pooled = run(x).flatten(1).float()  # (B, D)
+            pooled = halve(lambda t: run(t).flatten(1).float(), x, len(x), lambda t, lo, hi: t[lo:hi])  # (B, D)
         yield pos.numpy(), pooled.cpu().numpy(), {int(p): e for p, e in zip(pos, errors) if e}

