@@ -99,9 +99,18 @@ def _meta_model(kind: str, n_classes: int, seed: int, multilabel: bool = False):
     if multilabel:
         return PerLabelStack(n_classes, seed)
     from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import make_scorer
 
-    return LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=3, scoring="f1_macro", class_weight="balanced",
-                                max_iter=3000, random_state=seed)
+    # a scorer of our own: LogisticRegressionCV rebuilds a "f1_macro" scorer with pos_label twice on two
+    # classes (scikit-learn's _log_reg_scoring_path: TypeError); one without a labels argument is left alone
+    return LogisticRegressionCV(Cs=[1e-3, 1e-2, 1e-1, 1.0], cv=3, scoring=make_scorer(_macro_f1),
+                                class_weight="balanced", max_iter=3000, random_state=seed)
+
+
+def _macro_f1(y_true, y_pred) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y_true, y_pred, average="macro"))
 
 
 class StackedEnsemble:

@@ -180,3 +180,13 @@ def test_one_standard_error_rule_picks_the_simplest_tied_configuration():
     assert [r["config_id"] for r in tied] == ["a", "b"] and pick["config_id"] == "b"
     pick, tied = one_se_pick([{**rows[0], "macro_f1_std": 0.0}, *rows[1:]], folds=5)
     assert pick["config_id"] == "a" and len(tied) == 1  # nothing within a zero standard error
+
+
+def test_stacking_with_a_logistic_regression_works_on_two_classes(tmp_path):
+    text, image, y, names = synthetic_features("both", n=150)  # two classes: yes, no
+    cache = write_feature_cache(tmp_path / "two.h5", text, image, y, names)
+    args = ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat,late", "--lr", "3e-3",
+            "--weight-decay", "0", "--epochs", "3", "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "lr", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 0, result.output  # scikit-learn's "f1_macro" scorer failed here on two classes
