@@ -12,7 +12,7 @@ OFFLINE := --text-model minilm --image-model efficientnet-lite0
 HEADS := concat weighted attention gated aligned late text image logreg
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ bench-defaults: install ## HeadConfig's defaults vs alternatives as paired per-f
 
 bench-finetune: install ## seconds per end-to-end fine-tune step vs a head step on cached features ($(MVSA))
 	$(BIN)/python bench/finetune.py --data $(MVSA)
+
+bench-crash: install ## what keeping a cache valid under SIGKILL costs: late allocation, SWMR, partial copies, early allocation
+	$(BIN)/python bench/crash_safety.py
 
 bench-multilabel: install ## a multi-label CSV built from $(MVSA): every fusion, union late fusion, thresholds (held-out micro-F1)
 	$(BIN)/python bench/multilabel.py --data $(MVSA)

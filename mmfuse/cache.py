@@ -337,6 +337,26 @@ def _describe(prov: dict) -> str:
             f"data {d.get('root')} split {d.get('split')}")
 
 
+def metadata_bytes(path: str | Path) -> bytes:
+    """An HDF5 file's bytes with every dataset's raw data zeroed: what is left is its metadata (superblock,
+    object headers, chunk indexes, heaps). Equal before and after a run of writes means the writes
+    changed no metadata, so a kill during them could not have left the file unreadable."""
+    path = Path(path)
+    data = bytearray(path.read_bytes())
+    with h5py.File(path, "r") as f:
+        extents = []
+        f.visititems(lambda name, ds: extents.append(ds) if isinstance(ds, h5py.Dataset) else None)
+        for ds in extents:
+            if ds.chunks:
+                for i in range(ds.id.get_num_chunks()):
+                    info = ds.id.get_chunk_info(i)
+                    data[info.byte_offset:info.byte_offset + info.size] = bytes(info.size)
+            elif ds.id.get_offset() is not None:
+                off = ds.id.get_offset()
+                data[off:off + ds.id.get_storage_size()] = bytes(ds.id.get_storage_size())
+    return bytes(data)
+
+
 class FeatureCache:
     """Read API over a finished cache. Skipped rows are left out of everything but ``skipped``.
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import write_course
-from mmfuse.cache import FeatureCache
+from mmfuse.cache import FeatureCache, metadata_bytes
 
 # Runs one extraction with 4-row chunks (40 rows: 10 text chunks x 2 datasets, then 10 image chunks),
 # killing itself at the point named by argv[3]: "none", "write:K" (the K-th feature write is torn:
@@ -118,23 +118,6 @@ def test_extraction_killed_at_a_dozen_points_resumes_to_a_clean_runs_cache(tiny_
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def _metadata_bytes(path: Path) -> bytes:
-    """The file's bytes outside every dataset's raw data: superblock, object headers, chunk indexes, heaps."""
-    data = bytearray(path.read_bytes())
-    with h5py.File(path, "r") as f:
-        extents = []
-        f.visititems(lambda name, ds: extents.append(ds) if isinstance(ds, h5py.Dataset) else None)
-        for ds in extents:
-            if ds.chunks:
-                for i in range(ds.id.get_num_chunks()):
-                    info = ds.id.get_chunk_info(i)
-                    data[info.byte_offset:info.byte_offset + info.size] = bytes(info.size)
-            elif ds.id.get_offset() is not None:
-                off = ds.id.get_offset()
-                data[off:off + ds.id.get_storage_size()] = bytes(ds.id.get_storage_size())
-    return bytes(data)
-
-
 def test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_it(tmp_path):
     """Why a kill at any moment leaves a valid file: every write after creation lands inside the raw data
     extents allocated at creation; not one byte of HDF5 metadata changes (a lazily allocated dataset,
@@ -146,7 +129,7 @@ def test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_
                          label_names=("a", "b"), multilabel=False, skipped={3: "bad"}, store_dtype="float32",
                          dims={"text/cls": 8, "text/mean": 8, "image/pooled": 6}, provenance={}, identity="x")
     w.close()
-    before = _metadata_bytes(tmp_path / "c.h5")
+    before = metadata_bytes(tmp_path / "c.h5")
     w = CacheWriter.open(tmp_path / "c.h5", guids=[str(i) for i in range(n)], labels=np.zeros(n, np.int64),
                          label_names=("a", "b"), multilabel=False, skipped={3: "bad"}, store_dtype="float32",
                          dims={"text/cls": 8, "text/mean": 8, "image/pooled": 6}, provenance={}, identity="x")
@@ -156,15 +139,15 @@ def test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_
     w.write("image", np.delete(rows, 6), {"image/pooled": np.ones((n - 2, 6))})
     assert w.finish()
     w.close()
-    assert _metadata_bytes(tmp_path / "c.h5") == before
+    assert metadata_bytes(tmp_path / "c.h5") == before
     assert FeatureCache(tmp_path / "c.h5").skipped[1][1].startswith("image unreadable: a very long")
 
     with h5py.File(tmp_path / "control.h5", "w") as f:  # the control: HDF5's default, late allocation
         f.create_dataset("x", shape=(n, 8), chunks=(256, 8), dtype="float32")
-    before = _metadata_bytes(tmp_path / "control.h5")
+    before = metadata_bytes(tmp_path / "control.h5")
     with h5py.File(tmp_path / "control.h5", "r+") as f:
         f["x"][:256] = 1
-    assert _metadata_bytes(tmp_path / "control.h5") != before
+    assert metadata_bytes(tmp_path / "control.h5") != before
 
 
 def test_a_version_2_cache_still_reads_and_resumes(tmp_path):
