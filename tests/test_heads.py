@@ -168,6 +168,9 @@ def test_refuses_a_cache_from_other_backbones(caches, tmp_path):
     wide = write_feature_cache(tmp_path / "wide.h5", np.hstack([text, text]), image, y, names)
     result = runner.invoke(app, ["evaluate", str(run), str(wide)])
     assert result.exit_code == 1 and "feature dims" in result.output
+    relabelled = write_feature_cache(tmp_path / "relabelled.h5", text, image, y, ("a", "b", "c"))
+    result = runner.invoke(app, ["evaluate", str(run), str(relabelled)])
+    assert result.exit_code == 1 and "labels: ('positive', 'neutral', 'negative') vs ('a', 'b', 'c')" in result.output
 
 
 def test_compare_and_score_commands(caches, tmp_path):

@@ -191,8 +191,3 @@ def test_odd_images_and_texts_and_a_messy_split_file_extract_like_any_other(clea
 def test_a_text_with_nul_bytes_loses_only_them(clean_course_dir):
     FAULTS["text with NUL bytes"][0](clean_course_dir)
     assert {r.guid: r.text for r in read_course(clean_course_dir).records}["106"] == "good day"
-
-
-def test_the_readme_table_is_this_table():
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert readme_table() in readme, "README's fault table differs: paste tests/faults/test_bad_input.readme_table()"
