@@ -47,7 +47,7 @@ class HeadConfig:
     thresholds: str = "global"  # multi-label decision: global (one threshold tuned on validation for micro-F1),
     #                             per-label (tuned per label where it has 5+ validation positives, else global) or
     #                             fixed (0.5). On a 9-label mvsa CSV (bench/multilabel.py, 5 held-out splits, concat):
-    #                             micro-F1 global 0.747, fixed 0.746, per-label 0.737 (per-label overfits the
+    #                             micro-F1 global 0.747, fixed 0.746, per-label 0.738 (per-label overfits the
     #                             validation part)
     min_labels: int = 1  # multi-label: 1 gives a row where no label passes its top label; 0 may predict none
     combine: str = "mean"  # late fusion, multi-label: mean (weighted mean of the two heads' probabilities) or
