@@ -15,7 +15,7 @@ from .extract.common import PRECISIONS
 from .finetune import FineTuneConfig
 from .heads import HeadConfig
 from .heads.config import CLASS_WEIGHTS, COMBINES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
-from .grid import PICKS, REFITS
+from .grid import PICKS, REFITS, SEARCHES
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
                   pretty_exceptions_enable=False, add_completion=False)
@@ -45,6 +45,7 @@ TextFeature = choices("TextFeature", TEXT_FEATURES)
 Zero = choices("Zero", ("text", "image"))
 Refit = choices("Refit", REFITS)
 Pick = choices("Pick", PICKS)
+Search = choices("Search", SEARCHES)
 Monitor = choices("Monitor", MONITORS)
 Thresholds = choices("Thresholds", THRESHOLDS)
 Combine = choices("Combine", COMBINES)
@@ -390,6 +391,9 @@ def grid(
     refit: Refit = typer.Option(Refit("folds"), help="What best/ holds: folds (the best configuration's k "
                                 "fold models, averaged: what CV scored) or full (one refit on all rows with the "
                                 "fold fits' schedule in steps)."),
+    search: Search = typer.Option(Search("full"), help="full: every configuration with all its epochs; halving: "
+                                  "successive halving (all with few epochs, the best third with 3x, ... up to "
+                                  "--epochs)."),
     pick: Pick = typer.Option(Pick("top"), help="What best/ holds: top (best mean CV macro-F1; it predicted "
                               "held-out rows better) or one-se (the simplest configuration within one standard "
                               "error of the top)."),
@@ -414,10 +418,12 @@ def grid(
             typer.echo(f"training precision {chosen}: {reason} (--precision to choose)")
         configs = expand_grid(axes)
         n_folds = folds or spec.get("folds", 5)
-        typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits")
+        typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits"
+                   if search.value == "full" else f"{len(configs)} configurations, successive halving, {n_folds} folds")
         result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
                           jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
-                          refit_mode=refit.value, pick=pick.value, progress=progress, log=typer.echo)
+                          refit_mode=refit.value, pick=pick.value, search=search.value, progress=progress,
+                          log=typer.echo)
     fits = result.computed * n_folds
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")

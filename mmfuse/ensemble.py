@@ -19,7 +19,7 @@ import numpy as np
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .grid import REFITS, ranked, read_results, refit, task_metrics
+from .grid import REFITS, final_rows, refit, task_metrics
 from .heads import FeatureSet, Head
 from .heads.bagging import load_head
 from .heads.estimator import load_linear, save_linear
@@ -231,7 +231,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     if refit_mode not in REFITS:
         raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     info = json.loads((grid / "grid.json").read_text())
-    rows = ranked(read_results(grid))[:top]
+    rows = final_rows(grid)[:top]  # a halving grid: each configuration at its last rung, the last rung first
     if len(rows) < 2:
         raise MmfuseError(f"{grid} has {len(rows)} finished configuration(s): stacking needs at least 2")
     cache = Path(info["cache"])

@@ -393,11 +393,53 @@ def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, schedul
         client.close()
 
 
+SEARCHES = ("full", "halving")
+HALVING_FACTOR = 3  # successive halving keeps the best third of a rung, which then trains 3x the epochs
+HALVING_MIN_EPOCHS = 2  # the first rung's epochs are at least this
+
+
+def halving_plan(max_epochs: int, n_configs: int, factor: int = HALVING_FACTOR,
+                 min_epochs: int = HALVING_MIN_EPOCHS) -> list[int]:
+    """Epochs per rung of successive halving, the last being ``max_epochs``: each rung 1/factor of the next,
+    as many rungs as halving n_configs down to about one takes, none below ``min_epochs``."""
+    plan = [max_epochs]
+    while (len(plan) < 1 + math.ceil(math.log(max(n_configs, 1), factor))
+           and round(plan[0] / factor) >= min_epochs):
+        plan.insert(0, round(plan[0] / factor))
+    return plan
+
+
+def base_id(row: dict) -> str:
+    """A result row's configuration without its epochs: the same across the rungs of a halving grid."""
+    return config_id(row_config(row).replace(epochs=0))
+
+
+def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
+    """A grid folder's finished rows, best first. After successive halving (grid.json's ``halving`` plan),
+    each configuration appears once, at the last rung it reached (``rung``), those that reached the last
+    rung first: the ranking a pick or an ensemble should read."""
+    rows = ranked(read_results(out) if rows is None else rows)
+    plan = json.loads((Path(out) / "grid.json").read_text()).get("halving") if (Path(out) / "grid.json").is_file() else None
+    if not plan:
+        return rows
+    last: dict[str, dict] = {}
+    for r in rows:
+        r["rung"] = plan.index(int(r["epochs"])) if int(r["epochs"]) in plan else -1
+        if base_id(r) not in last or r["rung"] > last[base_id(r)]["rung"]:
+            last[base_id(r)] = r
+    return sorted(last.values(), key=lambda r: (-r["rung"], -score(r), r["config_id"]))
+
+
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
              jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
-             refit_mode: str = "folds", pick: str = "top", progress: bool = True,
+             refit_mode: str = "folds", pick: str = "top", search: str = "full", progress: bool = True,
              log: Callable[[str], None] = print) -> GridResult:
-    """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run."""
+    """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run.
+
+    ``search="halving"``: successive halving (as scikit-learn's HalvingGridSearchCV and ASHA do) over
+    epochs: every configuration is cross-validated with few epochs, the best third (by mean fold score)
+    again with 3x the epochs, and so on up to the configurations' epochs; each rung's rows are ordinary
+    result rows (its epochs in the row), so a halving grid resumes like any other."""
     out, cache_path = Path(out), Path(cache)
     fc = FeatureCache(cache_path)
     if not fc.labelled:
@@ -405,20 +447,29 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     if not configs:
         raise MmfuseError("the grid is empty: give at least one value per parameter")
     configs = for_task(configs, fc.multilabel)
+    if search not in SEARCHES:
+        raise MmfuseError(f"unknown search {search!r}: choose {', '.join(SEARCHES)}")
+    plan = None
+    if search == "halving":
+        epochs = sorted({c.epochs for c in configs if c.fusion != "logreg"})
+        if len(epochs) > 1:
+            raise MmfuseError(f"--search halving chooses the epochs of each rung: give one --epochs, not {epochs}")
+        plan = halving_plan(epochs[0] if epochs else HeadConfig().epochs, len(configs))
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:
         return _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode,
-                         pick, progress, log)
+                         pick, progress, log, plan)
     finally:
         release_writer_lock(out / "grid", lock)
 
 
 def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode, pick,
-              progress, log) -> GridResult:
+              progress, log, plan=None) -> GridResult:
     repair_results(out, log)
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}))
-    done = {r["config_id"] for r in read_results(out)}
-    todo = [c for c in configs if config_id(c) not in done]
+    if plan:
+        meta = json.loads((out / "grid.json").read_text())
+        (out / "grid.json").write_text(json.dumps({**meta, "halving": plan}, indent=2))
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     if backend not in ("local", "dask"):
         raise MmfuseError(f"unknown backend {backend!r}: local or dask")
@@ -426,9 +477,50 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
         raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     if pick not in PICKS:
         raise MmfuseError(f"unknown pick {pick!r}: choose {', '.join(PICKS)}")
-    if done:
-        log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
     t0 = time.perf_counter()
+    if not plan:
+        computed = _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log)
+    else:  # successive halving: each rung is a grid of its own, over the survivors of the one before
+        computed, survivors, extra = 0, configs, []
+        for r, epochs in enumerate(plan):
+            rung = [c.replace(epochs=epochs) for c in survivors]  # logreg ignores epochs: refit, same model
+            log(f"rung {r + 1} of {len(plan)}: {len(rung)} configurations, {epochs} epochs")
+            computed += _evaluate(fc, cache_path, rung, out, fold, folds, jobs, backend, scheduler, progress, log)
+            extra.append(f"{len(rung)} configurations x {epochs} epochs")
+            if r < len(plan) - 1:
+                by_id = {row["config_id"]: row for row in read_results(out)}
+                rung.sort(key=lambda c: (-score(by_id[config_id(c)]), config_id(c)))
+                survivors = rung[:max(1, math.ceil(len(rung) / HALVING_FACTOR))]
+        log("successive halving: " + " -> ".join(extra))
+    seconds = time.perf_counter() - t0
+    rows = final_rows(out)
+    if plan:  # only configurations that reached the last rung compete for best/
+        rows = [r for r in rows if r["rung"] == len(plan) - 1] + [r for r in rows if r["rung"] != len(plan) - 1]
+    for r in rows:
+        r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
+    contenders = [r for r in rows if not plan or r["rung"] == len(plan) - 1]
+    simplest, tied = one_se_pick(contenders, folds) if contenders else (None, [])
+    chosen = (simplest if pick == "one-se" else contenders[0]) if contenders else None
+    note = ("" if not plan else f"\nSuccessive halving: rungs of {', '.join(map(str, plan))} epochs; each row shows a "
+            "configuration at the last rung it reached (`rung`, from 0); only those of the last rung compete "
+            "for `best/`.\n")
+    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note)
+    plot_grid(out, rows)
+    best_run = None
+    if refit_best and chosen:
+        best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
+                         np.load(out / "oof" / f"{chosen['config_id']}.npy"))
+    return GridResult(out, rows, computed, seconds, best_run, chosen, tied)
+
+
+def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log) -> int:
+    """Cross-validate the configurations not yet in results.csv; append their rows. Returns how many ran."""
+    done = {r["config_id"] for r in read_results(out)}
+    todo = [c for c in configs if config_id(c) not in done]
+    if len(todo) < len(configs):
+        log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
+    if not todo:
+        return 0
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
     results = (_local_results(cache_path, fc.identity, todo, fold, jobs) if backend == "local"
                else _dask_results(cache_path, todo, fold, scheduler))
@@ -451,19 +543,7 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
             bar.update(folds)
-    rows = ranked(read_results(out))
-    seconds = time.perf_counter() - t0
-    for r in rows:
-        r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
-    simplest, tied = one_se_pick(rows, folds) if rows else (None, [])
-    chosen = (simplest if pick == "one-se" else rows[0]) if rows else None
-    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick)
-    plot_grid(out, rows)
-    best_run = None
-    if refit_best and chosen:
-        best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
-                         np.load(out / "oof" / f"{chosen['config_id']}.npy"))
-    return GridResult(out, rows, len(todo), seconds, best_run, chosen, tied)
+    return len(todo)
 
 
 def standard_error(row: dict, folds: int) -> float:

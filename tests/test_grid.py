@@ -190,3 +190,29 @@ def test_stacking_with_a_logistic_regression_works_on_two_classes(tmp_path):
     assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "lr", "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output  # scikit-learn's "f1_macro" scorer failed here on two classes
+
+
+def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
+    """The label is in the text: text-reading heads with a sane lr beat the image head and a tiny lr."""
+    text, image, y, names = synthetic_features("text", n=240)
+    cache = write_feature_cache(tmp_path / "c.h5", text, image, y, names)
+    args = ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat,image", "--lr", "1e-5,3e-3",
+            "--weight-decay", "0,1e-2", "--epochs", "9", "--folds", "3", "--jobs", "1", "--precision", "fp32",
+            "--search", "halving", "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "rung 1 of 2: 8 configurations, 3 epochs" in result.output and "rung 2 of 2: 3 configurations, 9 epochs" in result.output
+    rows = read_results(tmp_path / "g")
+    assert len(rows) == 8 + 3  # each rung's rows are ordinary rows
+    last = [r for r in rows if r["epochs"] == 9]
+    assert {r["fusion"] for r in last} == {"concat"} and max(last, key=lambda r: r["macro_f1_mean"])["lr"] == 3e-3
+    full = runner.invoke(app, [a if a != "halving" else "full" for a in args[:2]] + ["--out", str(tmp_path / "f")]
+                         + args[4:-3] + ["--search", "full", "--no-progress"])
+    assert full.exit_code == 0, full.output
+    best_full = max(read_results(tmp_path / "f"), key=lambda r: r["macro_f1_mean"])
+    pick = json.loads((tmp_path / "g" / "best" / "metrics.json").read_text())
+    assert pick["fusion"] == best_full["fusion"] == "concat"
+    summary = (tmp_path / "g" / "summary.md").read_text()
+    assert "Successive halving: rungs of 3, 9 epochs" in summary
+    again = runner.invoke(app, args)  # resumes: nothing to compute
+    assert again.exit_code == 0 and "0 fits in" in again.output
