@@ -216,3 +216,7 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     assert "Successive halving: rungs of 3, 9 epochs" in summary
     again = runner.invoke(app, args)  # resumes: nothing to compute
     assert again.exit_code == 0 and "0 fits in" in again.output
+    ens = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "3", "--out", str(tmp_path / "e")])
+    assert ens.exit_code == 0, ens.output
+    members = json.loads((tmp_path / "e" / "ensemble.json").read_text())["members"]
+    assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
