@@ -252,3 +252,11 @@ def test_auto_text_feature_follows_the_encoders_trained_pooling(clean_course_dir
         result = invoke(["train-head", str(out), "--fusion", "logreg", "--val-split", "0", "--out", str(tmp_path / expected)])
         assert result.exit_code == 0 and f"on text/{expected}" in result.output
         assert json.loads((tmp_path / expected / "head.json").read_text())["text_feature"] == expected
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(clean_course_dir, extract_args, tmp_path, monkeypatch):
+    import importlib
+    ex = importlib.import_module("mmfuse.extract")
+    monkeypatch.setattr(ex, "native_bf16", lambda: False)  # as on an AVX2 CPU
+    result = invoke(extract_args(clean_course_dir, tmp_path / "c.h5", "--precision", "bf16"))
+    assert result.exit_code == 0 and "warning: this CPU has no native bf16" in result.output, result.output

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
 from ..data import CsvFormat, read_data
 from ..errors import DataError
-from .common import library_versions, resolve_device
+from .common import library_versions, native_bf16, resolve_device
 from .image import ImageExtractorConfig, encode_images, load_image_encoder
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 
@@ -60,6 +60,9 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         log(f"{ds.fallback_count} of {sum(ds.encodings.values())} texts were not UTF-8 ({detail})")
 
     dev = resolve_device(device)
+    if precision == "bf16" and dev.type == "cpu" and not native_bf16():
+        log("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and slower than "
+            "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
