@@ -1,7 +1,7 @@
 """Fault injection on the data: every bad or odd input of the README's fault table, injected into a
 clean course-format folder, with the documented outcome checked and no row lost or shifted.
 
-``FAULTS`` is the table; ``test_the_readme_table_is_this_table`` keeps the README's copy equal to it.
+``FAULTS`` is the table; ``test_readme_table.py`` keeps the README's copy equal to it.
 """
 from __future__ import annotations
 
@@ -116,14 +116,6 @@ def _messy_split_file(root: Path) -> None:
     rows = (root / "train.txt").read_text().splitlines()
     messy = "\ufeff" + rows[0] + "\r\n" + "".join(f"{r}  \r\n" + ("\r\n" if i % 4 == 0 else "") for i, r in enumerate(rows[1:]))
     (root / "train.txt").write_bytes(messy.encode("utf-8"))
-
-
-def readme_table() -> str:
-    lines = ["| fault | what mmfuse does |", "|---|---|"]
-    for name, (_, outcome) in FAULTS.items():
-        note = NOTES.get(name)
-        lines.append(f"| {name} | {OUTCOMES[outcome]}{f'; {note}' if note else ''} |")
-    return "\n".join(lines)
 
 
 def faulty(tmp_path, clean_course_dir, name) -> Path:
