@@ -34,7 +34,9 @@ reasons are fixed-length strings and completeness is a one-element dataset, not 
 write after creation only overwrites raw bytes in place; a kill in the middle of one leaves rows
 whose ``done`` flag is still False, and the rerun computes them again (tests/faults/ kills
 extraction at a dozen points, mid-write and mid-finish included). The file is created as
-``{cache}.partial`` and renamed once its layout is in place. One writer at a time: ``{cache}.lock`` (held while writing; the kernel releases it when
+``{cache}.partial`` and renamed once its layout is in place.
+
+One writer at a time: ``{cache}.lock`` (held while writing; the kernel releases it when
 the writer dies) and ``{cache}.lock.owner`` (the holder's pid) guard the file.
 """
 from __future__ import annotations

@@ -135,9 +135,8 @@ def open_image(path: Path, draft_size: int | None = None) -> Image.Image:
             img.draft("RGB", (draft_size, draft_size))
         if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit grey: Pillow's convert
             a = np.asarray(img, np.float64)  # would clip every value above 255 to white; scale to 8 bits
-            peak = float(a.max()) if a.size else 0.0
-            top = next(t for t in (1.0, 255.0, 65535.0, peak) if peak <= t) if img.mode != "F" or peak > 1 else 1.0
-            top = 65535.0 if img.mode.startswith("I;16") else top
+            peak = float(a.max()) if a.size else 0.0  # I;16: its full range; I and F: the smallest that holds it
+            top = 65535.0 if img.mode.startswith("I;16") else next((t for t in (1.0, 255.0, 65535.0) if peak <= t), peak)
             img = Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             img = img.convert("RGBA")
@@ -362,6 +361,11 @@ def _image_path(images: Path, image_id: str) -> tuple[Path, str | None]:
     return path, None
 
 
+def split_labels(cell: str, sep: str = " ") -> list[str]:
+    """The labels of one cell: split on ``sep`` (" ": any run of whitespace), empty pieces dropped."""
+    return cell.split() if sep == " " else [x.strip() for x in cell.split(sep) if x.strip()]
+
+
 def _sort_labels(names) -> tuple[str, ...]:
     names = sorted(set(names))
     return tuple(sorted(names, key=int) if all(re.fullmatch(r"-?\d+", n) for n in names) else names)
@@ -387,9 +391,8 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
 
     rows, header = csv_records(path, fmt.text_col, (fmt.id_col,), (fmt.labels_col,), plausible)
     labelled = fmt.labels_col.lower() in [h.lower() for h in header]
-    split = (lambda cell: cell.split()) if fmt.label_sep == " " else (
-        lambda cell: [x.strip() for x in cell.split(fmt.label_sep) if x.strip()])
-    cells = [split(fields[fmt.labels_col]) if labelled and not error else [] for _, fields, error, _ in rows]
+    cells = [split_labels(fields[fmt.labels_col], fmt.label_sep) if labelled and not error else []
+             for _, fields, error, _ in rows]
     names = fmt.label_names or _sort_labels(x for c in cells for x in c)
     if labelled and not names:
         raise DataError(f"{path}: no row carries a label: pass --label-names to fix the label set")

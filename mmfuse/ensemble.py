@@ -22,8 +22,8 @@ from .errors import MmfuseError
 from .grid import REFITS, final_rows, refit, task_metrics
 from .heads import FeatureSet, Head
 from .heads.bagging import load_head
-from .heads.estimator import load_linear, save_linear
-from .metrics import classification_metrics, multilabel_metrics
+from .heads.estimator import fit_per_label, linear_arrays, load_linear, save_linear
+from .metrics import task_metrics_of
 from .multilabel import decide, tune_thresholds
 
 
@@ -64,15 +64,8 @@ class PerLabelStack:
         from sklearn.linear_model import LogisticRegression
 
         L = self.n_labels
-        k = Z.shape[1] // L
-        self.coef_, self.intercept_ = np.zeros((L, k)), np.zeros(L)
-        for label in range(L):
-            y = Y[:, label].astype(int)
-            if y.min() == y.max():
-                self.intercept_[label] = 9.0 if y[0] else -9.0
-                continue
-            m = LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed).fit(_logit(Z[:, label::L]), y)
-            self.coef_[label], self.intercept_[label] = m.coef_[0], m.intercept_[0]
+        self.coef_, self.intercept_ = fit_per_label(
+            lambda label: _logit(Z[:, label::L]), Y, lambda: LogisticRegression(C=1.0, max_iter=1000, random_state=self.seed))
         self.classes_ = np.arange(L)
         return self
 
@@ -83,9 +76,9 @@ class PerLabelStack:
 
     @classmethod
     def load(cls, path: Path) -> "PerLabelStack":
-        a = np.load(path, allow_pickle=False)
-        model = cls(len(a["intercept"]))
-        model.coef_, model.intercept_, model.classes_ = a["coef"], a["intercept"], a["classes"]
+        coef, intercept, classes = linear_arrays(path)
+        model = cls(len(intercept))
+        model.coef_, model.intercept_, model.classes_ = coef, intercept, classes
         return model
 
 
@@ -125,9 +118,7 @@ class StackedEnsemble:
         self.min_labels = min_labels
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        if self.thresholds_ is not None:
-            return decide(proba, self.thresholds_, self.min_labels)
-        return proba.argmax(1)
+        return decide(proba, self.thresholds_, self.min_labels)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
         cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
@@ -172,22 +163,16 @@ def _fit(model, Z: np.ndarray, y: np.ndarray):
         return model.fit(Z, y)
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, label_names, proba: np.ndarray | None = None) -> dict:
-    if y.ndim == 2:
-        return multilabel_metrics(y, pred, label_names, proba)
-    return classification_metrics(y, pred, label_names)
-
-
 def _scores(y: np.ndarray, pred: np.ndarray, fold: np.ndarray, label_names, proba: np.ndarray | None = None) -> dict:
     """Per-fold metrics (mean, std, the primary score of each fold: macro-F1, multi-label micro-F1) and the
     primary score pooled over all rows."""
     names = task_metrics(y.ndim == 2)
-    per = [_metrics(y[fold == k], pred[fold == k], label_names, None if proba is None else proba[fold == k])
+    per = [task_metrics_of(y[fold == k], pred[fold == k], label_names, None if proba is None else proba[fold == k])
            for k in range(int(fold.max()) + 1)]
     out = {f"{n}_{s}": float(f([m[n] for m in per])) for n in names if n in per[0]
            for s, f in (("mean", np.mean), ("std", np.std))}
     out.update(metric=names[0], fold_scores=[m[names[0]] for m in per],
-               pooled=_metrics(y, pred, label_names)[names[0]])
+               pooled=task_metrics_of(y, pred, label_names)[names[0]])
     return out
 
 

@@ -54,17 +54,19 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names, prob
     return out
 
 
+def task_metrics_of(y_true: np.ndarray, y_pred: np.ndarray, label_names, proba: np.ndarray | None = None) -> dict:
+    """The metrics of either task from predictions: (N, L) multi-hot labels get the multi-label ones
+    (mAP too, with ``proba``), (N,) class indices the single-label ones."""
+    if np.asarray(y_true).ndim == 2:
+        return multilabel_metrics(y_true, y_pred, label_names, proba)
+    return classification_metrics(y_true, y_pred, label_names)
+
+
 def metrics_for(y_true: np.ndarray, proba: np.ndarray, label_names, decide=None) -> dict:
     """The metrics of either task from probabilities: argmax for (N,) labels; for (N, L) multi-hot
     labels, ``decide(proba)`` (thresholds) gives the predictions."""
-    if np.asarray(y_true).ndim == 2:
-        return multilabel_metrics(y_true, decide(proba), label_names, proba)
-    return classification_metrics(y_true, proba.argmax(1), label_names)
-
-
-def primary_metric(m: dict) -> float:
-    """The score runs are ranked by: micro-F1 for multi-label, macro-F1 for single-label."""
-    return m["micro_f1"] if m.get("multilabel") else m["macro_f1"]
+    multilabel = np.asarray(y_true).ndim == 2
+    return task_metrics_of(y_true, decide(proba) if multilabel else proba.argmax(1), label_names, proba)
 
 
 def format_metrics(m: dict) -> str:

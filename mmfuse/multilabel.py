@@ -23,7 +23,10 @@ MIN_POSITIVES = 5  # validation positives a label needs for a threshold of its o
 
 def decide(proba: np.ndarray, thresholds, min_labels: int = 1) -> np.ndarray:
     """(N, L) 0/1 predictions: proba > threshold (a scalar or one per label); with ``min_labels=1``
-    a row where nothing passes gets its most probable label."""
+    a row where nothing passes gets its most probable label. ``thresholds=None`` (a single-label run):
+    the class indices, argmax."""
+    if thresholds is None:
+        return proba.argmax(1)
     pred = (proba > np.asarray(thresholds)).astype(np.int8)
     if min_labels and len(pred):
         empty = pred.sum(1) == 0

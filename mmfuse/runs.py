@@ -15,7 +15,7 @@ from typing import Protocol
 import numpy as np
 
 from .cache import FeatureCache
-from .data import csv_records, guid_tag_rows
+from .data import csv_records, guid_tag_rows, split_labels
 from .errors import DataError, MmfuseError
 from .metrics import classification_metrics, metrics_for, multilabel_metrics
 
@@ -174,8 +174,7 @@ def read_label_sets(path: Path, id_col: str = "ImageID", labels_col: str = "Labe
         key = fields[id_col]
         if key in out:
             raise DataError(f"{path} line {line}: duplicate {id_col} {key}")
-        cell = fields[labels_col]
-        out[key] = cell.split() if label_sep == " " else [x.strip() for x in cell.split(label_sep) if x.strip()]
+        out[key] = split_labels(fields[labels_col], label_sep)
     return out
 
 

@@ -30,9 +30,7 @@ class BaggedHead:
         return np.mean([m.predict_proba(X, zero) for m in self.members], axis=0)
 
     def decide(self, proba: np.ndarray) -> np.ndarray:
-        if self.multilabel_:
-            return decide(proba, self.thresholds_, self.config.min_labels)
-        return proba.argmax(1)
+        return decide(proba, self.thresholds_, self.config.min_labels)
 
     def predict(self, X, zero: str | None = None) -> np.ndarray:
         pred = self.decide(self.predict_proba(X, zero))

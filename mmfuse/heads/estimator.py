@@ -358,9 +358,7 @@ class Head(ClassifierMixin, BaseEstimator):
     def decide(self, proba: np.ndarray) -> np.ndarray:
         """Predictions from probabilities: class indices (argmax), or multi-label (N, L) 0/1 by the tuned
         thresholds (and ``min_labels``)."""
-        if self.multilabel_:
-            return decide(proba, self.thresholds_, self.config.min_labels)
-        return proba.argmax(1)
+        return decide(proba, self.thresholds_, self.config.min_labels)
 
     def predict(self, X, zero: str | None = None) -> np.ndarray:
         check_is_fitted(self, "model_")
@@ -518,14 +516,8 @@ class OneVsRest:
 
         cw = "balanced" if self.balanced else None
         C = self.cfg.C if self.cfg.C != "auto" else search_C(X, Y, cw, self.cfg.seed)
-        self.coef_, self.intercept_ = np.zeros((Y.shape[1], X.shape[1])), np.zeros(Y.shape[1])
-        for k in range(Y.shape[1]):
-            y = Y[:, k].astype(int)
-            if y.min() == y.max():  # never (or always) present: a constant, confident logit
-                self.intercept_[k] = 9.0 if y[0] else -9.0
-                continue
-            m = LogisticRegression(C=C, class_weight=cw, max_iter=3000, random_state=self.cfg.seed).fit(X, y)
-            self.coef_[k], self.intercept_[k] = m.coef_[0], m.intercept_[0]
+        self.coef_, self.intercept_ = fit_per_label(
+            lambda k: X, Y, lambda: LogisticRegression(C=C, class_weight=cw, max_iter=3000, random_state=self.cfg.seed))
         self.classes_ = np.arange(Y.shape[1])
         return self
 
@@ -534,10 +526,24 @@ class OneVsRest:
 
     @classmethod
     def load(cls, path: Path) -> "OneVsRest":
-        a = np.load(path, allow_pickle=False)
         model = cls.__new__(cls)
-        model.coef_, model.intercept_, model.classes_ = a["coef"], a["intercept"], a["classes"]
+        model.coef_, model.intercept_, model.classes_ = linear_arrays(path)
         return model
+
+
+def fit_per_label(columns, Y: np.ndarray, make) -> tuple[np.ndarray, np.ndarray]:
+    """(coef (L, d), intercept (L,)) of one binary linear model ``make()`` per label, fit on ``columns(label)``
+    (N, d); a label with a single value in ``Y`` gets a constant, confident logit (+-9) instead."""
+    coef, intercept = None, np.zeros(Y.shape[1])
+    for k in range(Y.shape[1]):
+        X, y = columns(k), Y[:, k].astype(int)
+        coef = np.zeros((Y.shape[1], X.shape[1])) if coef is None else coef
+        if y.min() == y.max():  # never (or always) present
+            intercept[k] = 9.0 if y[0] else -9.0
+            continue
+        m = make().fit(X, y)
+        coef[k], intercept[k] = m.coef_[0], m.intercept_[0]
+    return coef, intercept
 
 
 def search_C(X: np.ndarray, y: np.ndarray, class_weight, seed: int) -> float:
@@ -593,8 +599,13 @@ def load_linear(path: Path):
     """The LogisticRegression saved by :func:`save_linear`, ready for predict / predict_proba."""
     from sklearn.linear_model import LogisticRegression
 
-    a = np.load(path, allow_pickle=False)
     model = LogisticRegression()
-    model.coef_, model.intercept_, model.classes_ = a["coef"], a["intercept"], a["classes"]
-    model.n_features_in_ = a["coef"].shape[1]
+    model.coef_, model.intercept_, model.classes_ = linear_arrays(path)
+    model.n_features_in_ = model.coef_.shape[1]
     return model
+
+
+def linear_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef, intercept, classes) as :func:`save_linear` wrote them, read without unpickling."""
+    a = np.load(path, allow_pickle=False)
+    return a["coef"], a["intercept"], a["classes"]
