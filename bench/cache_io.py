@@ -12,15 +12,14 @@ them before (each batch straight into its 256-row chunks and flushed) and throug
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
+from machine import cpu_line
 from mmfuse.cache import CHUNK_ROWS, CacheWriter
 
 
@@ -72,10 +71,7 @@ def main() -> None:
     if not Path("/proc/self/io").exists():
         print("skip: needs Linux /proc/self/io")
         sys.exit(0)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    print(f"{args.rows} rows, chunks of {CHUNK_ROWS} rows; {cpu}, torch capability "
-          f"{torch.backends.cpu.get_cpu_capability()}\n")
+    print(f"{args.rows} rows, chunks of {CHUNK_ROWS} rows; {cpu_line()}\n")
     print("| features | MiB stored | before: written / read per MiB | now: written / read per MiB |")
     print("|---|---:|---:|---:|")
     cases = [("text cls+mean, 384-d (minilm)", "text", {"text/cls": 384, "text/mean": 384}),

@@ -17,7 +17,6 @@ outside the datasets' raw extents; a change means a kill during a flush can corr
 from __future__ import annotations
 
 import argparse
-import platform
 import shutil
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
+from machine import cpu_line
 
 DIMS = {"text/cls": 384, "text/mean": 384, "image/pooled": 1280}
 CHUNK = 256
@@ -108,11 +107,9 @@ def main() -> None:
     if not Path("/proc/self/io").exists():
         print("skip: needs Linux /proc/self/io")
         return
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
     mib = args.rows * sum(DIMS.values()) * 4 / 2 ** 20
-    print(f"{args.rows} rows, {mib:.1f} MiB of features, chunks of {CHUNK} rows; {cpu}, torch capability "
-          f"{torch.backends.cpu.get_cpu_capability()}; h5py {h5py.version.version}, HDF5 {h5py.version.hdf5_version}\n")
+    print(f"{args.rows} rows, {mib:.1f} MiB of features, chunks of {CHUNK} rows; {cpu_line()}; "
+          f"h5py {h5py.version.version}, HDF5 {h5py.version.hdf5_version}\n")
     print("| way | wall (ms, median) | written per MiB stored | metadata changed after creation |\n|---|---:|---:|---|")
     for way in ("late allocation", "SWMR", "partial + checkpoints", "early allocation (mmfuse)"):
         results = []

@@ -16,7 +16,6 @@ Prints the CPU or GPU and torch's CPU capability with every table. Skips (exit 0
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -25,17 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_line
 from mmfuse.extract.common import resolve_device
 from mmfuse.finetune import FineTuneConfig, PairLoader, _autocast, build_model, choose_precision, freeze
 from mmfuse.heads import HeadConfig, create_head
 
 
 def machine(device: torch.device) -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
     gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
-    return (f"CPU {cpu} ({torch.get_num_threads()} threads), torch capability "
-            f"{torch.backends.cpu.get_cpu_capability()}{gpu}; torch {torch.__version__}")
+    return f"CPU {cpu_line()}, {torch.get_num_threads()} threads{gpu}; torch {torch.__version__}"
 
 
 def step_seconds(model, batches, precision: str, device: torch.device, steps: int) -> tuple[float, float]:

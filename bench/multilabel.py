@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import platform
 import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from machine import cpu_line
 import mmfuse
 from mmfuse.data import CsvFormat, read_course
 from mmfuse.heads import FeatureSet, Head, HeadConfig
@@ -38,12 +37,6 @@ from mmfuse.metrics import multilabel_metrics
 from mmfuse.multilabel import iterative_stratification
 
 LABELS = ("positive", "neutral", "negative", "mention", "hashtag", "link", "grayscale", "portrait")
-
-
-def cpu() -> str:
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor())
-    return f"{name}, torch capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def image_labels(path: Path) -> list[str]:
@@ -94,7 +87,7 @@ def main() -> None:
         mmfuse.extract(table, out=cache, csv_format=CsvFormat(data / "data", label_names=LABELS),
                        text=mmfuse.TextExtractorConfig("minilm"), image=mmfuse.ImageExtractorConfig("efficientnet-lite0"))
     X = FeatureSet.from_cache(cache)
-    print(f"CPU: {cpu()}; {len(X)} rows of {table}; positives per label: "
+    print(f"CPU: {cpu_line()}; {len(X)} rows of {table}; positives per label: "
           + ", ".join(f"{n} {int(c)}" for n, c in zip(X.label_names, X.y.sum(0))))
     runs = {"text only (text head)": dict(fusion="text"), "image only (image head)": dict(fusion="image"),
             "concat": dict(fusion="concat"), "weighted": dict(fusion="weighted"), "attention": dict(fusion="attention"),

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import mmfuse
+from mmfuse.cache import CacheWriter, FeatureCache
 
 
 def ensure_cache(cache: str | Path, data: str | Path) -> Path | None:
@@ -16,3 +19,15 @@ def ensure_cache(cache: str | Path, data: str | Path) -> Path | None:
         mmfuse.extract(data, "train", cache, text=mmfuse.TextExtractorConfig("minilm"),
                        image=mmfuse.ImageExtractorConfig("efficientnet-lite0"))
     return cache
+
+
+def subset_cache(src: FeatureCache, rows: np.ndarray, path: Path, tag: str) -> Path:
+    """A cache holding ``rows`` of ``src`` (same provenance, so heads accept it)."""
+    w = CacheWriter.open(path, guids=[src.guids[i] for i in rows], labels=src.labels[rows],
+                         label_names=src.label_names, multilabel=False, skipped={}, store_dtype="float32",
+                         dims=src.dims, provenance=src.provenance, identity=f"{src.identity}-{tag}")
+    for m, names in (("text", ("text/cls", "text/mean")), ("image", ("image/pooled",))):
+        w.write(m, np.arange(len(rows)), {n: src.features(n)[rows] for n in names})
+    assert w.finish()
+    w.close()
+    return path

@@ -11,39 +11,20 @@ Prints one markdown table with the CPU. Skips (exit 0) when neither cache nor da
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.model_selection import train_test_split
 
-from mvsa_cache import ensure_cache
-from mmfuse.cache import CacheWriter, FeatureCache
+from machine import cpu_line
+from mvsa_cache import ensure_cache, subset_cache
+from mmfuse.cache import FeatureCache
 from mmfuse.ensemble import build_ensemble
 from mmfuse.grid import expand_grid, run_grid
 from mmfuse.metrics import macro_f1
 from mmfuse.runs import load_run
-
-
-def subset_cache(src: FeatureCache, rows: np.ndarray, path: Path, tag: str) -> Path:
-    """A cache holding ``rows`` of ``src`` (same provenance, so heads accept it)."""
-    w = CacheWriter.open(path, guids=[src.guids[i] for i in rows], labels=src.labels[rows],
-                         label_names=src.label_names, multilabel=False, skipped={}, store_dtype="float32",
-                         dims=src.dims, provenance=src.provenance, identity=f"{src.identity}-{tag}")
-    for m, names in (("text", ("text/cls", "text/mean")), ("image", ("image/pooled",))):
-        w.write(m, np.arange(len(rows)), {n: src.features(n)[rows] for n in names})
-    assert w.finish()
-    w.close()
-    return path
-
-
-def cpu() -> str:
-    name = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                platform.processor())
-    return f"{name}, torch capability {torch.backends.cpu.get_cpu_capability()}"
 
 
 def main() -> None:
@@ -84,7 +65,7 @@ def main() -> None:
                         macro_f1(X.y, proba.argmax(1), 3))
             results.setdefault("best config, CV estimate on dev", []).append(best["macro_f1_mean"])
         print(f"repeat {seed}, best {best['fusion']} lr {best['lr']:g}: " + ", ".join(f"{k} {v[-1]:.3f}" for k, v in results.items()), flush=True)
-    print(f"\n{cpu()}; {args.repeats} held-out splits of 20% of {len(src)} rows\n")
+    print(f"\n{cpu_line()}; {args.repeats} held-out splits of 20% of {len(src)} rows\n")
     print("| model | held-out macro-F1 per split | mean |\n|---|---|---:|")
     for k, v in results.items():
         print(f"| {k} | {' / '.join(f'{x:.3f}' for x in v)} | {np.mean(v):.3f} |")

@@ -15,7 +15,7 @@ from conftest import multilabel_features, write_feature_cache
 from mmfuse.cli import app
 from mmfuse.data import CsvFormat, parse_label_names, read_csv
 from mmfuse.errors import DataError
-from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads, train_head
+from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads
 from mmfuse.metrics import multilabel_metrics
 from mmfuse.multilabel import decide, iterative_stratification, tune_thresholds
 
