@@ -26,8 +26,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX in its flags). Without it bf16 is
-    emulated and several times slower than fp32 (measured on an AVX2 EPYC: 0.17-0.29x)."""
+    """Whether torch multiplies bf16 in hardware here: AVX512-BF16 or AMX in the CPU's flags, and torch's
+    kernels at AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` turns them off). Without it bf16 is emulated and
+    several times slower than fp32 (an AVX2 EPYC: 0.17-0.29x; this project's Xeon run as AVX2: 0.015x
+    for a head-sized matmul)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
