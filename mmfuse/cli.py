@@ -376,6 +376,9 @@ def grid(
     label_smoothing: Optional[str] = typer.Option(None, help="Comma list."),
     batch_size: Optional[str] = typer.Option(None, help="Comma list."),
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
+    patience: Optional[str] = typer.Option(None, help="Comma list [default: 5]: epochs without a validation gain "
+                                           "before stopping (3 ran the default grid in 0.71x the time, -0.003 "
+                                           "macro-F1 per configuration on mvsa)."),
     c: Optional[str] = typer.Option(None, "--C", help="Comma list of numbers or auto (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
     combine: Optional[str] = typer.Option(None, help="Comma list of mean, union (late fusion, multi-label)."),
@@ -384,6 +387,8 @@ def grid(
                                             "CPU has native bf16 and runs it 1.5x faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
     folds: Optional[int] = typer.Option(None, help="Stratified CV folds [default: 5]."),
+    repeats: Optional[int] = typer.Option(None, help="Repeated stratified k-fold: reshuffle and run the folds R "
+                                          "times (R x folds fits per configuration) [default: 1]."),
     seed: Optional[int] = typer.Option(None, help="Seed of the folds [default: 0]."),
     jobs: Optional[int] = typer.Option(None, help="Local processes [default: all cores]."),
     backend: str = typer.Option("local", help="local (processes) or dask (a dask.distributed cluster)."),
@@ -407,7 +412,7 @@ def grid(
         axes = dict(spec["grid"])
         given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
                  "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
-                 "label_smoothing": label_smoothing, "batch_size": batch_size, "epochs": epochs, "C": c,
+                 "label_smoothing": label_smoothing, "batch_size": batch_size, "epochs": epochs, "patience": patience, "C": c,
                  "align_weight": align_weight, "precision": precision, "combine": combine,
                  "thresholds": thresholds}
         axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
@@ -417,14 +422,15 @@ def grid(
             axes["precision"] = [chosen]
             typer.echo(f"training precision {chosen}: {reason} (--precision to choose)")
         configs = expand_grid(axes)
-        n_folds = folds or spec.get("folds", 5)
-        typer.echo(f"{len(configs)} configurations x {n_folds} folds = {len(configs) * n_folds} fits"
-                   if search.value == "full" else f"{len(configs)} configurations, successive halving, {n_folds} folds")
+        n_folds, n_repeats = folds or spec.get("folds", 5), repeats or spec.get("repeats", 1)
+        split = f"{n_folds} folds" + (f" x {n_repeats} repeats" if n_repeats > 1 else "")
+        typer.echo(f"{len(configs)} configurations x {split} = {len(configs) * n_folds * n_repeats} fits"
+                   if search.value == "full" else f"{len(configs)} configurations, successive halving, {split}")
         result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
                           jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
-                          refit_mode=refit.value, pick=pick.value, search=search.value, progress=progress,
-                          log=typer.echo)
-    fits = result.computed * n_folds
+                          refit_mode=refit.value, pick=pick.value, search=search.value, repeats=n_repeats,
+                          progress=progress, log=typer.echo)
+    fits = result.computed * n_folds * n_repeats
     typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
     best = result.rows[0]
@@ -436,6 +442,13 @@ def grid(
     rule = "one-standard-error rule: the simplest tied one" if pick.value == "one-se" else "the top by mean"
     typer.echo(f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
                f"CV {name} {chosen[metric + '_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
+    ens = result.tied_ensemble
+    if ens:
+        d = ens["difference"]
+        typer.echo(f"the {ens['members']} tied configurations averaged: CV {name} {ens['score']:.3f} vs the top's "
+                   f"{ens['top']:.3f} (per fold {d['mean']:+.3f}, ahead on {d['ahead']} of {d['folds']}): "
+                   + (f"recommended: mmfuse ensemble {out} --top {ens['members']} --out runs/ens" if ens["recommended"]
+                      else f"not ahead on most folds, {result.best_run} stays the recommendation"))
 
 
 @app.command()

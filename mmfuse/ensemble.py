@@ -203,12 +203,13 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "mean",
-                   refit_mode: str = "folds", log=print) -> tuple[StackedEnsemble | None, dict]:
+                   refit_mode: str = "folds", log=print, compare: tuple[str, ...] = ("lr", "mean")
+                   ) -> tuple[StackedEnsemble | None, dict]:
     """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run.
 
     ``meta="lr"`` fits the linear meta-classifier; ``"mean"`` averages the members' probabilities.
     Both are scored against the best member, fold by fold; the chosen one is saved. ``refit_mode``:
-    how each member is saved (see :func:`mmfuse.grid.refit`).
+    how each member is saved (see :func:`mmfuse.grid.refit`). ``compare``: the meta-classifiers scored.
     """
     grid = Path(grid)
     if not (grid / "grid.json").is_file():
@@ -225,7 +226,8 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
         raise MmfuseError(f"{cache} no longer holds the features grid {grid} was run on (re-extracted?): "
                           "run the grid again")
     y = fc.labels
-    fold = np.load(grid / "folds.npy")
+    folds = np.load(grid / "folds.npy")  # (N,), or (R, N) for repeated k-fold
+    fold = np.atleast_2d(folds)[0]  # the ensembles are scored on the first repeat's folds
     oofs = [np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows]
     Z = _meta_features(oofs)
     names = info["label_names"]
@@ -236,7 +238,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     best = {"config_id": rows[0]["config_id"], "fusion": rows[0]["fusion"],
             **(_cv("mean", oofs[0], y, fold, names, info["seed"], **rule) if multilabel
                else _scores(y, oofs[0].argmax(1), fold, names))}
-    cv = {kind: _cv(kind, Z, y, fold, names, info["seed"], **rule) for kind in ("lr", "mean")}
+    cv = {kind: _cv(kind, Z, y, fold, names, info["seed"], **rule) for kind in sorted({*compare, meta})}
     metrics = {"members": [r["config_id"] for r in rows], "folds": int(fold.max()) + 1, "meta": meta,
                "refit": refit_mode, "cv": cv[meta], "cv_other": {k: v for k, v in cv.items() if k != meta},
                "best_member": best, "vs_best_member": {k: paired(v, best) for k, v in cv.items()},
@@ -247,7 +249,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     members = []
     for r in rows:
         log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
-        members.append(load_head(refit(cache, r, out / "members" / r["config_id"], fold, refit_mode,
+        members.append(load_head(refit(cache, r, out / "members" / r["config_id"], folds, refit_mode,
                                        np.load(grid / "oof" / f"{r['config_id']}.npy"))))
     model = _fit(_meta_model(meta, len(names), info["seed"], multilabel), Z, y)
     thresholds = (tune_thresholds(y, model.predict_proba(Z), rule["thresholds"], rule["min_labels"]).tolist()

@@ -67,7 +67,7 @@ def parse_values(name: str, text: str) -> list:
 
 
 def load_grid_file(path: str | Path) -> dict:
-    """A TOML or YAML file: a ``grid`` table of parameter lists, plus optional folds, seed, jobs."""
+    """A TOML or YAML file: a ``grid`` table of parameter lists, plus optional folds, repeats, seed, jobs."""
     path = Path(path)
     if not path.is_file():
         raise MmfuseError(f"grid file not found: {path}")
@@ -84,7 +84,7 @@ def load_grid_file(path: str | Path) -> dict:
     if not isinstance(grid, dict):
         raise MmfuseError(f"{path}: 'grid' must be a table of parameter lists")
     out = {"grid": {k: v if isinstance(v, list) else [v] for k, v in grid.items()}}
-    for key in ("folds", "seed", "jobs"):
+    for key in ("folds", "seed", "jobs", "repeats"):
         if key in data:
             out[key] = data[key]
     for name, values in out["grid"].items():
@@ -181,9 +181,14 @@ def score(row: dict) -> float:
     return row[f"{primary(row)}_mean"]
 
 
-def make_folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
+def make_folds(y: np.ndarray, k: int, seed: int, repeats: int = 1) -> np.ndarray:
     """Fold index (0..k-1) of each row, stratified by label (multi-label (N, L): iterative stratification,
-    see mmfuse.multilabel)."""
+    see mmfuse.multilabel). ``repeats`` > 1: repeated stratified k-fold, an (repeats, N) array, one
+    reshuffled k-fold split per row (repeat r seeded ``seed + r``)."""
+    if repeats < 1:
+        raise MmfuseError(f"--repeats must be at least 1, not {repeats}")
+    if repeats > 1:
+        return np.stack([make_folds(y, k, seed + r) for r in range(repeats)])  # (R, N)
     from sklearn.model_selection import StratifiedKFold
 
     if k < 2:
@@ -235,12 +240,17 @@ def evaluate_config(source, cfg: dict, fold: np.ndarray, threads: int = 1,
         torch.set_num_threads(before)
 
 
+def splits(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(training rows, held-out rows) of every split: k of them for an (N,) fold array, R x k for the (R, N)
+    array of repeated k-fold."""
+    return [(np.flatnonzero(f != k), np.flatnonzero(f == k)) for f in np.atleast_2d(fold) for k in range(int(f.max()) + 1)]
+
+
 def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
-    """Yield (k, fitted head, held-out rows, seconds) for each fold: the head is fit on the other folds'
-    rows, early-stopped on a stratified VAL_FRACTION of them. The grid scores these heads and ships
-    them (``best/``), so what is shipped is what was scored."""
-    for k in range(int(fold.max()) + 1):
-        train, test = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+    """Yield (split, fitted head, held-out rows, seconds) for each split (see :func:`splits`): the head is
+    fit on the other folds' rows, early-stopped on a stratified VAL_FRACTION of them. The grid scores
+    these heads and ships them (``best/``), so what is shipped is what was scored."""
+    for k, (train, test) in enumerate(splits(fold)):
         fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
         t0 = time.perf_counter()
         head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
@@ -250,17 +260,18 @@ def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
 def _cross_validate(data: FeatureSet, config: HeadConfig, fold: np.ndarray) -> tuple[dict, np.ndarray]:
     # scikit-learn's cross_val_predict would refit without the inner early-stopping split and gives no
     # per-fold best epochs or fit times, so the loop is ours (fold_fits); each row of ``oof`` is
-    # predicted only by the head that was fit without its fold
+    # predicted only by heads fit without it (repeated k-fold: the mean of its repeats' predictions)
     names = task_metrics(data.y.ndim == 2)
-    oof = np.full((len(data), len(data.label_names)), np.nan, np.float32)
+    oof = np.zeros((len(data), len(data.label_names)), np.float32)
     scores: dict[str, list[float]] = {m: [] for m in names}
     seconds, epochs = [], []
     for k, head, test, secs in fold_fits(data, config, fold):
         seconds.append(secs)
         epochs.append(head.best_epoch_)
         part = data.subset(test)
-        oof[test] = head.predict_proba(part)
-        m = metrics_for(part.y, oof[test], data.label_names, head.decide)  # multi-label: the fold's thresholds
+        proba = head.predict_proba(part)
+        oof[test] += proba / len(np.atleast_2d(fold))
+        m = metrics_for(part.y, proba, data.label_names, head.decide)  # multi-label: the fold's thresholds
         for name in names:
             scores[name].append(m[name])
     row = {"config_id": config_id(config), **asdict(config)}
@@ -304,6 +315,7 @@ class GridResult:
     best_run: Path | None
     pick: dict | None = None  # the configuration saved in best/ (one-standard-error rule)
     tied: list[dict] | None = None  # the configurations within one standard error of the top
+    tied_ensemble: dict | None = None  # the mean of the tied configurations' probabilities, scored on the folds
 
 
 def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
@@ -332,12 +344,13 @@ def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
         tmp.replace(path)
 
 
-def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str]) -> np.ndarray:
+def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str],
+                  repeats: int = 1) -> np.ndarray:
     """Create or reopen a grid folder; refuse one made from other features (another extraction of the
     same path included) or other folds."""
     meta = {"cache": str(cache.path), "identity": cache.identity, "feature_identity": cache.feature_identity,
-            "rows": len(cache), "folds": folds, "seed": seed}
-    fold = make_folds(cache.labels, folds, seed)
+            "rows": len(cache), "folds": folds, "seed": seed, "repeats": repeats}
+    fold = make_folds(cache.labels, folds, seed, repeats)
     results = out / "results.csv"
     if results.is_file() and results.stat().st_size:
         with open(results, newline="") as f:
@@ -347,10 +360,12 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
                               "choose another --out")
     if (out / "grid.json").is_file():
         old = json.loads((out / "grid.json").read_text())
-        same = all(old.get(k) == meta[k] for k in ("identity", "rows", "folds", "seed"))
+        same = all(old.get(k, 1 if k == "repeats" else None) == meta[k]
+                   for k in ("identity", "rows", "folds", "seed", "repeats"))
         if not same or not np.array_equal(np.load(out / "folds.npy"), fold):
             raise MmfuseError(f"{out} holds a grid of another cache or other folds ({old.get('cache')}, "
-                              f"{old.get('folds')} folds, seed {old.get('seed')}): choose another --out")
+                              f"{old.get('folds')} folds x {old.get('repeats', 1)} repeats, seed {old.get('seed')}): "
+                              "choose another --out")
     else:
         out.mkdir(parents=True, exist_ok=True)
         (out / "oof").mkdir(exist_ok=True)
@@ -432,14 +447,17 @@ def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
 
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
              jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
-             refit_mode: str = "folds", pick: str = "top", search: str = "full", progress: bool = True,
-             log: Callable[[str], None] = print) -> GridResult:
+             refit_mode: str = "folds", pick: str = "top", search: str = "full", repeats: int = 1,
+             progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run.
 
     ``search="halving"``: successive halving (as scikit-learn's HalvingGridSearchCV and ASHA do) over
     epochs: every configuration is cross-validated with few epochs, the best third (by mean fold score)
     again with 3x the epochs, and so on up to the configurations' epochs; each rung's rows are ordinary
-    result rows (its epochs in the row), so a halving grid resumes like any other."""
+    result rows (its epochs in the row), so a halving grid resumes like any other.
+
+    ``repeats`` > 1: repeated stratified k-fold (``folds`` x ``repeats`` fits per configuration, each
+    repeat reshuffled); scores are over all the splits, out-of-fold probabilities the mean over repeats."""
     out, cache_path = Path(out), Path(cache)
     fc = FeatureCache(cache_path)
     if not fc.labelled:
@@ -458,15 +476,15 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:
         return _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode,
-                         pick, progress, log, plan)
+                         pick, progress, log, plan, repeats)
     finally:
         release_writer_lock(out / "grid", lock)
 
 
 def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode, pick,
-              progress, log, plan=None) -> GridResult:
+              progress, log, plan=None, repeats=1) -> GridResult:
     repair_results(out, log)
-    fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}))
+    fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}), repeats)
     if plan:
         meta = json.loads((out / "grid.json").read_text())
         (out / "grid.json").write_text(json.dumps({**meta, "halving": plan}, indent=2))
@@ -504,13 +522,44 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     note = ("" if not plan else f"\nSuccessive halving: rungs of {', '.join(map(str, plan))} epochs; each row shows a "
             "configuration at the last rung it reached (`rung`, from 0); only those of the last rung compete "
             "for `best/`.\n")
-    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note)
+    tied_ensemble = score_tied_ensemble(out, len(tied))
+    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note + tied_ensemble_note(out, tied_ensemble),
+                  repeats=repeats)
     plot_grid(out, rows)
     best_run = None
     if refit_best and chosen:
         best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
                          np.load(out / "oof" / f"{chosen['config_id']}.npy"))
-    return GridResult(out, rows, computed, seconds, best_run, chosen, tied)
+    return GridResult(out, rows, computed, seconds, best_run, chosen, tied, tied_ensemble)
+
+
+def score_tied_ensemble(out: Path, n_tied: int) -> dict | None:
+    """The mean of the ``n_tied`` top configurations' out-of-fold probabilities, scored on the grid's folds
+    and paired fold by fold with the top configuration (``mmfuse ensemble``'s numbers, nothing saved);
+    None for fewer than two tied configurations. ``recommended``: it is ahead of the top on average and on
+    most folds."""
+    if n_tied < 2:
+        return None
+    from .ensemble import build_ensemble
+
+    _, m = build_ensemble(out, top=n_tied, meta="mean", compare=("mean",))
+    d, metric = m["vs_best_member"]["mean"], m["cv"]["metric"]
+    return {"members": n_tied, "metric": metric, "score": m["cv"][f"{metric}_mean"], "std": m["cv"][f"{metric}_std"],
+            "top": m["best_member"][f"{metric}_mean"], "difference": d,
+            "recommended": d["mean"] > 0 and d["ahead"] > d["folds"] / 2}
+
+
+def tied_ensemble_note(out: Path, ens: dict | None) -> str:
+    if ens is None:
+        return ""
+    d = ens["difference"]
+    verdict = (f"Recommended final model: `mmfuse ensemble {out} --top {ens['members']} --out runs/ens`, then "
+               "`mmfuse predict runs/ens ...`." if ens["recommended"] else
+               "It does not beat the top on most folds: `best/` stays the recommended model.")
+    return (f"\nThe {ens['members']} tied configurations averaged (mean of their probabilities) score "
+            f"{ens['score']:.3f} ± {ens['std']:.3f} on the grid's folds against the top's {ens['top']:.3f} "
+            f"(paired per fold: {d['mean']:+.3f} ± {d['std']:.3f}, ahead on {d['ahead']} of {d['folds']}; both chosen "
+            f"on these folds, so optimistic). {verdict}\n")
 
 
 def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log) -> int:
@@ -527,7 +576,7 @@ def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, schedule
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
     with open(out / "results.csv", "a", newline="") as f, \
-            tqdm(total=len(todo) * folds, desc="grid", unit="fit", disable=not progress) as bar:
+            tqdm(total=len(todo) * len(splits(fold)), desc="grid", unit="fit", disable=not progress) as bar:
         writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
         if new_file:
             writer.writeheader()
@@ -542,12 +591,15 @@ def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, schedule
                                            "are kept") from None
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
-            bar.update(folds)
+            bar.update(len(splits(fold)))
     return len(todo)
 
 
 def standard_error(row: dict, folds: int) -> float:
-    """Standard error of a row's mean fold score (its std is over folds, ddof 0)."""
+    """Standard error of a row's mean fold score: its std (over the splits, ddof 0) / sqrt(k - 1). With
+    repeated k-fold the std is over all R x k splits but the divisor stays k's: the repeats reuse the same
+    rows, so they steady the mean without being R times the evidence (Nadeau and Bengio's corrected
+    variance never falls below about std^2 / (k - 1) however many repeats)."""
     return row[f"{primary(row)}_std"] / math.sqrt(max(1, folds - 1))
 
 
@@ -616,8 +668,7 @@ def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.nda
                    "best_epochs": [h.best_epoch_ for h in bagged.members],
                    "modality_weights": bagged.modality_weights()}
     else:
-        n_fit = np.mean([len(stratified_split(data.y[fold != k], VAL_FRACTION, cfg.seed)[0])
-                         for k in range(int(fold.max()) + 1)])
+        n_fit = np.mean([len(stratified_split(data.y[train], VAL_FRACTION, cfg.seed)[0]) for train, _ in splits(fold)])
         per_epoch = int(np.ceil(n_fit / cfg.batch_size))
         schedule = (cfg.epochs * per_epoch, max(1, int(round(row["best_epoch_mean"] * per_epoch))))
         head = Head(cfg).fit(data, schedule=None if cfg.fusion == "logreg" else schedule)
@@ -648,13 +699,14 @@ def _varied(rows: list[dict]) -> list[str]:
 
 
 def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "",
-                  pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top") -> Path:
+                  pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top", repeats: int = 1) -> Path:
     axes = _varied(rows) or ["fusion"]
     tied_ids = {r["config_id"] for r in tied or []}
     metrics = task_metrics(bool(rows) and primary(rows[0]) == "micro_f1")
     titles = {"macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted-F1",
               "balanced_accuracy": "balanced acc.", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "map": "mAP"}
     lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV"
+             + (f" repeated {repeats} times" if repeats > 1 else "")
              + (" (multi-label: iterative stratification; ranked by micro-F1)" if metrics[0] == "micro_f1" else "") + "\n",
              f"| rank | {' | '.join(axes)} | {titles[metrics[0]]} | ± SE | "
              + " | ".join(titles[m] for m in metrics[1:]) + " | s/fit | parameters | tied with the top |",

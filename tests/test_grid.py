@@ -170,6 +170,17 @@ def test_precision_choice_follows_the_cpus_bf16_support(monkeypatch):
     assert choice in ("fp32", "bf16") and "measured" in reason
 
 
+def test_torch_kernels_below_avx512_mean_no_native_bf16(monkeypatch):
+    import torch
+
+    from mmfuse.extract.common import native_bf16
+    from mmfuse.grid import fast_precision
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not native_bf16()
+    assert fast_precision() == ("fp32", "this CPU has no native bf16 (torch capability AVX2)")
+
+
 def test_one_standard_error_rule_picks_the_simplest_tied_configuration():
     from mmfuse.grid import one_se_pick
 
@@ -220,3 +231,48 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     assert ens.exit_code == 0, ens.output
     members = json.loads((tmp_path / "e" / "ensemble.json").read_text())["members"]
     assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
+
+
+def test_repeated_k_fold_runs_every_repeat_and_ships_every_split(cache, tmp_path):
+    out = tmp_path / "g"
+    args = ["grid", str(cache), "--out", str(out), "--jobs", "1", "--fusion", "concat,text", "--lr", "3e-3",
+            "--weight-decay", "0", "--epochs", "4", "--folds", "3", "--repeats", "2", "--precision", "fp32",
+            "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "2 configurations x 3 folds x 2 repeats = 12 fits" in result.output
+    fold = np.load(out / "folds.npy")
+    assert fold.shape == (2, 300) and not np.array_equal(fold[0], fold[1])  # each repeat reshuffled
+    assert all(sorted(np.bincount(f)) == [100, 100, 100] for f in fold)
+    for cid in rows_of(out):  # the mean of each row's two out-of-fold predictions
+        assert np.allclose(np.load(out / "oof" / f"{cid}.npy").sum(1), 1, atol=1e-4)
+    assert json.loads((out / "best" / "bagged.json").read_text())["members"] == 6  # 3 folds x 2 repeats
+    assert "3-fold stratified CV repeated 2 times" in (out / "summary.md").read_text()
+    other = runner.invoke(app, [a if a != "2" else "1" for a in args])  # the same folder, one repeat
+    assert other.exit_code == 1 and "3 folds x 2 repeats" in other.output
+    ens = runner.invoke(app, ["ensemble", str(out), "--top", "2", "--out", str(tmp_path / "e")])
+    assert ens.exit_code == 0, ens.output
+
+
+def test_the_tied_configurations_averaged_are_scored_against_the_top(tmp_path):
+    from mmfuse.metrics import macro_f1
+
+    text, image, y, names = synthetic_features("both", n=240)
+    cache = write_feature_cache(tmp_path / "c.h5", text, image, y, names)
+    out = tmp_path / "g"
+    result = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", "--fusion", "concat,late,gated",
+                                 "--lr", "3e-3", "--weight-decay", "0,1e-2", "--epochs", "5", "--folds", "3",
+                                 "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = (out / "summary.md").read_text()
+    n_tied = summary.count("| yes |")
+    assert n_tied >= 2, summary  # easy data: several configurations tie
+    ranked = sorted(read_results(out), key=lambda r: (-r["macro_f1_mean"], r["config_id"]))
+    fold = np.load(out / "folds.npy")
+    proba = np.mean([np.load(out / "oof" / f"{r['config_id']}.npy") for r in ranked[:n_tied]], axis=0)
+    per_fold = [macro_f1(y[fold == k], proba[fold == k].argmax(1), 2) for k in range(3)]
+    assert f"The {n_tied} tied configurations averaged (mean of their probabilities) score {np.mean(per_fold):.3f}" in summary
+    ahead = sum(a > t for a, t in zip(per_fold, [macro_f1(y[fold == k], np.load(
+        out / "oof" / f"{ranked[0]['config_id']}.npy")[fold == k].argmax(1), 2) for k in range(3)]))
+    assert f"ahead on {ahead} of 3" in summary
+    assert ("Recommended final model: `mmfuse ensemble" in summary) == ("recommended: mmfuse ensemble" in result.output)
