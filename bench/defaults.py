@@ -2,23 +2,25 @@
 
     python bench/defaults.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
 
-Runs one 5-fold grid on the mvsa cache (every configuration on the same folds) and, for each
-default, prints the per-fold difference default - alternative (mean ± std, folds ahead) and the
-difference of macro-F1 pooled over all out-of-fold rows. A default whose difference is inside its
+Runs one 5-fold grid on the mvsa cache (every configuration on the same folds, each with seeds
+0..S-1, ``--seeds``, scored by the mean over seeds) and, for each
+default, prints the per-fold difference default - alternative (mean ± std, folds ahead), the
+difference of macro-F1 pooled over all out-of-fold rows and both seconds per fit (one thread;
+run it under ``ATEN_CPU_CAPABILITY=avx2`` too for an AVX2 CPU's times). A default whose difference is inside its
 std is a tie, and the table says so. Skips (exit 0) when neither cache nor data exists.
 """
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from machine import cpu_line
 from mvsa_cache import ensure_cache
+from mmfuse.cache import FeatureCache
 from mmfuse.grid import config_id, run_grid
 from mmfuse.heads import HeadConfig
 from mmfuse.metrics import macro_f1
@@ -33,6 +35,21 @@ PAIRS = [
      HeadConfig(fusion="logreg", text_feature="mean", C=1e-2)),
     ("logreg C 1e-3 vs 1", HeadConfig(fusion="logreg", text_feature="mean"),
      HeadConfig(fusion="logreg", text_feature="mean", C=1.0)),
+    ("hidden 256 vs 128 (concat)", BASE, BASE.replace(hidden=128)),
+    ("hidden 256 vs 512 (concat)", BASE, BASE.replace(hidden=512)),
+    ("dropout 0.2 vs 0 (concat)", BASE, BASE.replace(dropout=0.0)),
+    ("dropout 0.2 vs 0.5 (concat)", BASE, BASE.replace(dropout=0.5)),
+    ("weight_decay 1e-2 vs 0 (concat)", BASE, BASE.replace(weight_decay=0.0)),
+    ("batch_size 64 vs 128 (concat)", BASE, BASE.replace(batch_size=128)),
+    ("batch_size 64 vs 32 (concat)", BASE, BASE.replace(batch_size=32)),
+    ("patience 5 vs 3 (concat)", BASE, BASE.replace(patience=3)),
+    ("warmup 0.1 vs 0 (concat)", BASE, BASE.replace(warmup=0.0)),
+    ("clip 1 vs none (concat)", BASE, BASE.replace(clip=1e9)),
+    ("loss ce vs hinge (concat)", BASE, BASE.replace(loss="hinge")),
+    ("label_smoothing 0 vs 0.1 (concat)", BASE, BASE.replace(label_smoothing=0.1)),
+    ("heads 4 vs 1 (attention)", BASE.replace(fusion="attention"), BASE.replace(fusion="attention", heads=1)),
+    ("align_weight 0.1 vs 0 (aligned)", BASE.replace(fusion="aligned"), BASE.replace(fusion="aligned", align_weight=0.0)),
+    ("temperature 0.07 vs 0.2 (aligned)", BASE.replace(fusion="aligned"), BASE.replace(fusion="aligned", temperature=0.2)),
 ]
 
 
@@ -41,31 +58,42 @@ def main() -> None:
     ap.add_argument("--cache", default="features/mvsa-train.h5")
     ap.add_argument("--data", default="../shared/datasets/mvsa")
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3, help="each configuration with seeds 0..S-1; scores are "
+                    "their mean, so a difference is not one initialisation's luck")
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:
         sys.exit(0)
     configs = list({config_id(c): c for pair in PAIRS for c in pair[1:]}.values())
+    seeded = [c.replace(seed=s) for c in configs for s in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "g"
-        run_grid(cache, configs, out, folds=args.folds, refit_best=False, progress=False, log=lambda s: None)
+        rows = {r["config_id"]: r for r in run_grid(cache, seeded, out, folds=args.folds, refit_best=False,
+                                                   progress=False, log=lambda s: None).rows}
         fold = np.load(out / "folds.npy")
-        from mmfuse.cache import FeatureCache
         y = FeatureCache(cache).labels
-        pred = {config_id(c): np.load(out / "oof" / f"{config_id(c)}.npy").argmax(1) for c in configs}
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-               platform.processor())
-    print(f"{len(y)} rows, {args.folds}-fold stratified CV, same folds for all; {cpu}, torch capability "
-          f"{torch.backends.cpu.get_cpu_capability()}\n")
-    print("| default vs alternative | default macro-F1 | alternative | per-fold difference | folds ahead | pooled difference |")
-    print("|---|---:|---:|---:|---:|---:|")
+        pred = {config_id(c): np.load(out / "oof" / f"{config_id(c)}.npy").argmax(1) for c in seeded}
+
+    def per_fold(c: HeadConfig) -> np.ndarray:  # (folds,): macro-F1 per fold, mean over seeds
+        return np.mean([[macro_f1(y[fold == k], pred[config_id(c.replace(seed=s))][fold == k], 3)
+                         for k in range(args.folds)] for s in range(args.seeds)], axis=0)
+
+    def pooled(c: HeadConfig) -> float:
+        return float(np.mean([macro_f1(y, pred[config_id(c.replace(seed=s))], 3) for s in range(args.seeds)]))
+
+    def seconds(c: HeadConfig) -> float:
+        return float(np.mean([rows[config_id(c.replace(seed=s))]["seconds_per_fit"] for s in range(args.seeds)]))
+
+    print(f"{len(y)} rows, {args.folds}-fold stratified CV, same folds for all, each configuration with "
+          f"{args.seeds} seeds (scores: their mean); {cpu_line()}\n")
+    print("| default vs alternative | default macro-F1 | alternative | per-fold difference | folds ahead | pooled difference "
+          "| s/fit default / alternative |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for question, a, b in PAIRS:
-        fa = np.array([macro_f1(y[fold == k], pred[config_id(a)][fold == k], 3) for k in range(args.folds)])
-        fb = np.array([macro_f1(y[fold == k], pred[config_id(b)][fold == k], 3) for k in range(args.folds)])
+        fa, fb = per_fold(a), per_fold(b)
         d = fa - fb
-        pooled = macro_f1(y, pred[config_id(a)], 3) - macro_f1(y, pred[config_id(b)], 3)
         print(f"| {question} | {fa.mean():.3f} | {fb.mean():.3f} | {d.mean():+.3f} ± {d.std():.3f} | "
-              f"{(d > 0).sum()}/{len(d)} | {pooled:+.3f} |")
+              f"{(d > 0).sum()}/{len(d)} | {pooled(a) - pooled(b):+.3f} | {seconds(a):.2f} / {seconds(b):.2f} |")
 
 
 if __name__ == "__main__":
