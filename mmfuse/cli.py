@@ -5,11 +5,12 @@ import contextlib
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from .errors import MmfuseError
+from .cache import SHARDINGS
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
 from .finetune import FineTuneConfig
@@ -49,6 +50,7 @@ Search = choices("Search", SEARCHES)
 Monitor = choices("Monitor", MONITORS)
 Thresholds = choices("Thresholds", THRESHOLDS)
 Combine = choices("Combine", COMBINES)
+Sharding = choices("Sharding", SHARDINGS)
 
 
 @app.command()
@@ -80,24 +82,53 @@ def extract(
     label_names: Optional[str] = typer.Option(None, help="CSV data: the label set in column order, as a comma "
                                               "list (1,2,...,19) or a file with one name per line; use the "
                                               "same for train and test [default: the labels seen, sorted]."),
+    shard: Optional[str] = typer.Option(None, help="RANK/WORLD: extract this share of the rows into "
+                                        "OUT.shard-RANK-of-WORLD.h5 [default under torchrun: $RANK/$WORLD_SIZE]."),
+    sharding: Sharding = typer.Option(Sharding("round-robin"), help="How rows are dealt to shards: round-robin "
+                                      "(every WORLD-th row) or contiguous runs."),
+    merge: bool = typer.Option(False, help="Under torchrun: once every shard is done, rank 0 merges them into OUT."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ):
     """Run the text and image backbones once over a split and write the HDF5 feature cache."""
     from .data import CsvFormat, parse_label_names
     from .extract import ImageExtractorConfig, TextExtractorConfig
     from .extract import extract as run_extract
+    from .extract.distributed import merge_after_barrier, parse_shard
 
     with user_errors():
         csv_format = None if images is None else CsvFormat(images, id_col, labels_col, text_col, label_sep,
                                                             parse_label_names(label_names))
+        parts = parse_shard(shard)
+        if merge and parts is None:
+            raise MmfuseError("--merge merges the shards of a sharded run: give --shard or start it with torchrun")
         report = run_extract(
             data_dir, split, out, device=device, precision=precision.value, store_dtype=store_dtype.value,
             on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo, csv_format=csv_format,
             text=TextExtractorConfig(text_model, max_length, batch_size or TextExtractorConfig.batch_size),
-            image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize))
+            image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize),
+            shard=parts, sharding=sharding.value)
     speed = ", ".join(f"{m} {report.computed[m]} in {s:.1f} s ({report.computed[m] / max(s, 1e-9):.1f}/s)"
                       for m, s in report.seconds.items())
     typer.echo(f"wrote {report.path}: {report.rows} rows, {len(report.skipped)} skipped; computed {speed}")
+    if merge:
+        with user_errors():
+            merged = merge_after_barrier(report.whole, parts, overwrite)
+        if merged:
+            typer.echo(f"merged {parts[1]} shards into {merged}")
+
+
+@app.command("merge")
+def merge_cmd(
+    shards: List[Path] = typer.Argument(..., help="The shard caches of one extraction (OUT.shard-*-of-N.h5)."),
+    out: Path = typer.Option(..., help="The merged cache."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache at --out."),
+):
+    """Merge the shards of a sharded extraction into one cache, in the data set's order."""
+    from .cache import merge_shards
+
+    with user_errors():
+        path = merge_shards(shards, out, overwrite)
+    typer.echo(f"merged {len(shards)} shards into {path}")
 
 
 @app.command()

@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
+from ..cache import CHUNK_ROWS, CacheWriter, feature_identity, shard_path, shard_rows
 from ..data import CsvFormat, read_data
 from ..errors import DataError
 from .common import library_versions, native_bf16, resolve_device
@@ -31,13 +33,15 @@ class ExtractReport:
     complete: bool
     seconds: dict[str, float] = field(default_factory=dict)  # text / image wall time of this run
     computed: dict[str, int] = field(default_factory=dict)  # rows computed in this run (resume: fewer)
+    whole: Path | None = None  # a shard: the path of the cache its shards merge into
 
 
 def extract(data_dir: str | Path, split: str = "train", out: str | Path | None = None, *,
             text: TextExtractorConfig | None = None, image: ImageExtractorConfig | None = None,
             device: str = "auto", precision: str = "fp32", store_dtype: str = "float32",
             on_error: str = "raise", overwrite: bool = False, progress: bool = True,
-            csv_format: CsvFormat | None = None, log: Callable[[str], None] = print) -> ExtractReport:
+            csv_format: CsvFormat | None = None, shard: tuple[int, int] | None = None,
+            sharding: str = "round-robin", log: Callable[[str], None] = print) -> ExtractReport:
     """Extract text and image features of one split into ``out`` (default features/{split}.h5).
 
     ``data_dir``: a course-format folder (``split`` names the split), or a multi-label CSV file read
@@ -45,6 +49,11 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
 
     Resumes an interrupted run with the same configuration; refuses to replace a cache of another
     configuration unless ``overwrite``. ``on_error="skip"`` skips bad records and records why.
+
+    ``shard=(rank, world)``: extract only this shard's rows (``sharding``: round-robin or contiguous)
+    into ``{out stem}.shard-RANK-of-WORLD.h5``, resumable on its own; ``mmfuse.cache.merge_shards``
+    joins the shards. On a GPU the shard takes ``cuda:$LOCAL_RANK`` (torchrun's); on CPU each of the
+    machine's shard processes ($LOCAL_WORLD_SIZE, else ``world``) gets an equal share of the cores.
     """
     text, image = text or TextExtractorConfig(), image or ImageExtractorConfig()
     if store_dtype not in STORE_DTYPES:
@@ -52,14 +61,26 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     ds = read_data(data_dir, split, csv_format)
     out = Path(out or f"features/{ds.split}.h5")
     ds.check(on_error)  # raises on bad records unless skipping
-    skipped = {i: f"{r.error} ({r.source})" for i, r in enumerate(ds.records) if r.error}
+    whole = np.arange(len(ds.records)) if shard is None else shard_rows(len(ds.records), *shard, sharding)
+    records = [ds.records[i] for i in whole]  # this run's rows: all, or the shard's
+    whole_out = out
+    if shard is not None:
+        out = shard_path(out, *shard)
+    skipped = {i: f"{r.error} ({r.source})" for i, r in enumerate(records) if r.error}
     for i, reason in skipped.items():
-        log(f"skipping guid {ds.records[i].guid}: {reason}")
+        log(f"skipping guid {records[i].guid}: {reason}")
     if ds.fallback_count:
         detail = ", ".join(f"{e}: {n}" for e, n in ds.encodings.items() if e != "utf-8")
         log(f"{ds.fallback_count} of {sum(ds.encodings.values())} texts were not UTF-8 ({detail})")
 
     dev = resolve_device(device)
+    threads = torch.get_num_threads()
+    if shard is not None and dev.type == "cuda" and dev.index is None and "LOCAL_RANK" in os.environ:
+        dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per torchrun process
+    elif shard is not None and dev.type == "cpu":  # N processes on one machine share its cores
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", shard[1]))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+        log(f"shard {shard[0]} of {shard[1]}: {len(records)} rows, {torch.get_num_threads()} threads")
     if precision == "bf16" and dev.type == "cpu" and not native_bf16():
         log("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and slower than "
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
@@ -82,13 +103,17 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                   "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     identity_src = {"features": feature_identity(provenance), "data": data_prov, "numerics": numerics}
     identity = hashlib.sha256(json.dumps(identity_src, sort_keys=True, default=str).encode()).hexdigest()
+    spec = None
+    if shard is not None:  # the shard's own identity (its resume key), and the whole's, which merge checks
+        spec = {"rank": shard[0], "world": shard[1], "how": sharding, "total": len(ds.records), "identity": identity}
+        identity = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     dims = {"text/cls": text_prov["hidden_size"], "text/mean": text_prov["hidden_size"],
             "image/pooled": image_prov["dim"]}
-    writer = CacheWriter.open(out, guids=[r.guid for r in ds.records], labels=ds.label_array(),
+    writer = CacheWriter.open(out, guids=[r.guid for r in records], labels=ds.label_array()[whole],
                               label_names=ds.label_names, multilabel=ds.multilabel, skipped=skipped,
                               dims=dims, store_dtype=store_dtype, provenance=provenance,
-                              identity=identity, overwrite=overwrite)
-    report = ExtractReport(out, len(ds.records), [], dict(ds.encodings), False)
+                              identity=identity, overwrite=overwrite, shard=spec and {**spec, "rows": whole})
+    report = ExtractReport(out, len(records), [], dict(ds.encodings), False, whole=whole_out if shard else None)
     try:
         pending = writer.pending("text")
         t0 = time.perf_counter()
@@ -97,7 +122,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             # buffered features stay bounded and each block fills whole cache chunks
             for block in np.unique(pending // TEXT_BLOCK):
                 rows = pending[pending // TEXT_BLOCK == block]
-                for pos, cls, mean in encode_texts([ds.records[i].text for i in rows], tokenizer, text_model,
+                for pos, cls, mean in encode_texts([records[i].text for i in rows], tokenizer, text_model,
                                                    text, dev, precision, log):
                     writer.write("text", rows[pos], {"text/cls": cls, "text/mean": mean})
                     bar.update(len(pos))
@@ -106,10 +131,10 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         rows = writer.pending("image")
         t0 = time.perf_counter()
         with tqdm(total=len(rows), desc=f"image {image.model}", unit="img", disable=not progress) as bar:
-            for pos, pooled, errors in encode_images([ds.records[i].image_path for i in rows], image_model,
+            for pos, pooled, errors in encode_images([records[i].image_path for i in rows], image_model,
                                                      prep, image, dev, precision, log):
                 for p, err in errors.items():
-                    r = ds.records[rows[p]]
+                    r = records[rows[p]]
                     if on_error == "raise":
                         raise DataError(f"cannot decode image of guid {r.guid}: {r.image_path}: {err}. "
                                         "Re-run with --on-error skip to skip it (the cache resumes), or replace "
@@ -125,10 +150,11 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         if report.complete and not (~writer.f["skipped"][:]).any():
             raise DataError(f"every row of {ds.split_file} was skipped: {out} holds no features")
         f = writer.f
-        report.skipped = [(ds.records[i].guid, f["skip_reason"][i].decode())
+        report.skipped = [(records[i].guid, f["skip_reason"][i].decode())
                           for i in np.flatnonzero(f["skipped"][:])]
     finally:
         writer.close()
+        torch.set_num_threads(threads)
     return report
 
 
