@@ -132,6 +132,40 @@ def merge_cmd(
 
 
 @app.command()
+def inspect(
+    data_dir: Path = typer.Argument(..., help="Course-format folder (both splits and the leak check between them) "
+                                    "or a multi-label CSV with --images."),
+    out: Path = typer.Option(Path("eda"), help="Folder for the PNGs, summary.md and eda.json."),
+    text_model: str = typer.Option("bert-base-uncased", help="Tokenizer to count tokens with: HF hub id, local "
+                                   "folder or 'minilm' (the one you will extract with)."),
+    max_length: int = typer.Option(128, help="The --max-length you will extract with: the share of texts it cuts."),
+    images: Optional[Path] = typer.Option(None, help="CSV data: the folder of the images named by the id column."),
+    id_col: str = typer.Option("ImageID", help="CSV data: the image id column."),
+    labels_col: str = typer.Option("Labels", help="CSV data: the labels column (absent: an unlabelled file)."),
+    text_col: str = typer.Option("Caption", help="CSV data: the text column."),
+    label_sep: str = typer.Option(" ", help="CSV data: separator between labels in a cell."),
+    label_names: Optional[str] = typer.Option(None, help="CSV data: the label set (comma list or a file)."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+):
+    """Look at a data set before training: label balance, text lengths, image sizes, failures, duplicates, leaks."""
+    from .data import CsvFormat, parse_label_names
+    from .eda import inspect_data
+    from .extract.text import load_tokenizer
+
+    with user_errors():
+        csv_format = None if images is None else CsvFormat(images, id_col, labels_col, text_col, label_sep,
+                                                            parse_label_names(label_names))
+        try:
+            tokenizer, name = load_tokenizer(text_model), text_model
+        except MmfuseError as e:
+            typer.secho(f"warning: {e}; counting words instead of tokens", fg="yellow", err=True)
+            tokenizer, name = None, "whitespace words"
+        summary = inspect_data(data_dir, out, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
+                               max_length=max_length, progress=progress, log=typer.echo)
+    typer.echo(summary.read_text())
+
+
+@app.command()
 def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
     """Print a cache's shapes, provenance, class balance and skipped rows."""
     from .cache import FeatureCache, lock_holder

@@ -54,6 +54,20 @@ def resolve_text_model(name: str) -> tuple[str, bool]:
     return name, False
 
 
+def load_tokenizer(name: str):
+    """The tokenizer alone of a hub id (local HF cache first), local folder or alias."""
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, local = resolve_text_model(name)
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(source, **({} if local else {"local_files_only": True}))
+    except OSError:
+        raise BackboneError(f"cannot load the tokenizer of {name!r} offline: pass a local model folder or "
+                            f"{OFFLINE_HINT.split(' (')[0]}") from None
+
+
 def load_text_encoder(cfg: TextExtractorConfig):
     """Load (tokenizer, model, provenance). A hub id is taken from the local HF cache first."""
     from transformers import AutoModel, AutoTokenizer
