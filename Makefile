@@ -12,7 +12,7 @@ OFFLINE := --text-model minilm --image-model efficientnet-lite0
 HEADS := concat weighted attention gated aligned late text image logreg
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backb
 test: install ## run the test suite (tiny local models, no downloads)
 	$(BIN)/python -m pytest -q
 
-demo: install ## synthetic data -> offline pretrained features -> every head -> grid + ensemble -> scored predictions
+demo: install ## synthetic data -> offline pretrained features -> every head -> grid + ensemble -> scored predictions -> EDA + HTML report
 	$(BIN)/mmfuse demo-data $(DEMO)/data
 	$(BIN)/mmfuse extract $(DEMO)/data --split train --out $(DEMO)/features/train.h5 $(OFFLINE)
 	$(BIN)/mmfuse extract $(DEMO)/data --split test --out $(DEMO)/features/test.h5 $(OFFLINE)
@@ -45,6 +45,9 @@ demo: install ## synthetic data -> offline pretrained features -> every head -> 
 	$(BIN)/mmfuse ensemble $(DEMO)/grid --top 5 --out $(DEMO)/runs/ensemble
 	$(BIN)/mmfuse predict $(DEMO)/runs/ensemble $(DEMO)/features/test.h5 --out $(DEMO)/predictions-ensemble.txt
 	$(BIN)/mmfuse score $(DEMO)/predictions-ensemble.txt $(DEMO)/data/test_labels.txt
+	$(BIN)/mmfuse inspect $(DEMO)/data --out $(DEMO)/eda --text-model minilm --no-progress > $(DEMO)/eda.log
+	$(BIN)/mmfuse report $(DEMO) --out $(DEMO)/report.html --title "mmfuse demo"
+	@echo "data: $(DEMO)/eda/summary.md; everything on one page: $(DEMO)/report.html"
 
 extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 (TEXT_MODEL=, IMAGE_MODEL=)
 	@test -n "$(DATA)" || { echo "usage: make extract DATA=path/to/folder [TEXT_MODEL=...] [IMAGE_MODEL=...]"; exit 2; }
@@ -62,7 +65,7 @@ bench-extract: install ## extraction speed vs the naive way on $(MVSA) (skips wh
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
 	$(BIN)/python bench/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
-bench-grid: install ## the default 180-fit grid vs a plain loop on $(MVSA) features
+bench-grid: install ## the default 180-fit grid, full vs successive halving, vs a plain loop on $(MVSA) features
 	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 	$(BIN)/python bench/grid_batching.py --cache $(FEATURES)/mvsa-train.h5
 
@@ -83,6 +86,12 @@ bench-crash: install ## what keeping a cache valid under SIGKILL costs: late all
 
 bench-multilabel: install ## a multi-label CSV built from $(MVSA): every fusion, union late fusion, thresholds (held-out micro-F1)
 	$(BIN)/python bench/multilabel.py --data $(MVSA)
+
+bench-selection: install ## nested CV on $(MVSA): the grid's pick and ensembles vs the default head and tuned logreg
+	$(BIN)/python bench/selection.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+
+bench-scale: install ## sharded extraction on $(MVSA): one process vs shard processes (+ merge), decode ceiling
+	$(BIN)/python bench/scale.py --data $(MVSA)
 
 clean: ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache

@@ -156,13 +156,28 @@ def inspect(
         csv_format = None if images is None else CsvFormat(images, id_col, labels_col, text_col, label_sep,
                                                             parse_label_names(label_names))
         try:
-            tokenizer, name = load_tokenizer(text_model), text_model
+            tokenizer, name = load_tokenizer(text_model), Path(text_model).name
         except MmfuseError as e:
             typer.secho(f"warning: {e}; counting words instead of tokens", fg="yellow", err=True)
             tokenizer, name = None, "whitespace words"
         summary = inspect_data(data_dir, out, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
                                max_length=max_length, progress=progress, log=typer.echo)
     typer.echo(summary.read_text())
+
+
+@app.command()
+def report(
+    paths: List[Path] = typer.Argument(..., help="Run folders, grid folders, caches, inspect folders, or a parent "
+                                       "folder searched for them."),
+    out: Path = typer.Option(Path("report.html"), help="The HTML file to write (self-contained: open it offline)."),
+    title: str = typer.Option("mmfuse report", help="The page's title."),
+):
+    """One static HTML page of runs, grids, ensembles, fine-tune runs, caches and data, images embedded."""
+    from .report import build_report
+
+    with user_errors():
+        path = build_report(paths, out, title)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
 
 
 @app.command()
