@@ -522,7 +522,10 @@ def grid(
     rule = "one-standard-error rule: the simplest tied one" if pick.value == "one-se" else "the top by mean"
     typer.echo(f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
                f"CV {name} {chosen[metric + '_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
-    ens = result.tied_ensemble
+    from .ensemble import recommend_tied
+
+    with user_errors():
+        ens = recommend_tied(out, len(result.tied))
     if ens:
         d = ens["difference"]
         typer.echo(f"the {ens['members']} tied configurations averaged: CV {name} {ens['score']:.3f} vs the top's "

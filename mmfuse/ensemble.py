@@ -262,3 +262,36 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
                                                    "min_labels": rule.get("min_labels", 1)}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return StackedEnsemble(members, model, names, thresholds, rule.get("min_labels", 1)), metrics
+
+
+def score_tied_ensemble(out: Path, n_tied: int) -> dict | None:
+    """The mean of the ``n_tied`` top configurations' out-of-fold probabilities, scored on the grid's folds
+    and paired fold by fold with the top configuration (``mmfuse ensemble``'s numbers, nothing saved);
+    None for fewer than two tied configurations. ``recommended``: it is ahead of the top on average and on
+    most folds."""
+    if n_tied < 2:
+        return None
+    _, m = build_ensemble(out, top=n_tied, meta="mean", compare=("mean",))
+    d, metric = m["vs_best_member"]["mean"], m["cv"]["metric"]
+    return {"members": n_tied, "metric": metric, "score": m["cv"][f"{metric}_mean"], "std": m["cv"][f"{metric}_std"],
+            "top": m["best_member"][f"{metric}_mean"], "difference": d,
+            "recommended": d["mean"] > 0 and d["ahead"] > d["folds"] / 2}
+
+
+def recommend_tied(out: str | Path, n_tied: int) -> dict | None:
+    """Score the tied set's mean (:func:`score_tied_ensemble`) and add the result, with the recommendation,
+    to the grid's ``summary.md``."""
+    out = Path(out)
+    ens = score_tied_ensemble(out, n_tied)
+    if ens is None:
+        return None
+    d = ens["difference"]
+    verdict = (f"Recommended final model: `mmfuse ensemble {out} --top {ens['members']} --out runs/ens`, then "
+               "`mmfuse predict runs/ens ...`." if ens["recommended"] else
+               "It does not beat the top on most folds: `best/` stays the recommended model.")
+    with open(out / "summary.md", "a") as f:
+        f.write(f"\nThe {ens['members']} tied configurations averaged (mean of their probabilities) score "
+                f"{ens['score']:.3f} ± {ens['std']:.3f} on the grid's folds against the top's {ens['top']:.3f} "
+                f"(paired per fold: {d['mean']:+.3f} ± {d['std']:.3f}, ahead on {d['ahead']} of {d['folds']}; both "
+                f"chosen on these folds, so optimistic). {verdict}\n")
+    return ens

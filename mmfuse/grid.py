@@ -315,7 +315,6 @@ class GridResult:
     best_run: Path | None
     pick: dict | None = None  # the configuration saved in best/ (one-standard-error rule)
     tied: list[dict] | None = None  # the configurations within one standard error of the top
-    tied_ensemble: dict | None = None  # the mean of the tied configurations' probabilities, scored on the folds
 
 
 def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
@@ -522,44 +521,13 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     note = ("" if not plan else f"\nSuccessive halving: rungs of {', '.join(map(str, plan))} epochs; each row shows a "
             "configuration at the last rung it reached (`rung`, from 0); only those of the last rung compete "
             "for `best/`.\n")
-    tied_ensemble = score_tied_ensemble(out, len(tied))
-    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note + tied_ensemble_note(out, tied_ensemble),
-                  repeats=repeats)
+    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note, repeats=repeats)
     plot_grid(out, rows)
     best_run = None
     if refit_best and chosen:
         best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
                          np.load(out / "oof" / f"{chosen['config_id']}.npy"))
-    return GridResult(out, rows, computed, seconds, best_run, chosen, tied, tied_ensemble)
-
-
-def score_tied_ensemble(out: Path, n_tied: int) -> dict | None:
-    """The mean of the ``n_tied`` top configurations' out-of-fold probabilities, scored on the grid's folds
-    and paired fold by fold with the top configuration (``mmfuse ensemble``'s numbers, nothing saved);
-    None for fewer than two tied configurations. ``recommended``: it is ahead of the top on average and on
-    most folds."""
-    if n_tied < 2:
-        return None
-    from .ensemble import build_ensemble
-
-    _, m = build_ensemble(out, top=n_tied, meta="mean", compare=("mean",))
-    d, metric = m["vs_best_member"]["mean"], m["cv"]["metric"]
-    return {"members": n_tied, "metric": metric, "score": m["cv"][f"{metric}_mean"], "std": m["cv"][f"{metric}_std"],
-            "top": m["best_member"][f"{metric}_mean"], "difference": d,
-            "recommended": d["mean"] > 0 and d["ahead"] > d["folds"] / 2}
-
-
-def tied_ensemble_note(out: Path, ens: dict | None) -> str:
-    if ens is None:
-        return ""
-    d = ens["difference"]
-    verdict = (f"Recommended final model: `mmfuse ensemble {out} --top {ens['members']} --out runs/ens`, then "
-               "`mmfuse predict runs/ens ...`." if ens["recommended"] else
-               "It does not beat the top on most folds: `best/` stays the recommended model.")
-    return (f"\nThe {ens['members']} tied configurations averaged (mean of their probabilities) score "
-            f"{ens['score']:.3f} ± {ens['std']:.3f} on the grid's folds against the top's {ens['top']:.3f} "
-            f"(paired per fold: {d['mean']:+.3f} ± {d['std']:.3f}, ahead on {d['ahead']} of {d['folds']}; both chosen "
-            f"on these folds, so optimistic). {verdict}\n")
+    return GridResult(out, rows, computed, seconds, best_run, chosen, tied)
 
 
 def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log) -> int:
