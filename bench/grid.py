@@ -1,9 +1,12 @@
 """The default grid on mvsa features: wall time, fits/s, and the plain loop's time for the same fits.
 
     python bench/grid.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--sample 8]
+                         [--search full,halving] [--precision auto]
 
 Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x weight
-decay 0, 1e-4, 1e-2 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder, then times a
+decay 0, 1e-4, 1e-2 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder with each search
+(`--search full` and `--search halving`, compared in one run: time, pick, the pick's rank in the
+full grid), at the precision the grid chooses for this CPU, then times a
 sample of the same fits done one by one in a plain PyTorch loop (DataLoader over a TensorDataset,
 AdamW, 20 epochs, no early stopping, torch's default threads) and extrapolates to 180 fits.
 Skips (exit 0) when neither the cache nor the data set exists.
@@ -20,8 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from machine import cpu_line
 from mvsa_cache import ensure_cache
-from mmfuse.grid import DEFAULT_GRID, config_id, expand_grid, make_folds, run_grid
+from mmfuse.cache import FeatureCache
+from mmfuse.grid import (DEFAULT_GRID, base_id, config_id, expand_grid, fast_precision, make_folds, run_grid,
+                         standard_error)
 from mmfuse.heads import FeatureSet, create_head
 from mmfuse.heads.estimator import class_weights
 from mmfuse.metrics import macro_f1
@@ -54,47 +60,69 @@ def plain_fit(cfg, data: FeatureSet, train: np.ndarray, test: np.ndarray) -> tup
     return seconds, macro_f1(data.y[test], pred, len(data.label_names))
 
 
+def run_search(cache, configs, folds: int, jobs: int, search: str) -> tuple[float, list[dict], dict, int]:
+    """(wall seconds, final rows best first, the pick, fits) of one grid run in a fresh folder."""
+    out = Path(tempfile.mkdtemp(prefix=f"mmfuse-bench-grid-{search}-"))
+    try:
+        t0 = time.perf_counter()
+        result = run_grid(cache, configs, out, folds=folds, jobs=jobs, refit_best=False, progress=False,
+                          search=search, log=lambda s: None)
+        wall = time.perf_counter() - t0
+        fits = sum(1 for _ in open(out / "results.csv")) - 1
+        return wall, result.rows, result.pick, fits * folds
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default="../shared/datasets/mvsa")
     ap.add_argument("--cache", default="features/mvsa-train.h5")
-    ap.add_argument("--sample", type=int, default=8, help="plain-loop fits to time")
+    ap.add_argument("--sample", type=int, default=8, help="plain-loop fits to time (0: none)")
     ap.add_argument("--text-feature", default="mean")
     ap.add_argument("--jobs", type=int, default=-1)
-    ap.add_argument("--precision", default="bf16", help="grid training precision (fp32 or bf16)")
+    ap.add_argument("--precision", default="auto", help="grid training precision: fp32, bf16 or auto (the grid's "
+                    "own choice for this CPU)")
+    ap.add_argument("--search", default="full,halving", help="searches to run and compare, in one run")
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:
         return 0
+    precision, reason = fast_precision() if args.precision == "auto" else (args.precision, "--precision")
     configs = expand_grid({**DEFAULT_GRID, "epochs": [20], "text_feature": [args.text_feature],
-                           "precision": [args.precision]})
+                           "precision": [precision]})
     folds = 5
-    out = Path(tempfile.mkdtemp(prefix="mmfuse-bench-grid-"))
-    try:
-        t0 = time.perf_counter()
-        result = run_grid(cache, configs, out, folds=folds, jobs=args.jobs, refit_best=False, progress=False,
-                          log=lambda s: None)
-        wall = time.perf_counter() - t0
-        rows = {r["config_id"]: r for r in result.rows}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    runs = {s: run_search(cache, configs, folds, args.jobs, s) for s in args.search.split(",")}
     n_fits = len(configs) * folds
 
+    print(f"\n{cpu_line()}; torch {torch.__version__}")
+    print(f"{FeatureCache(cache).__len__()} rows, text/{args.text_feature}, grid precision {precision} ({reason}); "
+          f"{len(configs)} configurations x {folds} folds = {n_fits} fits, up to 20 epochs, "
+          f"{args.jobs if args.jobs > 0 else 'all'} jobs\n")
+    full_rank = {base_id(r): i for i, r in enumerate(runs["full"][1], 1)} if "full" in runs else {}
+    print("| search | fits | wall (s) | fits/s | x full's time | pick | its CV macro-F1 | rank of the pick in full |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|")
+    for s, (wall, rows, pick, fits) in runs.items():
+        ratio = f"{wall / runs['full'][0]:.2f}" if "full" in runs else ""
+        print(f"| {s} | {fits} | {wall:.1f} | {fits / wall:.2f} | {ratio} | {pick['fusion']}, lr {pick['lr']:g}, "
+              f"wd {pick['weight_decay']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
+              f"{full_rank.get(base_id(pick), '')} |")
+    if "full" in runs:
+        top = runs["full"][1][0]
+        print(f"\nfull grid's top: {top['macro_f1_mean']:.3f}, one standard error "
+              f"{standard_error(top, folds):.3f}")
+    if args.sample <= 0 or "full" not in runs:
+        return 0
+    rows = {r["config_id"]: r for r in runs["full"][1]}
     data = FeatureSet.from_cache(cache, args.text_feature)
     fold = make_folds(data.y, folds, 0)
     rng = np.random.default_rng(0)
     sample = [(configs[c], int(k)) for c, k in zip(rng.choice(len(configs), args.sample, replace=False),
                                                   rng.integers(0, folds, args.sample))]
     plain = [plain_fit(cfg, data, np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for cfg, k in sample]
-    per_fit = float(np.mean([s for s, _ in plain]))
-    plain_total = per_fit * n_fits
-
-    print(f"\n{len(data)} rows, text/{args.text_feature}, grid precision {args.precision}; {len(configs)} configurations x {folds} folds = {n_fits} fits, "
-          f"up to 20 epochs; torch {torch.__version__}\n")
-    print("| | wall (s) | fits/s |\n|---|---:|---:|")
-    print(f"| mmfuse grid ({args.jobs if args.jobs > 0 else 'all'} jobs) | {wall:.1f} | {n_fits / wall:.2f} |")
-    print(f"| plain loop, {args.sample} fits timed, x{n_fits} | {plain_total:.1f} | {n_fits / plain_total:.2f} |")
-    print(f"\nspeed-up: {plain_total / wall:.1f}x")
+    plain_total = float(np.mean([s for s, _ in plain])) * n_fits
+    print(f"\nplain loop (DataLoader, AdamW, 20 epochs, torch's default threads), {args.sample} fits timed, "
+          f"x{n_fits}: {plain_total:.1f} s; full grid's speed-up {plain_total / runs['full'][0]:.1f}x")
     print("\nscores of the sampled fits (plain loop: 20 epochs; grid: mean over folds, early stopped):")
     print("| fusion | lr | weight decay | fold | plain macro-F1 | grid macro-F1 (mean ± std over folds) |")
     print("|---|---:|---:|---:|---:|---:|")
@@ -102,10 +130,6 @@ def main() -> int:
         r = rows[config_id(cfg)]
         print(f"| {cfg.fusion} | {cfg.lr:g} | {cfg.weight_decay:g} | {k} | {f1:.3f} | "
               f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |")
-    top = sorted(rows.values(), key=lambda r: -r["macro_f1_mean"])[:5]
-    print("\ntop 5 configurations:")
-    for r in top:
-        print(f"  {r['fusion']:9s} lr {r['lr']:g} wd {r['weight_decay']:g}: {r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f}")
     return 0
 
 
