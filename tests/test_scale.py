@@ -83,6 +83,13 @@ def test_merge_refuses_missing_overlapping_incomplete_and_foreign_shards(course,
     for r in range(2):
         assert runner.invoke(app, extract_args(course, out, "--on-error", "skip", "--shard", f"{r}/2")).exit_code == 0
     s0, s1 = tmp_path / "train.shard-0-of-2.h5", tmp_path / "train.shard-1-of-2.h5"
+    again = runner.invoke(app, extract_args(course, out, "--on-error", "skip", "--shard", "0/2"))
+    assert again.exit_code == 0 and "text 0 in" in again.output  # a finished shard resumes to nothing to do
+    with h5py.File(s0, "r+") as f:  # as if killed before its last chunk of images: that chunk runs again
+        f["done/image"][:] = False
+        f["complete"][0] = False
+    resumed = runner.invoke(app, extract_args(course, out, "--on-error", "skip", "--shard", "0/2"))
+    assert resumed.exit_code == 0 and "text 0 in" in resumed.output and "image 6 in" in resumed.output
 
     def merge(*shards):
         return runner.invoke(app, ["merge", *map(str, shards), "--out", str(tmp_path / "merged.h5")])
