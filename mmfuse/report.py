@@ -95,6 +95,14 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] | None = None
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _card(title: str, body: str) -> str:
+    return f'<div class="card"><h3>{html.escape(title)}</h3>{body}</div>'
+
+
+def _figs(*figures: str) -> str:
+    return f'<div class="figs">{"".join(figures)}</div>'
+
+
 class Markup(str):
     """A table cell that is already HTML."""
 
@@ -140,8 +148,7 @@ def _runs_section(runs: list[Path], base: Path) -> tuple[str, list[dict]]:
             ("curves.png", "training curves"), ("confusion.png", "confusion matrix"),
             ("label_f1.png", "per-label F1"), ("thresholds.png", "F1 against the threshold")))
         if plots:
-            cards.append(f'<div class="card"><h3>{html.escape(_name(run, base))} ({html.escape(str(cfg.get("fusion")))})'
-                         f'</h3><div class="figs">{plots}</div></div>')
+            cards.append(_card(f"{_name(run, base)} ({cfg.get('fusion')})", _figs(plots)))
     rows.sort(key=lambda r: -float(r[5].split(" ")[0] or 0))
     table = _table(["run", "kind", "fusion", "text vector", "metric", "score", "accuracy", "fit (s)",
                     "learned modality weights"], rows, {5, 6, 7},
@@ -202,10 +209,11 @@ def _grids_section(grids: list[Path], base: Path) -> str:
                 f"{float(r['seconds_per_fit']):.2f}"] for i, r in enumerate(rows[:10])]
         table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
                        f"top 10 of {len(rows)} configurations, {info.get('folds')}-fold CV")
-        parts.append(f'<div class="card"><h3>{html.escape(_name(g, base))}</h3><p>cache {html.escape(str(info.get("cache")))}, '
-                     f'{info.get("rows")} rows, precision {", ".join(info.get("precision") or [])}</p>{table}'
-                     f'<div class="figs">{_img(g / "heatmaps.png", "heatmaps: lr x weight decay per fusion")}'
-                     f'{_img(g / "fusions.png", "best configuration per fusion", 520)}</div></div>')
+        about = (f'<p>cache {html.escape(str(info.get("cache")))}, {info.get("rows")} rows, precision '
+                 f'{html.escape(", ".join(info.get("precision") or []))}</p>')
+        parts.append(_card(_name(g, base), about + table + _figs(
+            _img(g / "heatmaps.png", "heatmaps: lr x weight decay per fusion"),
+            _img(g / "fusions.png", "best configuration per fusion", 520))))
     return "".join(parts) or "<p>No grids.</p>"
 
 
@@ -230,9 +238,8 @@ def _finetune_section(runs: list[Path], base: Path) -> str:
     for r in runs:
         m = json.loads((r / "metrics.json").read_text()) if (r / "metrics.json").is_file() else {}
         metric, value, _ = _score(m) if m else ("macro_f1", None, None)
-        parts.append(f'<div class="card"><h3>{html.escape(_name(r, base))}</h3><p>{metric.replace("_f1", "-F1")} '
-                     f'{_f(value)}</p><div class="figs">{_img(r / "curves.png", "fine-tune curves", 520)}'
-                     f'{_img(r / "confusion.png", "confusion matrix", 420)}</div></div>')
+        parts.append(_card(_name(r, base), f'<p>{metric.replace("_f1", "-F1")} {_f(value)}</p>' + _figs(
+            _img(r / "curves.png", "fine-tune curves", 520), _img(r / "confusion.png", "confusion matrix", 420))))
     return "".join(parts) or "<p>No fine-tune runs.</p>"
 
 
@@ -277,8 +284,7 @@ def _eda_section(folders: list[Path], base: Path) -> str:
         figs = "".join(_img(e / p, alt) for p, alt in (("labels.png", "label balance"),
                                                       ("text_length.png", f"text length ({data['tokenizer']})"),
                                                       ("image_size.png", "image sizes")))
-        parts.append(f'<div class="card"><h3>{html.escape(_name(e, base))}: {html.escape(data["source"])}</h3>'
-                     f'{table}{leak}<div class="figs">{figs}</div></div>')
+        parts.append(_card(f"{_name(e, base)}: {data['source']}", table + leak + _figs(figs)))
     return "".join(parts) or "<p>No inspect folders (run <code>mmfuse inspect</code>).</p>"
 
 
