@@ -48,6 +48,30 @@ def test_inspect_finds_balance_lengths_sizes_failures_duplicates_and_leaks(tmp_p
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_inspect_reads_a_multi_label_csv(tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(4):
+        Image.new("RGB", (30 + 10 * i, 20), (i * 40, 0, 0)).save(folder / f"{i}.jpg")
+    (folder / "3.jpg").write_bytes((folder / "0.jpg").read_bytes())  # a duplicate image
+    (tmp_path / "data.csv").write_text('ImageID,Labels,Caption\n0.jpg,1 3,a dog\n1.jpg,2,"a cat, asleep"\n'
+                                       "2.jpg,1,a dog\n3.jpg,,nothing here\n")
+    out = tmp_path / "eda"
+    result = runner.invoke(app, ["inspect", str(tmp_path / "data.csv"), "--images", str(folder), "--out", str(out),
+                                 "--text-model", str(tmp_path / "no-such-model"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "counting words instead of tokens" in result.output  # the tokenizer could not be loaded: says so
+    (split,) = json.loads((out / "eda.json").read_text())["splits"]
+    assert split["multilabel"] and split["rows"] == 4
+    assert split["labels"] == {"1": 2, "2": 1, "3": 1} and split["labels_per_row"] == {"0": 1, "1": 2, "2": 1}
+    assert split["tokens"] == [2, 3, 2, 2] and split["widths"] == [30, 40, 50, 30]
+    assert [sorted(g) for g in split["duplicate_images"]] == [["0.jpg", "3.jpg"]]
+    assert [sorted(g) for g in split["duplicate_texts"]] == [["0.jpg", "2.jpg"]]
+    assert "labels per row: 0: 1, 1: 2, 2: 1" in (out / "summary.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, tiny_bert):
     """The quick start in miniature: extract, heads, a grid, an ensemble, inspect; then the report."""
