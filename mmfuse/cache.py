@@ -463,6 +463,8 @@ def shard_rows(n: int, rank: int, world: int, how: str = "round-robin") -> np.nd
         raise MmfuseError(f"--shard {rank}/{world}: the rank must be 0..{world - 1} and the world at least 1")
     if how not in SHARDINGS:
         raise MmfuseError(f"unknown sharding {how!r}: choose {', '.join(SHARDINGS)}")
+    if world > n:
+        raise MmfuseError(f"--shard {rank}/{world}: {n} rows cannot give each of {world} shards a row; use fewer shards")
     if how == "round-robin":
         return np.arange(rank, n, world)
     bounds = np.linspace(0, n, world + 1).round().astype(np.int64)

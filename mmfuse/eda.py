@@ -117,9 +117,10 @@ def _summary(source, stats: list[dict], leaks: dict, tokenizer_name: str, max_le
                   f"- texts that were not UTF-8: {_pct(len(s['encoding_fallbacks']), n)}"
                   + (" (" + ", ".join(f"{e} {c}" for e, c in Counter(x['encoding'] for x in s['encoding_fallbacks']).items())
                      + ")" if s["encoding_fallbacks"] else ""),
-                  f"- image size: width median {np.median(w):.0f} (min {w.min()}, max {w.max()}), height median "
-                  f"{np.median(h):.0f} (min {h.min()}, max {h.max()}); shorter side below 224 px: "
-                  f"{_pct(int(np.sum(np.minimum(w, h) < 224)), len(s['widths']))}",
+                  (f"- image size: width median {np.median(w):.0f} (min {w.min()}, max {w.max()}), height median "
+                   f"{np.median(h):.0f} (min {h.min()}, max {h.max()}); shorter side below 224 px: "
+                   f"{_pct(int(np.sum(np.minimum(w, h) < 224)), len(s['widths']))}" if s["widths"]
+                   else "- image size: no image could be opened"),
                   "- image formats: " + ", ".join(f"{k} {v}" for k, v in s["formats"].items())
                   + "; modes: " + ", ".join(f"{k} {v}" for k, v in s["modes"].items()),
                   f"- images that failed to open: {len(s['failed_images'])}"

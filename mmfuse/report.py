@@ -50,21 +50,24 @@ def kind_of(path: Path) -> str | None:
 def discover(paths: list[str | Path]) -> Found:
     """Everything mmfuse wrote under ``paths`` (each a result itself or a parent searched for them); the
     insides of results (an ensemble's members, a grid's best/ and fold models) are not listed again."""
-    found = Found()
+    found, seen = Found(), set()
     for root in map(Path, paths):
         if not root.exists():
             raise MmfuseError(f"{root} does not exist")
         todo = [root]
         while todo:
             path = todo.pop()
+            if path.resolve() in seen:  # the same folder given twice, or reached through a link
+                continue
+            seen.add(path.resolve())
             kind = kind_of(path)
             if kind:
                 getattr(found, kind).append(path)
                 continue
             if path.is_dir() and path.name not in (".venv", ".git", "__pycache__", "oof"):
-                todo.extend(sorted(path.iterdir(), reverse=True))
+                todo.extend(p for p in sorted(path.iterdir(), reverse=True) if not (p.is_symlink() and p.is_dir()))
     for kind in KINDS:
-        setattr(found, kind, sorted(set(getattr(found, kind))))
+        setattr(found, kind, sorted(getattr(found, kind)))
     if not any(getattr(found, k) for k in KINDS):
         raise MmfuseError(f"nothing mmfuse wrote was found in {', '.join(map(str, paths))} (run folders, grid "
                           "folders, .h5 caches, inspect folders)")
@@ -165,9 +168,9 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
         if s["score"] is not None and (s["fusion"] not in best or s["score"] > best[s["fusion"]][0]):
             best[s["fusion"]] = (s["score"], s["std"])
     for g in grids:
-        for r in _grid_rows(g):
-            f, v = r["fusion"], float(r.get("macro_f1_mean") or r.get("micro_f1_mean") or 0)
-            std = float(r.get("macro_f1_std") or r.get("micro_f1_std") or 0)
+        for r in _grid_rows(g):  # ranked as the grid ranks: micro-F1 multi-label, else macro-F1
+            metric = "micro_f1" if r.get("micro_f1_mean") else "macro_f1"
+            f, v, std = r["fusion"], float(r[f"{metric}_mean"] or 0), float(r[f"{metric}_std"] or 0)
             if f not in best or v > best[f][0]:
                 best[f] = (v, std)
     if not best:
@@ -180,8 +183,8 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
     ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
     low = min(best[f][0] - (best[f][1] or 0) for f in order)
     ax.set_ylim(max(0, low - 0.05), None)
-    ax.set_ylabel("best macro-F1 (± fold std where known)")
-    ax.set_title("ablation: unimodal (orange) vs fusion (blue)")
+    ax.set_ylabel("best score (± fold std where known)")
+    ax.set_title("ablation: unimodal (orange) vs fusion (blue); macro-F1, multi-label micro-F1")
     fig.tight_layout()
     out = _fig(fig, "ablation: the best score of each fusion and of the text-only and image-only heads")
     plt.close(fig)

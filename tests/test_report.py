@@ -113,6 +113,10 @@ class Page(HTMLParser):
 
 
 def test_report_is_one_self_contained_page_with_every_section(pipeline):
+    from mmfuse.report import discover
+
+    found = discover([pipeline, pipeline.resolve(), pipeline / "runs"])  # one folder given three ways
+    assert len(found.run) == 4 and len(found.grid) == len(found.ensemble) == len(found.eda) == len(found.cache) == 1
     page = Page()
     page.feed((pipeline / "report.html").read_text())
     assert all(s in page.ids for s in SECTIONS)

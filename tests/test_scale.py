@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from conftest import write_course
 from mmfuse.cache import FeatureCache, shard_rows
 from mmfuse.cli import app
+from mmfuse.errors import MmfuseError
 
 runner = CliRunner()
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -43,6 +44,23 @@ def test_rows_are_dealt_to_shards_exactly_once():
         assert sorted(rows) == list(range(10))
     assert shard_rows(10, 1, 3).tolist() == [1, 4, 7]
     assert shard_rows(10, 1, 3, "contiguous").tolist() == [3, 4, 5, 6]
+    with pytest.raises(MmfuseError, match="3 rows cannot give each of 4 shards a row"):
+        shard_rows(3, 0, 4)
+
+
+def test_a_shard_of_only_bad_rows_is_fine_and_threads_are_restored(course, extract_args, tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "train.h5"  # row 7 (the truncated image) alone in its shard
+    only_bad = runner.invoke(app, extract_args(course, out, "--on-error", "skip", "--shard", "7/12",
+                                               "--sharding", "contiguous"))
+    assert only_bad.exit_code == 0, only_bad.output
+    assert len(FeatureCache(tmp_path / "train.shard-7-of-12.h5").skipped) == 1 and torch.get_num_threads() == before
+    refused = runner.invoke(app, extract_args(course, out, "--on-error", "skip", "--shard", "7/12",
+                                              "--sharding", "contiguous", "--max-length", "16"))
+    assert refused.exit_code == 1 and "another configuration" in refused.output
+    assert torch.get_num_threads() == before  # also when the run stops early
 
 
 def test_two_shard_processes_merge_into_the_one_process_cache(course, extract_args, tmp_path):
