@@ -543,8 +543,7 @@ def _write_merged(shards, out: Path, spec: dict, overwrite: bool) -> Path:
                 skipped[int(row)] = reasons[local].decode("utf-8", "replace").rstrip("\0")
         where[rows, 0], where[rows, 1] = s, np.arange(len(rows))
     provenance = {**c0.provenance, "shards": {"world": spec["world"], "how": spec["how"]}}
-    with _open(c0.path, "r") as f:
-        store_dtype = str(f["image/pooled"].dtype)
+    store_dtype = c0.dtypes["image/pooled"]
     writer = CacheWriter.open(out, guids=guids, labels=labels, label_names=c0.label_names, multilabel=c0.multilabel,
                               skipped=skipped, dims=c0.dims, store_dtype=store_dtype, provenance=provenance,
                               identity=spec["identity"], overwrite=overwrite)

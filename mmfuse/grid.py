@@ -543,8 +543,9 @@ def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, schedule
                else _dask_results(cache_path, todo, fold, scheduler))
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
+    fits = np.atleast_2d(fold).shape[0] * folds  # per configuration: folds x repeats
     with open(out / "results.csv", "a", newline="") as f, \
-            tqdm(total=len(todo) * len(splits(fold)), desc="grid", unit="fit", disable=not progress) as bar:
+            tqdm(total=len(todo) * fits, desc="grid", unit="fit", disable=not progress) as bar:
         writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
         if new_file:
             writer.writeheader()
@@ -559,7 +560,7 @@ def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, schedule
                                            "are kept") from None
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
-            bar.update(len(splits(fold)))
+            bar.update(fits)
     return len(todo)
 
 
@@ -662,8 +663,9 @@ def _uses(fusion: str, field: str) -> bool:
 
 
 def _varied(rows: list[dict]) -> list[str]:
-    """The HeadConfig fields that differ between rows (the grid's axes)."""
-    return [f.name for f in fields(HeadConfig) if len({r[f.name] for r in rows}) > 1]
+    """The HeadConfig fields that differ between rows (the grid's axes); a field an older grid's rows
+    lack is not an axis."""
+    return [f.name for f in fields(HeadConfig) if len({r.get(f.name) for r in rows}) > 1]
 
 
 def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "",

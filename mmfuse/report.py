@@ -4,7 +4,6 @@ grids, ensembles and fine-tune runs. Images are embedded as data URIs; no CDN, n
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MmfuseError
+from .grid import _varied, final_rows, primary, score
 
 KINDS = ("eda", "cache", "run", "grid", "ensemble", "finetune")
 MARKERS = {"eda.json": "eda", "grid.json": "grid", "ensemble.json": "ensemble", "finetune.json": "finetune"}
@@ -133,7 +133,7 @@ def _score(m: dict) -> tuple[str, float | None, float | None]:
 
 
 def _runs_section(runs: list[Path], base: Path) -> tuple[str, list[dict]]:
-    rows, cards, summary = [], [], []
+    rows, cards, summary = [], [], []  # rows: (score for the order, table row)
     for run in runs:
         m = json.loads((run / "metrics.json").read_text())
         cfg = json.loads((run / "config.json").read_text())
@@ -142,19 +142,18 @@ def _runs_section(runs: list[Path], base: Path) -> tuple[str, list[dict]]:
         v = m.get("validation", {})
         acc = v.get("accuracy", m.get("cv", {}).get("accuracy_mean"))
         weights = m.get("modality_weights")
-        rows.append([_name(run, base), kind, cfg.get("fusion"), m.get("text_feature", cfg.get("text_feature")),
-                     metric.replace("_f1", "-F1"), _f(value) + (f" ± {_f(std)}" if std is not None else ""),
-                     _f(acc), _f(m.get("fit_seconds"), 2),
-                     ", ".join(f"{k} {w:.2f}" for k, w in weights.items()) if weights else ""])
+        rows.append((value or 0.0, [_name(run, base), kind, cfg.get("fusion"), m.get("text_feature", cfg.get("text_feature")),
+                                    metric.replace("_f1", "-F1"), _f(value) + (f" ± {_f(std)}" if std is not None else ""),
+                                    _f(acc), _f(m.get("fit_seconds"), 2),
+                                    ", ".join(f"{k} {w:.2f}" for k, w in weights.items()) if weights else ""]))
         summary.append({"name": _name(run, base), "fusion": cfg.get("fusion"), "score": value, "std": std, "metric": metric})
         plots = "".join(_img(run / p, f"{_name(run, base)}: {alt}", 520) for p, alt in (
             ("curves.png", "training curves"), ("confusion.png", "confusion matrix"),
             ("label_f1.png", "per-label F1"), ("thresholds.png", "F1 against the threshold")))
         if plots:
             cards.append(_card(f"{_name(run, base)} ({cfg.get('fusion')})", _figs(plots)))
-    rows.sort(key=lambda r: -float(r[5].split(" ")[0] or 0))
     table = _table(["run", "kind", "fusion", "text vector", "metric", "score", "accuracy", "fit (s)",
-                    "learned modality weights"], rows, {5, 6, 7},
+                    "learned modality weights"], [r for _, r in sorted(rows, key=lambda r: -r[0])], {5, 6, 7},
                    "validation scores of train-head runs; CV mean ± fold std of grid picks. Best first.")
     return table + "".join(cards), summary
 
@@ -168,11 +167,9 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
         if s["score"] is not None and (s["fusion"] not in best or s["score"] > best[s["fusion"]][0]):
             best[s["fusion"]] = (s["score"], s["std"])
     for g in grids:
-        for r in _grid_rows(g):  # ranked as the grid ranks: micro-F1 multi-label, else macro-F1
-            metric = "micro_f1" if r.get("micro_f1_mean") else "macro_f1"
-            f, v, std = r["fusion"], float(r[f"{metric}_mean"] or 0), float(r[f"{metric}_std"] or 0)
-            if f not in best or v > best[f][0]:
-                best[f] = (v, std)
+        for r in final_rows(g):  # scored as the grid scores: micro-F1 multi-label, else macro-F1
+            if r["fusion"] not in best or score(r) > best[r["fusion"]][0]:
+                best[r["fusion"]] = (score(r), r[f"{primary(r)}_std"])
     if not best:
         return "<p>No runs to compare.</p>"
     order = sorted(best, key=lambda f: (f not in ("text", "image"), -best[f][0]))
@@ -191,25 +188,15 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
     return out
 
 
-def _grid_rows(grid: Path) -> list[dict]:
-    path = grid / "results.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _grids_section(grids: list[Path], base: Path) -> str:
     parts = []
     for g in grids:
         info = json.loads((g / "grid.json").read_text())
-        rows = _grid_rows(g)
-        metric = "micro_f1" if rows and "micro_f1_mean" in rows[0] else "macro_f1"
-        rows.sort(key=lambda r: -float(r[f"{metric}_mean"]))
-        axes = [k for k in ("fusion", "lr", "weight_decay", "epochs", "text_feature", "hidden", "dropout", "C")
-                if rows and len({r.get(k) for r in rows}) > 1] or ["fusion"]
-        top = [[i + 1, *[r.get(a, "") for a in axes], f"{float(r[f'{metric}_mean']):.3f} ± {float(r[f'{metric}_std']):.3f}",
-                f"{float(r['seconds_per_fit']):.2f}"] for i, r in enumerate(rows[:10])]
+        rows = final_rows(g)  # best first; a halving grid's configurations at their last rung
+        metric = primary(rows[0]) if rows else "macro_f1"
+        axes = _varied(rows) or ["fusion"]
+        top = [[i + 1, *[r[a] for a in axes], f"{score(r):.3f} ± {r[f'{metric}_std']:.3f}",
+                f"{r['seconds_per_fit']:.2f}"] for i, r in enumerate(rows[:10])]
         table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
                        f"top 10 of {len(rows)} configurations, {info.get('folds')}-fold CV")
         about = (f'<p>cache {html.escape(str(info.get("cache")))}, {info.get("rows")} rows, precision '
