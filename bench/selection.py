@@ -8,7 +8,8 @@ runs what a user runs: ``mmfuse grid`` with its defaults (4 fusions x 3 lr x 3 w
 epochs, 5 inner folds, ``--search``), then its recommendations: ``best/`` (the top configuration's
 fold models), the mean-of-probabilities ensemble of the configurations tied with the top, and
 ``mmfuse ensemble``'s default (top 8). Beside them, fit on the same outer training part: the
-default ``train-head`` head (concat, HeadConfig's defaults, early-stopped on 15%), logistic
+default head (concat, HeadConfig's defaults, early-stopped on a stratified 15% as in the grid's folds;
+``train-head`` itself holds out 20%), logistic
 regression with ``--C auto`` on [text mean; image], and the text-only head. Every model predicts
 the outer held-out fold; printed: macro-F1 mean ± std over the outer folds, its standard error,
 the paired per-fold difference to tuned logistic regression, and the grid's optimism (inner CV
@@ -40,7 +41,8 @@ quiet = dict(log=lambda s: None)
 
 
 def fit_single(cfg: HeadConfig, train: Path) -> Head:
-    """A head as ``mmfuse train-head`` fits it: early-stopped on a stratified 15% of the training rows."""
+    """A single head with its defaults, early-stopped on a stratified 15% of the training rows (the grid's
+    VAL_FRACTION; ``mmfuse train-head`` holds out 20%)."""
     data = FeatureSet.from_cache(FeatureCache(train), cfg.text_feature)
     if cfg.fusion == "logreg":
         return Head(cfg).fit(data)
