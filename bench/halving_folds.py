@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from machine import cpu_line
 from mmfuse.cache import FeatureCache
 from mmfuse.grid import ranked, read_results, standard_error
 from mmfuse.metrics import macro_f1
@@ -35,7 +36,7 @@ def main(grid: str) -> int:
     rank = {r["config_id"]: i + 1 for i, r in enumerate(rows)}
     bar = rows[0]["macro_f1_mean"] - standard_error(rows[0], k)
     print(f"{g}: {len(rows)} configurations x {k} folds = {len(rows) * k} fits; top {rows[0]['macro_f1_mean']:.3f}, "
-          f"one standard error below it {bar:.3f}\n")
+          f"one standard error below it {bar:.3f}; {cpu_line()}\n")
     print("| folds per rung | fits | x full | rank of the pick in the full grid | its CV macro-F1 |\n|---|---:|---:|---:|---:|")
     for plan in (p for p in PLANS if p[-1] == k):
         alive, fits, used = [r["config_id"] for r in rows], 0, 0
