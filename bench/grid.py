@@ -5,8 +5,8 @@
 
 Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x weight
 decay 0, 1e-4, 1e-2 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder with each search
-(`--search full` and `--search halving`, compared in one run: time, pick, the pick's rank in the
-full grid), at the precision the grid chooses for this CPU, then times a
+(`--search full` and `--search halving` over folds, compared in one run: time, pick, the pick's rank
+in the full grid), at the precision the grid chooses for this CPU, then times a
 sample of the same fits done one by one in a plain PyTorch loop (DataLoader over a TensorDataset,
 AdamW, 20 epochs, no early stopping, torch's default threads) and extrapolates to 180 fits.
 Skips (exit 0) when neither the cache nor the data set exists.
@@ -26,7 +26,7 @@ import torch
 from machine import cpu_line
 from mvsa_cache import ensure_cache
 from mmfuse.cache import FeatureCache
-from mmfuse.grid import (DEFAULT_GRID, base_id, config_id, expand_grid, fast_precision, make_folds, run_grid,
+from mmfuse.grid import (DEFAULT_GRID, config_id, expand_grid, fast_precision, make_folds, run_grid,
                          standard_error)
 from mmfuse.heads import FeatureSet, create_head
 from mmfuse.heads.estimator import class_weights
@@ -68,8 +68,7 @@ def run_search(cache, configs, folds: int, jobs: int, search: str) -> tuple[floa
         result = run_grid(cache, configs, out, folds=folds, jobs=jobs, refit_best=False, progress=False,
                           search=search, log=lambda s: None)
         wall = time.perf_counter() - t0
-        fits = sum(1 for _ in open(out / "results.csv")) - 1
-        return wall, result.rows, result.pick, fits * folds
+        return wall, result.rows, result.pick, result.fits
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -99,14 +98,14 @@ def main() -> int:
     print(f"{FeatureCache(cache).__len__()} rows, text/{args.text_feature}, grid precision {precision} ({reason}); "
           f"{len(configs)} configurations x {folds} folds = {n_fits} fits, up to 20 epochs, "
           f"{args.jobs if args.jobs > 0 else 'all'} jobs\n")
-    full_rank = {base_id(r): i for i, r in enumerate(runs["full"][1], 1)} if "full" in runs else {}
+    full_rank = {r["config_id"]: i for i, r in enumerate(runs["full"][1], 1)} if "full" in runs else {}
     print("| search | fits | wall (s) | fits/s | x full's time | pick | its CV macro-F1 | rank of the pick in full |")
     print("|---|---:|---:|---:|---:|---|---:|---:|")
     for s, (wall, rows, pick, fits) in runs.items():
         ratio = f"{wall / runs['full'][0]:.2f}" if "full" in runs else ""
         print(f"| {s} | {fits} | {wall:.1f} | {fits / wall:.2f} | {ratio} | {pick['fusion']}, lr {pick['lr']:g}, "
               f"wd {pick['weight_decay']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
-              f"{full_rank.get(base_id(pick), '')} |")
+              f"{full_rank.get(pick['config_id'], '')} |")
     if "full" in runs:
         top = runs["full"][1][0]
         print(f"\nfull grid's top: {top['macro_f1_mean']:.3f}, one standard error "

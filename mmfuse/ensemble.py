@@ -217,7 +217,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     if refit_mode not in REFITS:
         raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     info = json.loads((grid / "grid.json").read_text())
-    rows = final_rows(grid)[:top]  # a halving grid: each configuration at its last rung, the last rung first
+    rows = final_rows(grid)[:top]  # configurations scored on every split (halving: those of the last rung)
     if len(rows) < 2:
         raise MmfuseError(f"{grid} has {len(rows)} finished configuration(s): stacking needs at least 2")
     cache = Path(info["cache"])

@@ -227,58 +227,102 @@ def _features(source, text_feature: str, identity: str | None = None) -> Feature
     return _DATA[key]
 
 
-def evaluate_config(source, cfg: dict, fold: np.ndarray, threads: int = 1,
-                    identity: str | None = None) -> tuple[dict, np.ndarray]:
-    """k-fold CV of one configuration: (result row, out-of-fold probabilities (N, C))."""
+def evaluate_split(source, cfg: dict, fold: np.ndarray, split: int, threads: int = 1,
+                   identity: str | None = None) -> dict:
+    """Fit one configuration on one split (see :func:`splits`) and score its held-out rows: the unit of work
+    of every search and backend. Returns {config_id, split, scores (metric -> value), proba (held-out rows,
+    C), seconds, best_epoch}."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
     try:
-        return _cross_validate(_features(source, cfg["text_feature"], identity), HeadConfig(**cfg), fold)
+        data, config = _features(source, cfg["text_feature"], identity), HeadConfig(**cfg)
+        head, test, seconds = fit_split(data, config, fold, split)
+        part = data.subset(test)
+        proba = head.predict_proba(part)
+        m = metrics_for(part.y, proba, data.label_names, head.decide)  # multi-label: the fold's thresholds
+        return {"config_id": config_id(config), "split": split, "proba": proba.astype(np.float32),
+                "scores": {name: m[name] for name in task_metrics(data.y.ndim == 2)},
+                "seconds": seconds, "best_epoch": head.best_epoch_}
     finally:
         torch.set_num_threads(before)
 
 
 def splits(fold: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """(training rows, held-out rows) of every split: k of them for an (N,) fold array, R x k for the (R, N)
-    array of repeated k-fold."""
+    array of repeated k-fold (repeat by repeat)."""
     return [(np.flatnonzero(f != k), np.flatnonzero(f == k)) for f in np.atleast_2d(fold) for k in range(int(f.max()) + 1)]
 
 
+def fit_split(data: FeatureSet, config: HeadConfig, fold: np.ndarray, split: int) -> tuple[Head, np.ndarray, float]:
+    """(fitted head, held-out rows, seconds) of one split: the head is fit on the split's training rows,
+    early-stopped on a stratified VAL_FRACTION of them (the held-out rows are never seen). A split's model
+    depends on nothing but its configuration and its rows, so any subset of splits can run, in any order."""
+    train, test = splits(fold)[split]
+    fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
+    t0 = time.perf_counter()
+    head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
+    return head, test, time.perf_counter() - t0
+
+
 def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
-    """Yield (split, fitted head, held-out rows, seconds) for each split (see :func:`splits`): the head is
-    fit on the other folds' rows, early-stopped on a stratified VAL_FRACTION of them. The grid scores
-    these heads and ships them (``best/``), so what is shipped is what was scored."""
-    for k, (train, test) in enumerate(splits(fold)):
-        fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
-        t0 = time.perf_counter()
-        head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
-        yield k, head, test, time.perf_counter() - t0
+    """Yield (split, fitted head, held-out rows, seconds) for every split. The grid scores these heads and
+    ships them (``best/``), so what is shipped is what was scored."""
+    for k in range(len(splits(fold))):
+        yield (k, *fit_split(data, config, fold, k))
 
 
-def _cross_validate(data: FeatureSet, config: HeadConfig, fold: np.ndarray) -> tuple[dict, np.ndarray]:
-    # scikit-learn's cross_val_predict would refit without the inner early-stopping split and gives no
-    # per-fold best epochs or fit times, so the loop is ours (fold_fits); each row of ``oof`` is
-    # predicted only by heads fit without it (repeated k-fold: the mean of its repeats' predictions)
-    names = task_metrics(data.y.ndim == 2)
-    oof = np.zeros((len(data), len(data.label_names)), np.float32)
-    scores: dict[str, list[float]] = {m: [] for m in names}
-    seconds, epochs = [], []
-    for k, head, test, secs in fold_fits(data, config, fold):
-        seconds.append(secs)
-        epochs.append(head.best_epoch_)
-        part = data.subset(test)
-        proba = head.predict_proba(part)
-        oof[test] += proba / len(np.atleast_2d(fold))
-        m = metrics_for(part.y, proba, data.label_names, head.decide)  # multi-label: the fold's thresholds
-        for name in names:
-            scores[name].append(m[name])
-    row = {"config_id": config_id(config), **asdict(config)}
-    for name in names:
-        row[f"{name}_mean"], row[f"{name}_std"] = float(np.mean(scores[name])), float(np.std(scores[name]))
-    row.update(seconds_per_fit=float(np.mean(seconds)), best_epoch_mean=float(np.mean(epochs)))
-    return row, oof
+class SplitState:
+    """What is known of one configuration, split by split: ``splits/{config_id}.npz`` in the grid folder
+    (arrays only, loaded without pickle), rewritten atomically after every fit, so a grid resumes at the
+    split, and successive halving ranks configurations on their first n splits."""
+
+    def __init__(self, out: Path, cid: str, fold: np.ndarray, n_out: int, names: tuple[str, ...]):
+        self.path, self.names = Path(out) / "splits" / f"{cid}.npz", names
+        folds2d = np.atleast_2d(fold)
+        n = len(splits(fold))
+        if self.path.is_file():
+            with np.load(self.path, allow_pickle=False) as z:
+                self.done, self.scores = z["done"].copy(), z["scores"].copy()
+                self.seconds, self.epochs, self.proba = z["seconds"].copy(), z["epochs"].copy(), z["proba"].copy()
+        else:
+            self.done = np.zeros(n, bool)
+            self.scores = np.full((n, len(names)), np.nan)  # (splits, metrics)
+            self.seconds, self.epochs = np.full(n, np.nan), np.full(n, np.nan)
+            self.proba = np.full((len(folds2d), folds2d.shape[1], n_out), np.nan, np.float32)  # (R, N, C)
+        self.k = int(folds2d.max()) + 1
+
+    def add(self, result: dict, test: np.ndarray) -> None:
+        s = result["split"]
+        self.done[s] = True
+        self.scores[s] = [result["scores"][m] for m in self.names]
+        self.seconds[s], self.epochs[s] = result["seconds"], result["best_epoch"]
+        self.proba[s // self.k, test] = result["proba"]
+        self.path.parent.mkdir(exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, done=self.done, scores=self.scores, seconds=self.seconds, epochs=self.epochs, proba=self.proba)
+        tmp.replace(self.path)
+
+    def mean(self, n: int) -> float:
+        """Mean primary score over the first ``n`` splits (all of them must be done)."""
+        return float(self.scores[:n, 0].mean())
+
+    def row(self, config: HeadConfig) -> dict:
+        """A results.csv row over the splits done: mean and std (ddof 0) of each metric."""
+        done = self.scores[self.done]
+        row = {"config_id": config_id(config), **asdict(config)}
+        for j, name in enumerate(self.names):
+            row[f"{name}_mean"], row[f"{name}_std"] = float(done[:, j].mean()), float(done[:, j].std())
+        row.update(seconds_per_fit=float(np.mean(self.seconds[self.done])),
+                   best_epoch_mean=float(np.mean(self.epochs[self.done])))
+        return row
+
+    def oof(self) -> np.ndarray:
+        """Out-of-fold probabilities (N, C): each row predicted only by heads fit without it (repeated
+        k-fold: the mean of its repeats' predictions)."""
+        return self.proba.mean(0)
 
 
 def result_columns(multilabel: bool) -> list[str]:
@@ -310,17 +354,18 @@ def read_results(out: Path) -> list[dict]:
 class GridResult:
     out: Path
     rows: list[dict]  # every finished configuration, best macro-F1 first
-    computed: int  # configurations computed in this run (the rest were already done)
+    fits: int  # fits run in this run (a resumed grid: fewer)
     seconds: float
     best_run: Path | None
     pick: dict | None = None  # the configuration saved in best/ (one-standard-error rule)
     tied: list[dict] | None = None  # the configurations within one standard error of the top
+    stopped: list[dict] | None = None  # successive halving: the configurations that stopped early
 
 
 def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
     """Drop a torn last line of ``results.csv`` (a run killed mid-write, or a crash before the disk had
     it): the file is cut after its last newline, so the next append starts a line of its own and that
-    configuration is computed again. Rows listed twice (two runs that raced) keep their first copy."""
+    configuration is listed again from its finished splits (``splits/``), or computed again without them. Rows listed twice (two runs that raced) keep their first copy."""
     path = out / "results.csv"
     if not path.is_file() or not path.stat().st_size:
         return
@@ -329,7 +374,8 @@ def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
     keep, seen = [], set()
     for i, line in enumerate(lines):
         if not line.endswith("\n"):
-            log(f"{path}: dropped a torn last line (its configuration runs again): {line[:60]!r}")
+            log(f"{path}: dropped a torn last line (its configuration is listed again from its finished splits, "
+                f"or runs again): {line[:60]!r}")
             continue
         key = line.split(",", 1)[0]
         if i and key in seen:
@@ -375,22 +421,22 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     return fold
 
 
-def _local_results(cache: Path, identity: str, todo: list[HeadConfig], fold: np.ndarray, jobs: int):
+def _local_results(cache: Path, identity: str, todo: list[tuple[HeadConfig, int]], fold: np.ndarray, jobs: int):
     if jobs == 1:
-        for cfg in todo:
-            yield evaluate_config(cache, asdict(cfg), fold, identity=identity)
+        for cfg, split in todo:
+            yield evaluate_split(cache, asdict(cfg), fold, split, identity=identity)
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(evaluate_config, str(cache), asdict(cfg), fold, 1, identity) for cfg in todo]
+        futures = [pool.submit(evaluate_split, str(cache), asdict(cfg), fold, split, 1, identity) for cfg, split in todo]
         try:
             for fut in as_completed(futures):
                 yield fut.result()
-        except BaseException:  # a failed fit or Ctrl-C: finished rows are written, the rest cancelled
+        except BaseException:  # a failed fit or Ctrl-C: finished fits are kept, the rest cancelled
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
 
-def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, scheduler: str | None):
+def _dask_results(cache: Path, todo: list[tuple[HeadConfig, int]], fold: np.ndarray, scheduler: str | None):
     try:
         from distributed import Client, as_completed as dask_completed
     except ImportError:
@@ -399,61 +445,81 @@ def _dask_results(cache: Path, todo: list[HeadConfig], fold: np.ndarray, schedul
     try:
         # the features travel once to every worker, so no shared filesystem is needed
         data = {tf: client.scatter(FeatureSet.from_cache(cache, tf), broadcast=True)
-                for tf in sorted({c.text_feature for c in todo})}
-        futures = [client.submit(evaluate_config, data[c.text_feature], asdict(c), fold, pure=False) for c in todo]
+                for tf in sorted({c.text_feature for c, _ in todo})}
+        futures = [client.submit(evaluate_split, data[c.text_feature], asdict(c), fold, split, pure=False)
+                   for c, split in todo]
         for fut in dask_completed(futures):
             yield fut.result()
     finally:
         client.close()
 
 
-SEARCHES = ("full", "halving")
-HALVING_FACTOR = 3  # successive halving keeps the best third of a rung, which then trains 3x the epochs
-HALVING_MIN_EPOCHS = 2  # the first rung's epochs are at least this
+SEARCHES = ("auto", "full", "halving")
+HALVING_FACTOR = 3  # successive halving keeps the best third of a rung's configurations
+HALVING_AUTO = 20  # --search auto: halving for grids of more configurations than this, else full
 
 
-def halving_plan(max_epochs: int, n_configs: int, factor: int = HALVING_FACTOR,
-                 min_epochs: int = HALVING_MIN_EPOCHS) -> list[int]:
-    """Epochs per rung of successive halving, the last being ``max_epochs``: each rung 1/factor of the next,
-    as many rungs as halving n_configs down to about one takes, none below ``min_epochs``."""
-    plan = [max_epochs]
-    while (len(plan) < 1 + math.ceil(math.log(max(n_configs, 1), factor))
-           and round(plan[0] / factor) >= min_epochs):
-        plan.insert(0, round(plan[0] / factor))
+def halving_plan(n_splits: int, n_configs: int, factor: int = HALVING_FACTOR) -> list[int]:
+    """Splits per rung of successive halving over folds, the last being all ``n_splits``: each rung about
+    half the next (5 folds: 1, 2, 5), at most as many rungs as keeping 1/factor takes n_configs to one."""
+    plan = [n_splits]
+    while plan[0] > 1 and len(plan) < 1 + math.ceil(math.log(max(n_configs, 2), factor)):
+        plan.insert(0, max(1, plan[0] // 2))
     return plan
 
 
-def base_id(row: dict) -> str:
-    """A result row's configuration without its epochs: the same across the rungs of a halving grid."""
-    return config_id(row_config(row).replace(epochs=0))
+def _halving(out: Path) -> list[int] | None:
+    """The folds-per-rung plan of a grid folder run with successive halving, else None."""
+    path = Path(out) / "grid.json"
+    return json.loads(path.read_text()).get("halving_splits") if path.is_file() else None
 
 
 def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
-    """A grid folder's finished rows, best first. After successive halving (grid.json's ``halving`` plan),
-    each configuration appears once, at the last rung it reached (``rung``), those that reached the last
-    rung first: the ranking a pick or an ensemble should read."""
+    """A grid folder's configurations scored on every split, best first: what a pick, an ensemble or a
+    report ranks. (Successive halving's configurations that stopped early: :func:`stopped_rows`.)"""
     rows = ranked(read_results(out) if rows is None else rows)
-    plan = json.loads((Path(out) / "grid.json").read_text()).get("halving") if (Path(out) / "grid.json").is_file() else None
-    if not plan:
-        return rows
-    last: dict[str, dict] = {}
+    plan = _halving(out)
     for r in rows:
-        r["rung"] = plan.index(int(r["epochs"])) if int(r["epochs"]) in plan else -1
-        if base_id(r) not in last or r["rung"] > last[base_id(r)]["rung"]:
-            last[base_id(r)] = r
-    return sorted(last.values(), key=lambda r: (-r["rung"], -score(r), r["config_id"]))
+        r["rung"], r["splits"] = (len(plan) - 1 if plan else 0), None
+    return rows
+
+
+def stopped_rows(out: Path) -> list[dict]:
+    """Successive halving's configurations that stopped before the last rung, each scored on the splits it
+    ran (``splits``) at the rung it reached (``rung``, from 0): the last rungs first, then by score."""
+    plan, out = _halving(out), Path(out)
+    if not plan:
+        return []
+    info = json.loads((out / "grid.json").read_text())
+    names = task_metrics(bool(info.get("multilabel")))
+    done = {r["config_id"] for r in read_results(out)}
+    configs = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
+    fold = np.load(out / "folds.npy")
+    rows = []
+    for cid, cfg in configs.items():
+        state = SplitState(out, cid, fold, len(info["label_names"]), names)
+        if cid in done or not state.done.any():
+            continue
+        row = state.row(HeadConfig(**cfg))
+        row["splits"] = int(state.done.sum())
+        row["rung"] = max(i for i, n in enumerate(plan) if n <= row["splits"])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (-r["rung"], -score(r), r["config_id"]))
 
 
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
              jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
-             refit_mode: str = "folds", pick: str = "top", search: str = "full", repeats: int = 1,
+             refit_mode: str = "folds", pick: str = "top", search: str = "auto", repeats: int = 1,
              progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run.
 
-    ``search="halving"``: successive halving (as scikit-learn's HalvingGridSearchCV and ASHA do) over
-    epochs: every configuration is cross-validated with few epochs, the best third (by mean fold score)
-    again with 3x the epochs, and so on up to the configurations' epochs; each rung's rows are ordinary
-    result rows (its epochs in the row), so a halving grid resumes like any other.
+    ``search="halving"``: successive halving over folds (scikit-learn's HalvingGridSearchCV with splits
+    as the resource): every configuration is fit and scored on the first split, the best third (by mean
+    score over the splits run) goes on to the first two, and so on until the survivors have all splits
+    (5 folds: rungs of 1, 2, 5). A split's model does not depend on which other splits run, so the
+    finished splits are kept, and a configuration that reaches the last rung has exactly the row and
+    out-of-fold probabilities a full search gives it. ``"auto"``: halving for grids of more than
+    HALVING_AUTO configurations, else ``"full"`` (every configuration on every split).
 
     ``repeats`` > 1: repeated stratified k-fold (``folds`` x ``repeats`` fits per configuration, each
     repeat reshuffled); scores are over all the splits, out-of-fold probabilities the mean over repeats."""
@@ -466,12 +532,9 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     configs = for_task(configs, fc.multilabel)
     if search not in SEARCHES:
         raise MmfuseError(f"unknown search {search!r}: choose {', '.join(SEARCHES)}")
-    plan = None
-    if search == "halving":
-        epochs = sorted({c.epochs for c in configs if c.fusion != "logreg"})
-        if len(epochs) > 1:
-            raise MmfuseError(f"--search halving chooses the epochs of each rung: give one --epochs, not {epochs}")
-        plan = halving_plan(epochs[0] if epochs else HeadConfig().epochs, len(configs))
+    if search == "auto":
+        search = "halving" if len(configs) > HALVING_AUTO else "full"
+    plan = halving_plan(folds * repeats, len(configs)) if search == "halving" else None
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:
         return _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, scheduler, refit_best, refit_mode,
@@ -484,9 +547,11 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
               progress, log, plan=None, repeats=1) -> GridResult:
     repair_results(out, log)
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}), repeats)
-    if plan:
-        meta = json.loads((out / "grid.json").read_text())
-        (out / "grid.json").write_text(json.dumps({**meta, "halving": plan}, indent=2))
+    meta = json.loads((out / "grid.json").read_text())
+    meta.pop("halving", None)  # an older version's halving over epochs
+    (out / "grid.json").write_text(json.dumps({**meta, "halving_splits": plan}, indent=2))
+    known = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
+    (out / "configs.json").write_text(json.dumps({**known, **{config_id(c): asdict(c) for c in configs}}, indent=2))
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     if backend not in ("local", "dask"):
         raise MmfuseError(f"unknown backend {backend!r}: local or dask")
@@ -494,73 +559,97 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
         raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
     if pick not in PICKS:
         raise MmfuseError(f"unknown pick {pick!r}: choose {', '.join(PICKS)}")
-    t0 = time.perf_counter()
+    t0, n_splits = time.perf_counter(), len(splits(fold))
+    run = lambda cs, n: _evaluate(fc, cache_path, cs, n, out, fold, jobs, backend, scheduler, progress, log)  # noqa: E731
     if not plan:
-        computed = _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log)
-    else:  # successive halving: each rung is a grid of its own, over the survivors of the one before
-        computed, survivors, extra = 0, configs, []
-        for r, epochs in enumerate(plan):
-            rung = [c.replace(epochs=epochs) for c in survivors]  # logreg ignores epochs: refit, same model
-            log(f"rung {r + 1} of {len(plan)}: {len(rung)} configurations, {epochs} epochs")
-            computed += _evaluate(fc, cache_path, rung, out, fold, folds, jobs, backend, scheduler, progress, log)
-            extra.append(f"{len(rung)} configurations x {epochs} epochs")
+        fits = run(configs, n_splits)
+    else:  # successive halving over splits; each rung's finished splits are kept for the next
+        fits, survivors, extra = 0, list(configs), []
+        for r, n in enumerate(plan):
+            log(f"rung {r + 1} of {len(plan)}: {len(survivors)} configurations x {n} of {n_splits} splits")
+            fits += run(survivors, n)
+            extra.append(f"{len(survivors)} x {n}")
             if r < len(plan) - 1:
-                by_id = {row["config_id"]: row for row in read_results(out)}
-                rung.sort(key=lambda c: (-score(by_id[config_id(c)]), config_id(c)))
-                survivors = rung[:max(1, math.ceil(len(rung) / HALVING_FACTOR))]
-        log("successive halving: " + " -> ".join(extra))
+                states = {config_id(c): _state(out, fc, c, fold) for c in survivors}
+                survivors.sort(key=lambda c: (-states[config_id(c)].mean(n), config_id(c)))
+                survivors = survivors[:max(1, math.ceil(len(survivors) / HALVING_FACTOR))]
+        log(f"successive halving: configurations x splits per rung {' -> '.join(extra)}: {fits} fits "
+            f"against {len(configs) * n_splits} for the full grid")
     seconds = time.perf_counter() - t0
     rows = final_rows(out)
-    if plan:  # only configurations that reached the last rung compete for best/
-        rows = [r for r in rows if r["rung"] == len(plan) - 1] + [r for r in rows if r["rung"] != len(plan) - 1]
     for r in rows:
         r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
-    contenders = [r for r in rows if not plan or r["rung"] == len(plan) - 1]
-    simplest, tied = one_se_pick(contenders, folds) if contenders else (None, [])
-    chosen = (simplest if pick == "one-se" else contenders[0]) if contenders else None
-    note = ("" if not plan else f"\nSuccessive halving: rungs of {', '.join(map(str, plan))} epochs; each row shows a "
-            "configuration at the last rung it reached (`rung`, from 0); only those of the last rung compete "
-            "for `best/`.\n")
-    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note, repeats=repeats)
+    simplest, tied = one_se_pick(rows, folds) if rows else (None, [])
+    chosen = (simplest if pick == "one-se" else rows[0]) if rows else None
+    stopped = stopped_rows(out)
+    note = ("" if not plan else f"\nSuccessive halving over splits: rungs of {', '.join(map(str, plan))} of "
+            f"{n_splits} splits, keeping the best 1/{HALVING_FACTOR} of each rung; {len(rows)} configuration(s) ran "
+            f"every split and compete for `best/`; the {len(stopped)} that stopped early are listed after them with "
+            "the splits they ran (`splits`): their scores are over fewer splits, so noisier.\n")
+    write_summary(out, rows, folds, pick=chosen, tied=tied, rule=pick, extra=note, repeats=repeats, stopped=stopped)
     plot_grid(out, rows)
     best_run = None
     if refit_best and chosen:
         best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
                          np.load(out / "oof" / f"{chosen['config_id']}.npy"))
-    return GridResult(out, rows, computed, seconds, best_run, chosen, tied)
+    return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped)
 
 
-def _evaluate(fc, cache_path, configs, out, fold, folds, jobs, backend, scheduler, progress, log) -> int:
-    """Cross-validate the configurations not yet in results.csv; append their rows. Returns how many ran."""
-    done = {r["config_id"] for r in read_results(out)}
-    todo = [c for c in configs if config_id(c) not in done]
-    if len(todo) < len(configs):
-        log(f"resuming {out}: {len(configs) - len(todo)} of {len(configs)} configurations already done")
-    if not todo:
+def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray) -> SplitState:
+    return SplitState(out, config_id(cfg), fold, len(fc.label_names), task_metrics(fc.multilabel))
+
+
+def _evaluate(fc, cache_path, configs, n_use, out, fold, jobs, backend, scheduler, progress, log) -> int:
+    """Run the first ``n_use`` splits of each configuration that are not done yet; a configuration with every
+    split done gets its row in results.csv (also one whose splits were all done before a crash or a torn
+    line lost its row). Returns how many fits ran."""
+    complete = {r["config_id"] for r in read_results(out)}
+    n_splits = len(splits(fold))
+    states = {config_id(c): _state(out, fc, c, fold) for c in configs if config_id(c) not in complete}
+    todo = [(c, s) for c in configs if config_id(c) in states for s in range(n_use) if not states[config_id(c)].done[s]]
+    unlisted = [c for c in configs if config_id(c) in states and states[config_id(c)].done.all()]
+    asked = len(configs) * n_use
+    if len(todo) < asked:
+        done = sum(config_id(c) not in states or states[config_id(c)].done[:n_use].all() for c in configs)
+        log(f"resuming {out}: {done} of {len(configs)} configurations already done "
+            f"({asked - len(todo)} of {asked} fits)")
+    if not todo and not unlisted:
         return 0
+    by_id = {config_id(c): c for c in configs}
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
     results = (_local_results(cache_path, fc.identity, todo, fold, jobs) if backend == "local"
-               else _dask_results(cache_path, todo, fold, scheduler))
+               else _dask_results(cache_path, todo, fold, scheduler)) if todo else iter(())
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
-    fits = np.atleast_2d(fold).shape[0] * folds  # per configuration: folds x repeats
+    tests = [test for _, test in splits(fold)]
     with open(out / "results.csv", "a", newline="") as f, \
-            tqdm(total=len(todo) * fits, desc="grid", unit="fit", disable=not progress) as bar:
+            tqdm(total=len(todo), desc="grid", unit="fit", disable=not progress) as bar:
         writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
         if new_file:
             writer.writeheader()
             f.flush()
-        for row, oof in results:
-            try:
-                np.save(out / "oof" / f"{row['config_id']}.npy", oof)
-                writer.writerow(row)  # after the oof file: a listed row is always complete
-                f.flush()
-            except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
-                raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv "
-                                           "are kept") from None
+
+        def listed(cid: str) -> None:
+            """Write the out-of-fold file, then the row: a listed row is always complete."""
+            nonlocal best
+            row = states[cid].row(by_id[cid])
+            np.save(out / "oof" / f"{cid}.npy", states[cid].oof())
+            writer.writerow(row)
+            f.flush()
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
-            bar.update(fits)
+
+        try:
+            for c in unlisted:
+                listed(config_id(c))
+            for result in results:
+                states[result["config_id"]].add(result, tests[result["split"]])
+                if states[result["config_id"]].done.sum() == n_splits:
+                    listed(result["config_id"])
+                bar.update(1)
+        except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
+            raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv, "
+                                       "and every finished split in splits/, are kept") from None
     return len(todo)
 
 
@@ -669,21 +758,32 @@ def _varied(rows: list[dict]) -> list[str]:
 
 
 def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "",
-                  pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top", repeats: int = 1) -> Path:
-    axes = _varied(rows) or ["fusion"]
+                  pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top", repeats: int = 1,
+                  stopped: list[dict] | None = None) -> Path:
+    """summary.md: the top configurations (all tied ones included); after successive halving, a ``rung``
+    and a ``splits`` column, and the best ``top`` of the configurations that stopped early below them."""
+    axes = _varied(rows + (stopped or [])) or ["fusion"]
     tied_ids = {r["config_id"] for r in tied or []}
     metrics = task_metrics(bool(rows) and primary(rows[0]) == "micro_f1")
     titles = {"macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted-F1",
               "balanced_accuracy": "balanced acc.", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "map": "mAP"}
-    lines = [f"# Grid {out}: {len(rows)} configurations, {folds}-fold stratified CV"
+    halving = stopped is not None and _halving(out) is not None
+    n_splits = folds * repeats
+    lines = [f"# Grid {out}: {len(rows) + len(stopped or [])} configurations, {folds}-fold stratified CV"
              + (f" repeated {repeats} times" if repeats > 1 else "")
+             + (", successive halving" if halving else "")
              + (" (multi-label: iterative stratification; ranked by micro-F1)" if metrics[0] == "micro_f1" else "") + "\n",
-             f"| rank | {' | '.join(axes)} | {titles[metrics[0]]} | ± SE | "
+             f"| rank | {' | '.join(axes)} | " + ("rung | splits | " if halving else "") + f"{titles[metrics[0]]} | ± SE | "
              + " | ".join(titles[m] for m in metrics[1:]) + " | s/fit | parameters | tied with the top |",
-             "|---:|" + "---|" * len(axes) + "---:|---:|" + "---:|" * (len(metrics) - 1) + "---:|---:|:---:|"]
-    for i, r in enumerate(rows[:max(top, len(tied_ids))], 1):
+             "|---:|" + "---|" * len(axes) + ("---:|---:|" if halving else "") + "---:|---:|"
+             + "---:|" * (len(metrics) - 1) + "---:|---:|:---:|"]
+    shown, full_ids = rows[:max(top, len(tied_ids))] + (stopped or [])[:top], {r["config_id"] for r in rows}
+    for i, r in enumerate(shown, 1):
+        full = r["config_id"] in full_ids
         lines.append(f"| {i} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
-                     + f"{score(r):.3f} ± {r[metrics[0] + '_std']:.3f} | {standard_error(r, folds):.3f} | "
+                     + (f"{r['rung']} | {n_splits if full else r['splits']} | " if halving else "")
+                     + f"{score(r):.3f} ± {r[metrics[0] + '_std']:.3f} | "
+                     + (f"{standard_error(r, folds):.3f} | " if full else "- | ")
                      + " | ".join(f"{r[m + '_mean']:.3f} ± {r[m + '_std']:.3f}" for m in metrics[1:])
                      + f" | {r['seconds_per_fit']:.2f} | {r.get('parameters', '')} | "
                      + ("yes" if r["config_id"] in tied_ids else "") + " |")

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import MmfuseError
-from .grid import _varied, final_rows, primary, score
+from .grid import _varied, final_rows, primary, score, stopped_rows
 
 KINDS = ("eda", "cache", "run", "grid", "ensemble", "finetune")
 MARKERS = {"eda.json": "eda", "grid.json": "grid", "ensemble.json": "ensemble", "finetune.json": "finetune"}
@@ -192,13 +192,14 @@ def _grids_section(grids: list[Path], base: Path) -> str:
     parts = []
     for g in grids:
         info = json.loads((g / "grid.json").read_text())
-        rows = final_rows(g)  # best first; a halving grid's configurations at their last rung
+        rows, stopped = final_rows(g), stopped_rows(g)  # best first; those that ran every split
         metric = primary(rows[0]) if rows else "macro_f1"
         axes = _varied(rows) or ["fusion"]
         top = [[i + 1, *[r[a] for a in axes], f"{score(r):.3f} ± {r[f'{metric}_std']:.3f}",
                 f"{r['seconds_per_fit']:.2f}"] for i, r in enumerate(rows[:10])]
         table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
-                       f"top 10 of {len(rows)} configurations, {info.get('folds')}-fold CV")
+                       f"top 10 of {len(rows)} configurations, {info.get('folds')}-fold CV"
+                       + (f" ({len(stopped)} more stopped early by successive halving, on fewer folds)" if stopped else ""))
         about = (f'<p>cache {html.escape(str(info.get("cache")))}, {info.get("rows")} rows, precision '
                  f'{html.escape(", ".join(info.get("precision") or []))}</p>')
         parts.append(_card(_name(g, base), about + table + _figs(

@@ -62,10 +62,14 @@ def test_grid_resumes_and_skips_finished_configurations(cache, tmp_path):
     assert runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID]).exit_code == 0
     first = rows_of(out)
     lines = (out / "results.csv").read_text().splitlines()
-    (out / "results.csv").write_text("\n".join(lines[:4]) + "\n")  # as if interrupted after 3 configurations
+    (out / "results.csv").write_text("\n".join(lines[:4]) + "\n")  # as if interrupted after 3 configurations,
+    kept = [line.split(",")[0] for line in lines[1:4]]
+    lost = [cid for cid in first if cid not in kept]
+    for cid in lost[1:]:
+        (out / "splits" / f"{cid}.npz").unlink()  # the 4th with its splits done, the others not started
     again = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "2", *GRID])
     assert again.exit_code == 0, again.output
-    assert "3 of 8 configurations already done" in again.output and "15 fits in" in again.output
+    assert "4 of 8 configurations already done (12 of 24 fits)" in again.output and "12 fits in" in again.output
     assert rows_of(out).keys() == first.keys()
     for cid, r in rows_of(out).items():  # recomputed rows match, even in worker processes
         assert r["macro_f1_mean"] == first[cid]["macro_f1_mean"]
@@ -212,25 +216,54 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
             "--search", "halving", "--no-progress"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "rung 1 of 2: 8 configurations, 3 epochs" in result.output and "rung 2 of 2: 3 configurations, 9 epochs" in result.output
-    rows = read_results(tmp_path / "g")
-    assert len(rows) == 8 + 3  # each rung's rows are ordinary rows
-    last = [r for r in rows if r["epochs"] == 9]
-    assert {r["fusion"] for r in last} == {"concat"} and max(last, key=lambda r: r["macro_f1_mean"])["lr"] == 3e-3
-    full = runner.invoke(app, [a if a != "halving" else "full" for a in args[:2]] + ["--out", str(tmp_path / "f")]
-                         + args[4:-3] + ["--search", "full", "--no-progress"])
+    assert "rung 1 of 2: 8 configurations x 1 of 3 splits" in result.output
+    assert "rung 2 of 2: 3 configurations x 3 of 3 splits" in result.output
+    assert "14 fits in" in result.output  # 8 x 1 + 3 x 2 more, against 24 for the full grid
+    last = read_results(tmp_path / "g")  # only configurations that ran every split are rows
+    assert len(last) == 3 and {r["fusion"] for r in last} == {"concat"}
+    full = runner.invoke(app, [a if a != "halving" else "full" for a in args[:3]] + [str(tmp_path / "f")] + args[4:])
     assert full.exit_code == 0, full.output
-    best_full = max(read_results(tmp_path / "f"), key=lambda r: r["macro_f1_mean"])
-    pick = json.loads((tmp_path / "g" / "best" / "metrics.json").read_text())
-    assert pick["fusion"] == best_full["fusion"] == "concat"
+    full_rows = {r["config_id"]: r for r in read_results(tmp_path / "f")}
+    for r in last:  # a finalist has exactly the row and out-of-fold probabilities the full grid gives it
+        assert r["macro_f1_mean"] == full_rows[r["config_id"]]["macro_f1_mean"]
+        assert np.array_equal(np.load(tmp_path / "g" / "oof" / f"{r['config_id']}.npy"),
+                              np.load(tmp_path / "f" / "oof" / f"{r['config_id']}.npy"))
+    best_full = max(full_rows.values(), key=lambda r: (r["macro_f1_mean"], r["config_id"]))
+    pick = json.loads((tmp_path / "g" / "best" / "config.json").read_text())
+    assert (pick["fusion"], pick["lr"]) == (best_full["fusion"], best_full["lr"]) == ("concat", 3e-3)
     summary = (tmp_path / "g" / "summary.md").read_text()
-    assert "Successive halving: rungs of 3, 9 epochs" in summary
-    again = runner.invoke(app, args)  # resumes: nothing to compute
-    assert again.exit_code == 0 and "0 fits in" in again.output
-    ens = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "3", "--out", str(tmp_path / "e")])
+    assert "Successive halving over splits: rungs of 1, 3 of 3 splits" in summary
+    assert "| rung | splits |" in summary and summary.count(" | 0 | 1 | ") == 5  # the 5 that stopped after 1 split
+    # interrupted in the second rung: a finalist's row and its finished splits lost
+    lost = last[0]["config_id"]
+    text_csv = (tmp_path / "g" / "results.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "g" / "results.csv").write_text("".join(line for line in text_csv if not line.startswith(lost)))
+    (tmp_path / "g" / "splits" / f"{lost}.npz").unlink()
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "7 of 8 configurations already done (7 of 8 fits)" in again.output and "3 fits in" in again.output
+    assert {r["config_id"]: r["macro_f1_mean"] for r in read_results(tmp_path / "g")} == {
+        r["config_id"]: r["macro_f1_mean"] for r in last}  # the same survivors, the same scores
+    ens = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "8", "--out", str(tmp_path / "e")])
     assert ens.exit_code == 0, ens.output
     members = json.loads((tmp_path / "e" / "ensemble.json").read_text())["members"]
     assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
+
+
+def test_halving_plans_halve_the_splits_and_auto_halves_large_grids_only(cache, tmp_path):
+    from mmfuse.grid import halving_plan
+
+    assert halving_plan(5, 36) == [1, 2, 5] and halving_plan(3, 8) == [1, 3] and halving_plan(10, 200) == [1, 2, 5, 10]
+    assert halving_plan(5, 2) == [2, 5] and halving_plan(1, 50) == [1]
+    small = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "s"), "--jobs", "1", *GRID])
+    assert small.exit_code == 0 and "successive halving" not in small.output  # 8 configurations: full
+    larger = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "L"), "--jobs", "1", "--fusion",
+                                 "concat,text,image,logreg", "--lr", "1e-3,3e-3,1e-2", "--weight-decay", "0,1e-4",
+                                 "--C", "1e-3,1e-2,1e-1", "--epochs", "3", "--folds", "3", "--precision", "fp32",
+                                 "--no-progress"])
+    assert larger.exit_code == 0, larger.output  # 3 fusions x 6 + logreg x 3 C = 21 configurations
+    assert "21 configurations x 3 folds = 63 fits, successive halving over folds" in larger.output
+    assert "rung 1 of 2: 21 configurations x 1 of 3 splits" in larger.output
 
 
 def test_repeated_k_fold_runs_every_repeat_and_ships_every_split(cache, tmp_path):
