@@ -421,37 +421,61 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     return fold
 
 
-def _local_results(cache: Path, identity: str, todo: list[tuple[HeadConfig, int]], fold: np.ndarray, jobs: int):
-    if jobs == 1:
-        for cfg, split in todo:
-            yield evaluate_split(cache, asdict(cfg), fold, split, identity=identity)
-        return
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(evaluate_split, str(cache), asdict(cfg), fold, split, 1, identity) for cfg, split in todo]
+class Workers:
+    """Where a grid's fits run, kept for the whole run (every rung of successive halving): this process
+    (jobs 1), a pool of ``jobs`` spawned processes (one torch thread each, the features loaded once per
+    process), or a Dask cluster (the features broadcast to its workers once per text vector)."""
+
+    def __init__(self, cache: Path, identity: str, fold: np.ndarray, jobs: int, backend: str = "local",
+                 scheduler: str | None = None):
+        self.cache, self.identity, self.fold, self.jobs = cache, identity, fold, jobs
+        self.backend, self.scheduler = backend, scheduler
+        self.pool = self.client = None
+        self.data: dict = {}
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:  # a failed fit or Ctrl-C: finished fits are kept, the rest cancelled
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.client is not None:
+            self.client.close()
+
+    def run(self, todo: list[tuple[HeadConfig, int]]):
+        """Yield :func:`evaluate_split`'s result of each (configuration, split) as it finishes."""
+        if self.backend == "dask":
+            yield from self._dask(todo)
+        elif self.jobs == 1:
+            for cfg, split in todo:
+                yield evaluate_split(self.cache, asdict(cfg), self.fold, split, identity=self.identity)
+        else:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+            futures = [self.pool.submit(evaluate_split, str(self.cache), asdict(cfg), self.fold, split, 1,
+                                        self.identity) for cfg, split in todo]
+            try:
+                for fut in as_completed(futures):
+                    yield fut.result()
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+    def _dask(self, todo):
         try:
-            for fut in as_completed(futures):
-                yield fut.result()
-        except BaseException:  # a failed fit or Ctrl-C: finished fits are kept, the rest cancelled
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-
-
-def _dask_results(cache: Path, todo: list[tuple[HeadConfig, int]], fold: np.ndarray, scheduler: str | None):
-    try:
-        from distributed import Client, as_completed as dask_completed
-    except ImportError:
-        raise MmfuseError("--backend dask needs dask.distributed: pip install 'mmfuse[grid]'") from None
-    client = Client(scheduler) if scheduler else Client(processes=True, threads_per_worker=1)
-    try:
-        # the features travel once to every worker, so no shared filesystem is needed
-        data = {tf: client.scatter(FeatureSet.from_cache(cache, tf), broadcast=True)
-                for tf in sorted({c.text_feature for c, _ in todo})}
-        futures = [client.submit(evaluate_split, data[c.text_feature], asdict(c), fold, split, pure=False)
-                   for c, split in todo]
+            from distributed import Client, as_completed as dask_completed
+        except ImportError:
+            raise MmfuseError("--backend dask needs dask.distributed: pip install 'mmfuse[grid]'") from None
+        if self.client is None:
+            self.client = (Client(self.scheduler) if self.scheduler
+                           else Client(processes=True, threads_per_worker=1))
+        for tf in sorted({c.text_feature for c, _ in todo} - set(self.data)):
+            # the features travel once to every worker, so no shared filesystem is needed
+            self.data[tf] = self.client.scatter(FeatureSet.from_cache(self.cache, tf), broadcast=True)
+        futures = [self.client.submit(evaluate_split, self.data[c.text_feature], asdict(c), self.fold, split,
+                                      pure=False) for c, split in todo]
         for fut in dask_completed(futures):
             yield fut.result()
-    finally:
-        client.close()
 
 
 SEARCHES = ("auto", "full", "halving")
@@ -560,21 +584,21 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     if pick not in PICKS:
         raise MmfuseError(f"unknown pick {pick!r}: choose {', '.join(PICKS)}")
     t0, n_splits = time.perf_counter(), len(splits(fold))
-    run = lambda cs, n: _evaluate(fc, cache_path, cs, n, out, fold, jobs, backend, scheduler, progress, log)  # noqa: E731
-    if not plan:
-        fits = run(configs, n_splits)
-    else:  # successive halving over splits; each rung's finished splits are kept for the next
-        fits, survivors, extra = 0, list(configs), []
-        for r, n in enumerate(plan):
-            log(f"rung {r + 1} of {len(plan)}: {len(survivors)} configurations x {n} of {n_splits} splits")
-            fits += run(survivors, n)
-            extra.append(f"{len(survivors)} x {n}")
-            if r < len(plan) - 1:
-                states = {config_id(c): _state(out, fc, c, fold) for c in survivors}
-                survivors.sort(key=lambda c: (-states[config_id(c)].mean(n), config_id(c)))
-                survivors = survivors[:max(1, math.ceil(len(survivors) / HALVING_FACTOR))]
-        log(f"successive halving: configurations x splits per rung {' -> '.join(extra)}: {fits} fits "
-            f"against {len(configs) * n_splits} for the full grid")
+    with Workers(cache_path, fc.identity, fold, jobs, backend, scheduler) as workers:
+        if not plan:
+            fits = _evaluate(fc, configs, n_splits, out, fold, workers, progress, log)
+        else:  # successive halving over splits; each rung's finished splits are kept for the next
+            fits, survivors, extra = 0, list(configs), []
+            for r, n in enumerate(plan):
+                log(f"rung {r + 1} of {len(plan)}: {len(survivors)} configurations x {n} of {n_splits} splits")
+                fits += _evaluate(fc, survivors, n, out, fold, workers, progress, log, resuming=r == 0)
+                extra.append(f"{len(survivors)} x {n}")
+                if r < len(plan) - 1:
+                    states = {config_id(c): _state(out, fc, c, fold) for c in survivors}
+                    survivors.sort(key=lambda c: (-states[config_id(c)].mean(n), config_id(c)))
+                    survivors = survivors[:max(1, math.ceil(len(survivors) / HALVING_FACTOR))]
+            log(f"successive halving: configurations x splits per rung {' -> '.join(extra)}: {fits} fits "
+                f"against {len(configs) * n_splits} for the full grid")
     seconds = time.perf_counter() - t0
     rows = final_rows(out)
     for r in rows:
@@ -599,7 +623,7 @@ def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray) -> Sp
     return SplitState(out, config_id(cfg), fold, len(fc.label_names), task_metrics(fc.multilabel))
 
 
-def _evaluate(fc, cache_path, configs, n_use, out, fold, jobs, backend, scheduler, progress, log) -> int:
+def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, resuming: bool = True) -> int:
     """Run the first ``n_use`` splits of each configuration that are not done yet; a configuration with every
     split done gets its row in results.csv (also one whose splits were all done before a crash or a torn
     line lost its row). Returns how many fits ran."""
@@ -608,17 +632,23 @@ def _evaluate(fc, cache_path, configs, n_use, out, fold, jobs, backend, schedule
     states = {config_id(c): _state(out, fc, c, fold) for c in configs if config_id(c) not in complete}
     todo = [(c, s) for c in configs if config_id(c) in states for s in range(n_use) if not states[config_id(c)].done[s]]
     unlisted = [c for c in configs if config_id(c) in states and states[config_id(c)].done.all()]
+    # the slowest configurations first (by seconds per fit of their finished splits; none yet: first of all),
+    # so a rung does not end waiting on one long fit while the other workers idle
+    def slowest_first(cs: tuple[HeadConfig, int]) -> float:
+        sec = states[config_id(cs[0])].seconds
+        return -float(np.nanmean(sec)) if np.isfinite(sec).any() else -np.inf
+
+    todo.sort(key=slowest_first)
     asked = len(configs) * n_use
-    if len(todo) < asked:
+    if len(todo) < asked:  # later rungs of successive halving: the splits of earlier rungs are done
         done = sum(config_id(c) not in states or states[config_id(c)].done[:n_use].all() for c in configs)
-        log(f"resuming {out}: {done} of {len(configs)} configurations already done "
+        log(("resuming " if resuming else "") + f"{out}: {done} of {len(configs)} configurations already done "
             f"({asked - len(todo)} of {asked} fits)")
     if not todo and not unlisted:
         return 0
     by_id = {config_id(c): c for c in configs}
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
-    results = (_local_results(cache_path, fc.identity, todo, fold, jobs) if backend == "local"
-               else _dask_results(cache_path, todo, fold, scheduler)) if todo else iter(())
+    results = workers.run(todo)
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
     tests = [test for _, test in splits(fold)]
