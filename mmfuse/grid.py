@@ -478,9 +478,13 @@ class Workers:
             yield fut.result()
 
 
-SEARCHES = ("auto", "full", "halving")
-HALVING_FACTOR = 3  # successive halving keeps the best third of a rung's configurations
-HALVING_AUTO = 20  # --search auto: halving for grids of more configurations than this, else full
+# full is the default: on mvsa's default grid (36 configurations) halving ran a third of the fits (0.40x the
+# time) and found the full grid's top, but in nested CV (bench/selection.py) its pick scored -0.009 on the outer
+# folds (0.598 vs 0.607) and the tied set's mean -0.008 (0.603 vs 0.611): one fold is too noisy a first rung
+# when configurations differ by less than a fold's noise
+SEARCHES = ("full", "halving")
+HALVING_FACTOR = 3  # successive halving keeps the best third of a rung's configurations (1/4: the pick left one
+#                     SE of the top in 2 of 5 fold orders on mvsa, bench/halving_folds.py; 1/3 in none)
 
 
 def halving_plan(n_splits: int, n_configs: int, factor: int = HALVING_FACTOR) -> list[int]:
@@ -533,7 +537,7 @@ def stopped_rows(out: Path) -> list[dict]:
 
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
              jobs: int = -1, backend: str = "local", scheduler: str | None = None, refit_best: bool = True,
-             refit_mode: str = "folds", pick: str = "top", search: str = "auto", repeats: int = 1,
+             refit_mode: str = "folds", pick: str = "top", search: str = "full", repeats: int = 1,
              progress: bool = True, log: Callable[[str], None] = print) -> GridResult:
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run.
 
@@ -542,8 +546,7 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     score over the splits run) goes on to the first two, and so on until the survivors have all splits
     (5 folds: rungs of 1, 2, 5). A split's model does not depend on which other splits run, so the
     finished splits are kept, and a configuration that reaches the last rung has exactly the row and
-    out-of-fold probabilities a full search gives it. ``"auto"``: halving for grids of more than
-    HALVING_AUTO configurations, else ``"full"`` (every configuration on every split).
+    out-of-fold probabilities a full search gives it. ``"full"``: every configuration on every split.
 
     ``repeats`` > 1: repeated stratified k-fold (``folds`` x ``repeats`` fits per configuration, each
     repeat reshuffled); scores are over all the splits, out-of-fold probabilities the mean over repeats."""
@@ -556,8 +559,6 @@ def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, f
     configs = for_task(configs, fc.multilabel)
     if search not in SEARCHES:
         raise MmfuseError(f"unknown search {search!r}: choose {', '.join(SEARCHES)}")
-    if search == "auto":
-        search = "halving" if len(configs) > HALVING_AUTO else "full"
     plan = halving_plan(folds * repeats, len(configs)) if search == "halving" else None
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:

@@ -250,20 +250,12 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
 
 
-def test_halving_plans_halve_the_splits_and_auto_halves_large_grids_only(cache, tmp_path):
+def test_halving_plans_halve_the_splits_down_to_one():
     from mmfuse.grid import halving_plan
 
     assert halving_plan(5, 36) == [1, 2, 5] and halving_plan(3, 8) == [1, 3] and halving_plan(10, 200) == [1, 2, 5, 10]
     assert halving_plan(5, 2) == [2, 5] and halving_plan(1, 50) == [1]
-    small = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "s"), "--jobs", "1", *GRID])
-    assert small.exit_code == 0 and "successive halving" not in small.output  # 8 configurations: full
-    larger = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "L"), "--jobs", "1", "--fusion",
-                                 "concat,text,image,logreg", "--lr", "1e-3,3e-3,1e-2", "--weight-decay", "0,1e-4",
-                                 "--C", "1e-3,1e-2,1e-1", "--epochs", "3", "--folds", "3", "--precision", "fp32",
-                                 "--no-progress"])
-    assert larger.exit_code == 0, larger.output  # 3 fusions x 6 + logreg x 3 C = 21 configurations
-    assert "21 configurations x 3 folds = 63 fits, successive halving over folds" in larger.output
-    assert "rung 1 of 2: 21 configurations x 1 of 3 splits" in larger.output
+    assert halving_plan(15, 36) == [1, 3, 7, 15]  # 3 folds x 5 repeats: no more rungs than 36 -> 1 takes
 
 
 def test_repeated_k_fold_runs_every_repeat_and_ships_every_split(cache, tmp_path):

@@ -55,7 +55,7 @@ def test_a_killed_grid_resumes_without_redoing_or_duplicating_a_configuration(tm
     assert all(None not in r.values() and "" not in (r["macro_f1_mean"],) for r in rows)  # no torn line
 
 
-def test_a_torn_last_line_is_dropped_and_that_configuration_runs_again(tmp_path):
+def test_a_torn_last_line_is_dropped_and_that_configuration_is_listed_again(tmp_path):
     cache, out = make_cache(tmp_path), tmp_path / "g"
     assert runner.invoke(app, ["grid", str(cache), "--out", str(out), *ARGS]).exit_code == 0
     rows = grid_rows(out)

@@ -19,12 +19,12 @@ RUN_FAULTS = [  # (fault, what mmfuse does, the test that injects it)
     ("two extractions into one cache", "the second stops with a one-line error naming the first one's pid; a killed "
      "writer's lock is released by the kernel",
      "test_correctness.py::test_a_cache_being_written_is_locked_named_and_readable_for_progress"),
-    ("a grid killed with SIGKILL midway", "the rerun says how many configurations were done and computes only the "
-     "rest; `results.csv` has each configuration once",
+    ("a grid killed with SIGKILL midway", "the rerun says how many configurations and fits were done and computes "
+     "only the missing splits; `results.csv` has each configuration once",
      "faults/test_interrupted_grid.py::test_a_killed_grid_resumes_without_redoing_or_duplicating_a_configuration"),
-    ("a torn last line in `results.csv`", "dropped on the next run (which says so); that configuration runs again "
-     "and scores as before",
-     "faults/test_interrupted_grid.py::test_a_torn_last_line_is_dropped_and_that_configuration_runs_again"),
+    ("a torn last line in `results.csv`", "dropped on the next run (which says so); that configuration is listed "
+     "again from its finished splits (`splits/`), with no fit, and scores as before",
+     "faults/test_interrupted_grid.py::test_a_torn_last_line_is_dropped_and_that_configuration_is_listed_again"),
     ("two grids into one folder", "the second stops with a one-line error naming the first one's pid "
      "(`GRID/grid.lock`)",
      "faults/test_interrupted_grid.py::test_a_second_grid_into_the_same_folder_is_refused_naming_the_first"),
@@ -35,8 +35,8 @@ RUN_FAULTS = [  # (fault, what mmfuse does, the test that injects it)
     ("the output disk fills up during extraction (a write raising ENOSPC)", "one-line error `cannot write PATH: no "
      "space left on the device. The rows written before are kept; ...`; the same command then resumes",
      "faults/test_full_disk.py::test_a_full_disk_during_extraction_is_one_line_keeps_the_written_rows_and_resumes"),
-    ("the output disk fills up during a grid", "one-line error; the configurations listed in `results.csv` are "
-     "kept and the rerun computes the rest",
+    ("the output disk fills up during a grid", "one-line error; the configurations listed in `results.csv` and every "
+     "finished split are kept, and the rerun computes only the rest",
      "faults/test_full_disk.py::test_a_full_disk_during_a_grid_keeps_the_finished_rows_and_resumes"),
     ("a batch too large for the device's memory (simulated: the models raise torch's `OutOfMemoryError` above 2 "
      "rows)", "extraction runs that batch in halves, logs `text model: out of memory; batches of N rows from now "
