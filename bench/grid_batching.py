@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
+from machine import cpu_line
 from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,6 +28,7 @@ if not Path(args.cache).is_file():
     print(f"skip: no cache at {args.cache} (bench/heads.py builds it)")
     sys.exit(0)
 torch.set_num_threads(1)
+print(cpu_line(), flush=True)
 data = FeatureSet.from_cache(args.cache, "mean")
 tr = data.subset(np.arange(2700))
 Xt = torch.from_numpy((tr.text - tr.text.mean(0)) / (tr.text.std(0) + 1e-6)).float()

@@ -19,6 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
+from machine import cpu_line
 from mvsa_cache import ensure_cache
 from mmfuse.heads import FeatureSet, Head, HeadConfig, list_heads
 from mmfuse.heads.run import stratified_split
@@ -95,7 +96,8 @@ def main() -> int:
         "sklearn LR (C=1, no class weights), text mean + image":
             sklearn_cv(np.hstack([mean.text, mean.image]), data.y, args.folds, 1.0, None),
     }
-    print(f"\n{len(data)} rows, {args.folds}-fold stratified CV (early stopping on 15% of each training part), "
+    print(f"\n{cpu_line()}")
+    print(f"{len(data)} rows, {args.folds}-fold stratified CV (early stopping on 15% of each training part), "
           f"{args.epochs} epochs max, text/{args.text_feature}, defaults of HeadConfig; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads\n")
     print(f"| head | fit {args.epochs} epochs (s) | macro-F1 (mean ± std) | accuracy |\n|---|---:|---:|---:|")

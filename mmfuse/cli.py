@@ -506,8 +506,9 @@ def grid(
         configs = expand_grid(axes)
         n_folds, n_repeats = folds or spec.get("folds", 5), repeats or spec.get("repeats", 1)
         split = f"{n_folds} folds" + (f" x {n_repeats} repeats" if n_repeats > 1 else "")
-        typer.echo(f"{len(configs)} configurations x {split} = {len(configs) * n_folds * n_repeats} fits"
-                   + (", successive halving over folds" if search.value == "halving" else ""))
+        total = len(configs) * n_folds * n_repeats
+        typer.echo(f"{len(configs)} configurations x {split} = {total} fits" if search.value == "full" else
+                   f"{len(configs)} configurations x {split}, successive halving over folds (a full search: {total} fits)")
         result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
                           jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
                           refit_mode=refit.value, pick=pick.value, search=search.value, repeats=n_repeats,

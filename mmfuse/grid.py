@@ -1,9 +1,12 @@
 """Hyperparameter grids over heads, scored by stratified k-fold CV, run in parallel.
 
-Every configuration sees the same folds. Results are appended to ``results.csv`` as each
-configuration finishes, with its out-of-fold probabilities in ``oof/{id}.npy`` (for stacking), so
-re-running the same grid skips what is done. Local execution uses processes (one torch thread
-each, features loaded once per process); ``backend="dask"`` sends the same work to a Dask cluster.
+Every configuration sees the same folds. The unit of work is one fit: a configuration on one split, whose
+scores and held-out probabilities are kept in ``splits/{id}/{split}.npz``; a configuration with every
+split done is appended to ``results.csv`` with its out-of-fold probabilities in ``oof/{id}.npy`` (for
+stacking). Re-running the same grid skips finished splits and configurations, and successive halving
+(``search="halving"``) runs only the first splits of most configurations. Local execution uses processes
+(one torch thread each, features loaded once per process, the pool kept for the whole run);
+``backend="dask"`` sends the same fits to a Dask cluster.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from multiprocessing import get_context
@@ -273,37 +277,48 @@ def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
         yield (k, *fit_split(data, config, fold, k))
 
 
+def fold_fingerprint(fold: np.ndarray) -> str:
+    """A short hash of the fold assignment, stored with every finished split so a split file is never read
+    against other folds (a grid.json deleted and the folder reused with another seed, say)."""
+    return hashlib.sha1(np.ascontiguousarray(fold, np.int64).tobytes()).hexdigest()[:16]
+
+
 class SplitState:
-    """What is known of one configuration, split by split: ``splits/{config_id}.npz`` in the grid folder
-    (arrays only, loaded without pickle), rewritten atomically after every fit, so a grid resumes at the
-    split, and successive halving ranks configurations on their first n splits."""
+    """What is known of one configuration, split by split: ``splits/{config_id}/{split}.npz`` in the grid folder,
+    one small file per finished fit (its scores, seconds, best epoch and held-out probabilities; arrays only,
+    loaded without pickle, written atomically), so a grid resumes at the split and successive halving ranks
+    configurations on their first n splits. A file that cannot be read, or was written for other folds, counts
+    as not done (that split runs again)."""
 
-    def __init__(self, out: Path, cid: str, fold: np.ndarray, n_out: int, names: tuple[str, ...]):
-        self.path, self.names = Path(out) / "splits" / f"{cid}.npz", names
-        folds2d = np.atleast_2d(fold)
+    def __init__(self, out: Path, cid: str, fold: np.ndarray, names: tuple[str, ...], fingerprint: str | None = None):
+        self.folder, self.names, self.fold = Path(out) / "splits" / cid, names, fold
+        self.fingerprint = fingerprint or fold_fingerprint(fold)
         n = len(splits(fold))
-        if self.path.is_file():
-            with np.load(self.path, allow_pickle=False) as z:
-                self.done, self.scores = z["done"].copy(), z["scores"].copy()
-                self.seconds, self.epochs, self.proba = z["seconds"].copy(), z["epochs"].copy(), z["proba"].copy()
-        else:
-            self.done = np.zeros(n, bool)
-            self.scores = np.full((n, len(names)), np.nan)  # (splits, metrics)
-            self.seconds, self.epochs = np.full(n, np.nan), np.full(n, np.nan)
-            self.proba = np.full((len(folds2d), folds2d.shape[1], n_out), np.nan, np.float32)  # (R, N, C)
-        self.k = int(folds2d.max()) + 1
+        self.done = np.zeros(n, bool)
+        self.scores = np.full((n, len(names)), np.nan)  # (splits, metrics)
+        self.seconds, self.epochs = np.full(n, np.nan), np.full(n, np.nan)
+        for path in self.folder.glob("*.npz") if self.folder.is_dir() else ():
+            try:
+                split = int(path.stem)
+                with np.load(path, allow_pickle=False) as z:  # proba is read only when the oof is built
+                    if str(z["fold"]) != self.fingerprint or z["scores"].shape != (len(names),) or not 0 <= split < n:
+                        continue
+                    self.scores[split], self.seconds[split], self.epochs[split] = z["scores"], z["seconds"], z["epoch"]
+                self.done[split] = True
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # torn, truncated, foreign: rerun
+                continue
 
-    def add(self, result: dict, test: np.ndarray) -> None:
+    def add(self, result: dict) -> None:
         s = result["split"]
-        self.done[s] = True
-        self.scores[s] = [result["scores"][m] for m in self.names]
-        self.seconds[s], self.epochs[s] = result["seconds"], result["best_epoch"]
-        self.proba[s // self.k, test] = result["proba"]
-        self.path.parent.mkdir(exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f"{s}.npz.tmp"
+        scores = np.array([result["scores"][m] for m in self.names], np.float64)
         with open(tmp, "wb") as f:
-            np.savez(f, done=self.done, scores=self.scores, seconds=self.seconds, epochs=self.epochs, proba=self.proba)
-        tmp.replace(self.path)
+            np.savez(f, scores=scores, seconds=np.float64(result["seconds"]), epoch=np.float64(result["best_epoch"]),
+                     proba=result["proba"], fold=np.str_(self.fingerprint))
+        tmp.replace(self.folder / f"{s}.npz")
+        self.done[s], self.scores[s] = True, scores
+        self.seconds[s], self.epochs[s] = result["seconds"], result["best_epoch"]
 
     def mean(self, n: int) -> float:
         """Mean primary score over the first ``n`` splits (all of them must be done)."""
@@ -320,9 +335,19 @@ class SplitState:
         return row
 
     def oof(self) -> np.ndarray:
-        """Out-of-fold probabilities (N, C): each row predicted only by heads fit without it (repeated
-        k-fold: the mean of its repeats' predictions)."""
-        return self.proba.mean(0)
+        """Out-of-fold probabilities (N, C) once every split is done: each row predicted only by heads fit
+        without it (repeated k-fold: the mean of its repeats' predictions, repeat by repeat)."""
+        folds2d = np.atleast_2d(self.fold)
+        tests = [test for _, test in splits(self.fold)]
+        k = len(tests) // len(folds2d)
+        proba = None
+        for s, test in enumerate(tests):
+            with np.load(self.folder / f"{s}.npz", allow_pickle=False) as z:
+                p = z["proba"]
+            if proba is None:
+                proba = np.zeros((len(folds2d), folds2d.shape[1], p.shape[1]), np.float32)  # (R, N, C)
+            proba[s // k, test] = p
+        return proba.mean(0)
 
 
 def result_columns(multilabel: bool) -> list[str]:
@@ -357,7 +382,7 @@ class GridResult:
     fits: int  # fits run in this run (a resumed grid: fewer)
     seconds: float
     best_run: Path | None
-    pick: dict | None = None  # the configuration saved in best/ (one-standard-error rule)
+    pick: dict | None = None  # the configuration saved in best/ (the top, or by the one-standard-error rule)
     tied: list[dict] | None = None  # the configurations within one standard error of the top
     stopped: list[dict] | None = None  # successive halving: the configurations that stopped early
 
@@ -437,7 +462,7 @@ class Workers:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:  # a failed fit or Ctrl-C: finished fits are kept, the rest cancelled
+        if self.pool is not None:  # a failed fit or Ctrl-C: queued fits are cancelled, those running finish
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.client is not None:
             self.client.close()
@@ -513,8 +538,9 @@ def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
 
 
 def stopped_rows(out: Path) -> list[dict]:
-    """Successive halving's configurations that stopped before the last rung, each scored on the splits it
-    ran (``splits``) at the rung it reached (``rung``, from 0): the last rungs first, then by score."""
+    """The configurations of the folder's last successive-halving run that stopped before its last rung,
+    each scored on the splits it ran (``splits``) at the rung it reached (``rung``, from 0; a run killed in
+    its first rung: 0): the last rungs first, then by score."""
     plan, out = _halving(out), Path(out)
     if not plan:
         return []
@@ -523,16 +549,25 @@ def stopped_rows(out: Path) -> list[dict]:
     done = {r["config_id"] for r in read_results(out)}
     configs = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
     fold = np.load(out / "folds.npy")
-    rows = []
-    for cid, cfg in configs.items():
-        state = SplitState(out, cid, fold, len(info["label_names"]), names)
-        if cid in done or not state.done.any():
+    fingerprint, rows = fold_fingerprint(fold), []
+    for cid in info.get("halving_ids", []):
+        if cid in done or cid not in configs:
             continue
-        row = state.row(HeadConfig(**cfg))
+        state = SplitState(out, cid, fold, names, fingerprint)
+        if not state.done.any():
+            continue
+        row = state.row(HeadConfig(**configs[cid]))
         row["splits"] = int(state.done.sum())
-        row["rung"] = max(i for i, n in enumerate(plan) if n <= row["splits"])
+        row["rung"] = max([i for i, n in enumerate(plan) if n <= row["splits"]], default=0)
         rows.append(row)
     return sorted(rows, key=lambda r: (-r["rung"], -score(r), r["config_id"]))
+
+
+def _write_json(path: Path, data) -> None:
+    """Write JSON through a temporary file and a rename: a kill or a full disk leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def run_grid(cache: str | Path, configs: list[HeadConfig], out: str | Path, *, folds: int = 5, seed: int = 0,
@@ -574,9 +609,10 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}), repeats)
     meta = json.loads((out / "grid.json").read_text())
     meta.pop("halving", None)  # an older version's halving over epochs
-    (out / "grid.json").write_text(json.dumps({**meta, "halving_splits": plan}, indent=2))
+    _write_json(out / "grid.json", {**meta, "halving_splits": plan,
+                                    "halving_ids": [config_id(c) for c in configs] if plan else None})
     known = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
-    (out / "configs.json").write_text(json.dumps({**known, **{config_id(c): asdict(c) for c in configs}}, indent=2))
+    _write_json(out / "configs.json", {**known, **{config_id(c): asdict(c) for c in configs}})
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     if backend not in ("local", "dask"):
         raise MmfuseError(f"unknown backend {backend!r}: local or dask")
@@ -595,8 +631,7 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
                 fits += _evaluate(fc, survivors, n, out, fold, workers, progress, log, resuming=r == 0)
                 extra.append(f"{len(survivors)} x {n}")
                 if r < len(plan) - 1:
-                    states = {config_id(c): _state(out, fc, c, fold) for c in survivors}
-                    survivors.sort(key=lambda c: (-states[config_id(c)].mean(n), config_id(c)))
+                    survivors.sort(key=lambda c: (-_rung_score(out, fc, c, fold, n), config_id(c)))
                     survivors = survivors[:max(1, math.ceil(len(survivors) / HALVING_FACTOR))]
             log(f"successive halving: configurations x splits per rung {' -> '.join(extra)}: {fits} fits "
                 f"against {len(configs) * n_splits} for the full grid")
@@ -620,8 +655,20 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped)
 
 
-def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray) -> SplitState:
-    return SplitState(out, config_id(cfg), fold, len(fc.label_names), task_metrics(fc.multilabel))
+def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray, fingerprint: str | None = None) -> SplitState:
+    return SplitState(out, config_id(cfg), fold, task_metrics(fc.multilabel), fingerprint)
+
+
+def _rung_score(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray, n: int) -> float:
+    """A configuration's mean score over the first ``n`` splits, what a halving rung ranks by; a configuration
+    listed in results.csv without split files (a folder from before splits/ existed) by its row's score."""
+    state = _state(out, fc, cfg, fold)
+    if state.done[:n].all():
+        return state.mean(n)
+    row = next((r for r in read_results(out) if r["config_id"] == config_id(cfg)), None)
+    if row is None:
+        raise MmfuseError(f"{out}: configuration {config_id(cfg)} has neither its first {n} splits nor a row")
+    return score(row)
 
 
 def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, resuming: bool = True) -> int:
@@ -630,7 +677,8 @@ def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, re
     line lost its row). Returns how many fits ran."""
     complete = {r["config_id"] for r in read_results(out)}
     n_splits = len(splits(fold))
-    states = {config_id(c): _state(out, fc, c, fold) for c in configs if config_id(c) not in complete}
+    fingerprint = fold_fingerprint(fold)
+    states = {config_id(c): _state(out, fc, c, fold, fingerprint) for c in configs if config_id(c) not in complete}
     todo = [(c, s) for c in configs if config_id(c) in states for s in range(n_use) if not states[config_id(c)].done[s]]
     unlisted = [c for c in configs if config_id(c) in states and states[config_id(c)].done.all()]
     # the slowest configurations first (by seconds per fit of their finished splits; none yet: first of all),
@@ -652,7 +700,6 @@ def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, re
     results = workers.run(todo)
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
-    tests = [test for _, test in splits(fold)]
     with open(out / "results.csv", "a", newline="") as f, \
             tqdm(total=len(todo), desc="grid", unit="fit", disable=not progress) as bar:
         writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
@@ -670,17 +717,21 @@ def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, re
             best = np.nanmax([best, score(row)])
             bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
 
-        try:
-            for c in unlisted:
-                listed(config_id(c))
-            for result in results:
-                states[result["config_id"]].add(result, tests[result["split"]])
-                if states[result["config_id"]].done.sum() == n_splits:
-                    listed(result["config_id"])
-                bar.update(1)
-        except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
-            raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv, "
-                                       "and every finished split in splits/, are kept") from None
+        def saved(write, *args) -> None:
+            try:
+                write(*args)
+            except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
+                raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv, "
+                                           "and every finished split in splits/, are kept") from None
+
+        for c in unlisted:
+            saved(listed, config_id(c))
+        for result in results:  # a fit's own error (not a write's) propagates as it is
+            state = states[result["config_id"]]
+            saved(state.add, result)
+            if state.done.sum() == n_splits:
+                saved(listed, result["config_id"])
+            bar.update(1)
     return len(todo)
 
 
@@ -811,7 +862,7 @@ def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra:
     shown, full_ids = rows[:max(top, len(tied_ids))] + (stopped or [])[:top], {r["config_id"] for r in rows}
     for i, r in enumerate(shown, 1):
         full = r["config_id"] in full_ids
-        lines.append(f"| {i} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
+        lines.append(f"| {i if full else '-'} | " + " | ".join(str(r[a]) if _uses(r["fusion"], a) else "-" for a in axes) + " | "
                      + (f"{r['rung']} | {n_splits if full else r['splits']} | " if halving else "")
                      + f"{score(r):.3f} ± {r[metrics[0] + '_std']:.3f} | "
                      + (f"{standard_error(r, folds):.3f} | " if full else "- | ")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -66,7 +67,7 @@ def test_grid_resumes_and_skips_finished_configurations(cache, tmp_path):
     kept = [line.split(",")[0] for line in lines[1:4]]
     lost = [cid for cid in first if cid not in kept]
     for cid in lost[1:]:
-        (out / "splits" / f"{cid}.npz").unlink()  # the 4th with its splits done, the others not started
+        shutil.rmtree(out / "splits" / cid)  # the 4th with its splits done, the others not started
     again = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "2", *GRID])
     assert again.exit_code == 0, again.output
     assert "4 of 8 configurations already done (12 of 24 fits)" in again.output and "12 fits in" in again.output
@@ -211,43 +212,66 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     """The label is in the text: text-reading heads with a sane lr beat the image head and a tiny lr."""
     text, image, y, names = synthetic_features("text", n=240)
     cache = write_feature_cache(tmp_path / "c.h5", text, image, y, names)
-    args = ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat,image", "--lr", "1e-5,3e-3",
-            "--weight-decay", "0,1e-2", "--epochs", "9", "--folds", "3", "--jobs", "1", "--precision", "fp32",
-            "--search", "halving", "--no-progress"]
+    common = ["--fusion", "concat,image", "--lr", "1e-5,3e-3", "--weight-decay", "0,1e-2", "--epochs", "9", "--folds",
+              "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
+    args = ["grid", str(cache), "--out", str(tmp_path / "g"), *common, "--search", "halving"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
+    assert "8 configurations x 3 folds, successive halving over folds (a full search: 24 fits)" in result.output
     assert "rung 1 of 2: 8 configurations x 1 of 3 splits" in result.output
     assert "rung 2 of 2: 3 configurations x 3 of 3 splits" in result.output
     assert "14 fits in" in result.output  # 8 x 1 + 3 x 2 more, against 24 for the full grid
     last = read_results(tmp_path / "g")  # only configurations that ran every split are rows
     assert len(last) == 3 and {r["fusion"] for r in last} == {"concat"}
-    full = runner.invoke(app, [a if a != "halving" else "full" for a in args[:3]] + [str(tmp_path / "f")] + args[4:])
-    assert full.exit_code == 0, full.output
+    full = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "f"), *common, "--search", "full"])
+    assert full.exit_code == 0 and "24 fits in" in full.output, full.output
     full_rows = {r["config_id"]: r for r in read_results(tmp_path / "f")}
+    assert len(full_rows) == 8
     for r in last:  # a finalist has exactly the row and out-of-fold probabilities the full grid gives it
         assert r["macro_f1_mean"] == full_rows[r["config_id"]]["macro_f1_mean"]
         assert np.array_equal(np.load(tmp_path / "g" / "oof" / f"{r['config_id']}.npy"),
                               np.load(tmp_path / "f" / "oof" / f"{r['config_id']}.npy"))
-    best_full = max(full_rows.values(), key=lambda r: (r["macro_f1_mean"], r["config_id"]))
+    best_full = min(full_rows.values(), key=lambda r: (-r["macro_f1_mean"], r["config_id"]))  # as the grid ranks
     pick = json.loads((tmp_path / "g" / "best" / "config.json").read_text())
-    assert (pick["fusion"], pick["lr"]) == (best_full["fusion"], best_full["lr"]) == ("concat", 3e-3)
+    assert (pick["fusion"], pick["lr"], pick["weight_decay"]) == (
+        best_full["fusion"], best_full["lr"], best_full["weight_decay"]) and pick["lr"] == 3e-3
     summary = (tmp_path / "g" / "summary.md").read_text()
     assert "Successive halving over splits: rungs of 1, 3 of 3 splits" in summary
     assert "| rung | splits |" in summary and summary.count(" | 0 | 1 | ") == 5  # the 5 that stopped after 1 split
-    # interrupted in the second rung: a finalist's row and its finished splits lost
-    lost = last[0]["config_id"]
-    text_csv = (tmp_path / "g" / "results.csv").read_text().splitlines(keepends=True)
-    (tmp_path / "g" / "results.csv").write_text("".join(line for line in text_csv if not line.startswith(lost)))
-    (tmp_path / "g" / "splits" / f"{lost}.npz").unlink()
+    # killed in the second rung: one finalist had run only its first split, another its first two
+    first, second = last[0]["config_id"], last[1]["config_id"]
+    csv_lines = (tmp_path / "g" / "results.csv").read_text().splitlines(keepends=True)
+    (tmp_path / "g" / "results.csv").write_text("".join(l for l in csv_lines if not l.startswith((first, second))))
+    for cid, kept in ((first, 1), (second, 2)):
+        for split in range(kept, 3):
+            (tmp_path / "g" / "splits" / cid / f"{split}.npz").unlink()
+    (tmp_path / "g" / "splits" / first / "1.npz").write_bytes(b"PK\x03\x04 torn")  # a torn write: runs again
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
-    assert "7 of 8 configurations already done (7 of 8 fits)" in again.output and "3 fits in" in again.output
+    assert "resuming" in again.output and "3 fits in" in again.output  # 2 for the first, 1 for the second
     assert {r["config_id"]: r["macro_f1_mean"] for r in read_results(tmp_path / "g")} == {
         r["config_id"]: r["macro_f1_mean"] for r in last}  # the same survivors, the same scores
     ens = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "8", "--out", str(tmp_path / "e")])
     assert ens.exit_code == 0, ens.output
     members = json.loads((tmp_path / "e" / "ensemble.json").read_text())["members"]
     assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
+    small = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g"), *common[:2], "--lr", "3e-3",
+                                "--weight-decay", "0", *common[6:], "--search", "halving"])
+    assert small.exit_code == 0, small.output  # a second, smaller halving grid in the same folder
+    assert "rung 1 of 2: 2 configurations x 1 of 3 splits" in small.output and "0 fits in" in small.output
+    stopped = [line for line in (tmp_path / "g" / "summary.md").read_text().splitlines() if line.startswith("| - |")]
+    assert len(stopped) == 1 and "| image |" in stopped[0]  # this run's; the first run's 5 are not listed
+
+
+def test_split_files_of_other_folds_are_not_read(cache, tmp_path):
+    out = tmp_path / "g"
+    args = ["grid", str(cache), "--out", str(out), "--jobs", "1", *GRID]
+    assert runner.invoke(app, args).exit_code == 0
+    for name in ("grid.json", "folds.npy", "results.csv"):
+        (out / name).unlink()  # the folder's record gone, its splits/ left behind
+    other = runner.invoke(app, args[:-5] + ["--seed", "7", *GRID[-5:]])
+    assert other.exit_code == 0, other.output  # other folds (seed 7): every split runs again
+    assert "resuming" not in other.output and "24 fits in" in other.output
 
 
 def test_halving_plans_halve_the_splits_down_to_one():
