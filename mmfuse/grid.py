@@ -533,7 +533,7 @@ def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
     rows = ranked(read_results(out) if rows is None else rows)
     plan = _halving(out)
     for r in rows:
-        r["rung"], r["splits"] = (len(plan) - 1 if plan else 0), None
+        r["rung"] = len(plan) - 1 if plan else 0
     return rows
 
 
@@ -541,10 +541,11 @@ def stopped_rows(out: Path) -> list[dict]:
     """The configurations of the folder's last successive-halving run that stopped before its last rung,
     each scored on the splits it ran (``splits``) at the rung it reached (``rung``, from 0; a run killed in
     its first rung: 0): the last rungs first, then by score."""
-    plan, out = _halving(out), Path(out)
+    out = Path(out)
+    info = json.loads((out / "grid.json").read_text()) if (out / "grid.json").is_file() else {}
+    plan = info.get("halving_splits")
     if not plan:
         return []
-    info = json.loads((out / "grid.json").read_text())
     names = task_metrics(bool(info.get("multilabel")))
     done = {r["config_id"] for r in read_results(out)}
     configs = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
@@ -641,7 +642,7 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
         r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
     simplest, tied = one_se_pick(rows, folds) if rows else (None, [])
     chosen = (simplest if pick == "one-se" else rows[0]) if rows else None
-    stopped = stopped_rows(out)
+    stopped = stopped_rows(out) if plan else None
     note = ("" if not plan else f"\nSuccessive halving over splits: rungs of {', '.join(map(str, plan))} of "
             f"{n_splits} splits, keeping the best 1/{HALVING_FACTOR} of each rung; {len(rows)} configuration(s) ran "
             f"every split and compete for `best/`; the {len(stopped)} that stopped early are listed after them with "
@@ -652,7 +653,7 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     if refit_best and chosen:
         best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
                          np.load(out / "oof" / f"{chosen['config_id']}.npy"))
-    return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped)
+    return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped or [])
 
 
 def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray, fingerprint: str | None = None) -> SplitState:
@@ -842,14 +843,15 @@ def _varied(rows: list[dict]) -> list[str]:
 def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra: str = "",
                   pick: dict | None = None, tied: list[dict] | None = None, rule: str = "top", repeats: int = 1,
                   stopped: list[dict] | None = None) -> Path:
-    """summary.md: the top configurations (all tied ones included); after successive halving, a ``rung``
-    and a ``splits`` column, and the best ``top`` of the configurations that stopped early below them."""
+    """summary.md: the top configurations (all tied ones included); after successive halving (``stopped``
+    given, possibly empty), a ``rung`` and a ``splits`` column, and the best ``top`` of the configurations
+    that stopped early below them."""
     axes = _varied(rows + (stopped or [])) or ["fusion"]
     tied_ids = {r["config_id"] for r in tied or []}
     metrics = task_metrics(bool(rows) and primary(rows[0]) == "micro_f1")
     titles = {"macro_f1": "macro-F1", "accuracy": "accuracy", "weighted_f1": "weighted-F1",
               "balanced_accuracy": "balanced acc.", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "map": "mAP"}
-    halving = stopped is not None and _halving(out) is not None
+    halving = stopped is not None
     n_splits = folds * repeats
     lines = [f"# Grid {out}: {len(rows) + len(stopped or [])} configurations, {folds}-fold stratified CV"
              + (f" repeated {repeats} times" if repeats > 1 else "")
