@@ -50,6 +50,11 @@ PAIRS = [
     ("heads 4 vs 1 (attention)", BASE.replace(fusion="attention"), BASE.replace(fusion="attention", heads=1)),
     ("align_weight 0.1 vs 0 (aligned)", BASE.replace(fusion="aligned"), BASE.replace(fusion="aligned", align_weight=0.0)),
     ("temperature 0.07 vs 0.2 (aligned)", BASE.replace(fusion="aligned"), BASE.replace(fusion="aligned", temperature=0.2)),
+] + [  # regularisers for frozen features, on each fusion of the default grid
+    (f"{name} ({fusion})", BASE.replace(fusion=fusion), BASE.replace(fusion=fusion, **change))
+    for fusion in ("concat", "weighted", "gated", "late")
+    for name, change in (("mixup 0 vs 0.2", dict(mixup=0.2)), ("mixup 0 vs 0.4", dict(mixup=0.4)),
+                         ("ema 0 vs 0.95", dict(ema=0.95)), ("ema 0 vs 0.99", dict(ema=0.99)), ("ema 0 vs 0.998", dict(ema=0.998)))
 ]
 
 
@@ -60,11 +65,13 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3, help="each configuration with seeds 0..S-1; scores are "
                     "their mean, so a difference is not one initialisation's luck")
+    ap.add_argument("--only", default="", help="run the comparisons whose question contains this text")
     args = ap.parse_args()
+    pairs = [p for p in PAIRS if args.only in p[0]]
     cache = ensure_cache(args.cache, args.data)
     if cache is None:
         sys.exit(0)
-    configs = list({config_id(c): c for pair in PAIRS for c in pair[1:]}.values())
+    configs = list({config_id(c): c for pair in pairs for c in pair[1:]}.values())
     seeded = [c.replace(seed=s) for c in configs for s in range(args.seeds)]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "g"
@@ -89,7 +96,7 @@ def main() -> None:
     print("| default vs alternative | default macro-F1 | alternative | per-fold difference | folds ahead | pooled difference "
           "| s/fit default / alternative |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    for question, a, b in PAIRS:
+    for question, a, b in pairs:
         fa, fb = per_fold(a), per_fold(b)
         d = fa - fb
         print(f"| {question} | {fa.mean():.3f} | {fb.mean():.3f} | {d.mean():+.3f} ± {d.std():.3f} | "

@@ -155,14 +155,22 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tupl
     multilabel = y.ndim == 2
     criterion = loss_fn(cfg, weight, multilabel)
     monitor = "val_" + monitor_name(cfg, multilabel)
+    rng = np.random.default_rng(cfg.seed)  # mixup's weights
+    shadow = copy.deepcopy(module) if cfg.ema else module  # what validation scores and the fit keeps
     history, best, best_state, best_epoch, step = [], -1.0, None, 0, 0
     for epoch in range(1, math.ceil(stop / per_epoch) + 1):
         module.train()
         perm, loss_sum, seen = torch.randperm(len(y), generator=g), 0.0, 0
         for idx in perm[:(stop - step) * cfg.batch_size].split(cfg.batch_size):
+            xt, xi, yb, lam = Xt[idx], Xi[idx], y[idx], 1.0
+            if cfg.mixup:  # mix each row with another of the batch: inputs and (through the loss) targets
+                lam, other = float(rng.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(idx), generator=g)
+                xt, xi = lam * xt + (1 - lam) * xt[other], lam * xi + (1 - lam) * xi[other]  # (B, Dt), (B, Di)
             with autocast(cfg):  # entered per step: autocast caches its weight casts until exit
-                out = module(Xt[idx], Xi[idx])
-                loss = criterion(out.logits.float(), y[idx])
+                out = module(xt, xi)
+                loss = criterion(out.logits.float(), yb)
+                if lam < 1:
+                    loss = lam * loss + (1 - lam) * criterion(out.logits.float(), yb[other])
             if out.aux is not None:
                 loss = loss + cfg.align_weight * out.aux.float()
             opt.zero_grad(set_to_none=True)
@@ -170,19 +178,25 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tupl
             torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.clip)
             opt.step()
             sched.step()
+            if cfg.ema:  # the plain mean of the weights so far until 1 / (1 - ema) steps, then the moving average
+                with torch.no_grad():
+                    torch._foreach_lerp_(list(shadow.parameters()), list(module.parameters()),
+                                         1 - min(cfg.ema, step / (step + 1)))
             step, loss_sum, seen = step + 1, loss_sum + loss.item() * len(idx), seen + len(idx)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "lr": sched.get_last_lr()[0]}
         if val is not None:
-            module.eval()
+            shadow.eval()
             with torch.no_grad(), autocast(cfg):
-                logits = module(val[0], val[1]).logits.float()
+                logits = shadow(val[0], val[1]).logits.float()
             row.update(val_loss=criterion(logits, val[2]).item(), **validation_scores(logits, val[2], cfg))
             if row[monitor] > best:
-                best, best_epoch, best_state = row[monitor], epoch, copy.deepcopy(module.state_dict())
+                best, best_epoch, best_state = row[monitor], epoch, copy.deepcopy(shadow.state_dict())
             elif epoch - best_epoch >= cfg.patience:
                 history.append(row)
                 break
         history.append(row)
+    if best_state is None and cfg.ema:
+        best_state = shadow.state_dict()  # no validation rows: the average of the weights at the end
     if best_state is not None:
         module.load_state_dict(best_state)
     module.eval()
