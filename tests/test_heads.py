@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from conftest import synthetic_features, write_feature_cache
 from mmfuse.cli import app
-from mmfuse.errors import CacheError
+from mmfuse.errors import CacheError, MmfuseError
 from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads, train_head
 
 runner = CliRunner()
@@ -104,6 +104,22 @@ def test_same_seed_same_result_and_losses(caches):
         assert (a.predict(X.subset(np.arange(400, 600))) == X.y[400:]).mean() > 0.8, cfg
 
 
+def test_a_moving_average_of_the_weights_is_what_validation_scores_and_the_fit_keeps(caches):
+    X = FeatureSet.from_cache(caches["text"])
+    train, val = X.subset(np.arange(400)), X.subset(np.arange(400, 600))
+    cfg = HeadConfig(fusion="concat", **{**FAST, "epochs": 15, "patience": 15})
+    plain, averaged = Head(cfg).fit(train, val=val), Head(cfg.replace(ema=0.9)).fit(train, val=val)
+    again = Head(cfg.replace(ema=0.9)).fit(train, val=val)
+    np.testing.assert_array_equal(averaged.predict_proba(X), again.predict_proba(X))  # reproducible
+    assert not np.allclose(plain.predict_proba(X), averaged.predict_proba(X))
+    assert (averaged.predict(val) == val.y).mean() > 0.8
+    # without validation rows the fit keeps the average at the end, not the last step's weights
+    last, avg = Head(cfg).fit(train), Head(cfg.replace(ema=0.9)).fit(train)
+    assert not np.allclose(last.predict_proba(X), avg.predict_proba(X))
+    with pytest.raises(MmfuseError, match="ema must be a decay"):
+        HeadConfig(ema=1.0)
+
+
 def test_estimator_interface(caches):
     X = FeatureSet.from_cache(caches["text"])
     head = Head(HeadConfig(fusion="concat", epochs=2))
@@ -117,7 +133,7 @@ def test_estimator_interface(caches):
 def test_train_head_cli_writes_a_complete_run_folder(caches, tmp_path):
     out = tmp_path / "runs" / "w"
     result = runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "weighted", "--out", str(out),
-                                 "--epochs", "15", "--hidden", "64", "--class-weight", "balanced"])
+                                 "--epochs", "15", "--hidden", "64", "--class-weight", "balanced", "--ema", "0.9"])
     assert result.exit_code == 0, result.output
     assert "modality weights: text" in result.output and "macro-F1" in result.output
     for name in ("model.pt", "config.json", "head.json", "scaler.npz", "metrics.json", "history.csv",
@@ -125,6 +141,7 @@ def test_train_head_cli_writes_a_complete_run_folder(caches, tmp_path):
         assert (out / name).is_file(), name
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["fusion"] == "weighted" and cfg["class_weight"] == "balanced" and cfg["epochs"] == 15
+    assert cfg["ema"] == 0.9
     metrics = json.loads((out / "metrics.json").read_text())
     v = metrics["validation"]
     assert {"accuracy", "macro_f1", "weighted_f1", "balanced_accuracy", "per_class", "confusion_matrix"} <= set(v)

@@ -46,8 +46,6 @@ class HeadConfig:
     loss: str = "ce"  # ce (softmax cross-entropy) or hinge (multiclass SVM) (ce vs hinge: +0.004 ± 0.005, 4 of 5)
     class_weight: str = "balanced"  # balanced (scikit-learn's) or none (+0.002 ± 0.014, a tie; kept because
     #                                 macro-F1 weighs the rare classes equally)
-    mixup: float = 0.0  # mixup's Beta(a, a) on pairs of training rows (both modalities and the targets mixed with
-    #                     one weight per batch); 0: off
     ema: float = 0.0  # decay per step of an exponential moving average of the weights, which validation scores and
     #                   the fit keeps (0: off, the last step's weights)
     label_smoothing: float = 0.0  # cross-entropy label smoothing (vs 0.1: +0.017 ± 0.011, 5 of 5)
@@ -82,8 +80,6 @@ class HeadConfig:
                 raise MmfuseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         if self.C != "auto" and not (isinstance(self.C, (int, float)) and self.C > 0):
             raise MmfuseError(f"C must be a positive number or auto, not {self.C!r}")
-        if not 0 <= self.mixup:
-            raise MmfuseError(f"mixup must be 0 (off) or a positive Beta parameter, not {self.mixup!r}")
         if not 0 <= self.ema < 1:
             raise MmfuseError(f"ema must be a decay in [0, 1) (0: off), not {self.ema!r}")
         if self.hidden % self.heads:

@@ -155,22 +155,15 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tupl
     multilabel = y.ndim == 2
     criterion = loss_fn(cfg, weight, multilabel)
     monitor = "val_" + monitor_name(cfg, multilabel)
-    rng = np.random.default_rng(cfg.seed)  # mixup's weights
     shadow = copy.deepcopy(module) if cfg.ema else module  # what validation scores and the fit keeps
     history, best, best_state, best_epoch, step = [], -1.0, None, 0, 0
     for epoch in range(1, math.ceil(stop / per_epoch) + 1):
         module.train()
         perm, loss_sum, seen = torch.randperm(len(y), generator=g), 0.0, 0
         for idx in perm[:(stop - step) * cfg.batch_size].split(cfg.batch_size):
-            xt, xi, yb, lam = Xt[idx], Xi[idx], y[idx], 1.0
-            if cfg.mixup:  # mix each row with another of the batch: inputs and (through the loss) targets
-                lam, other = float(rng.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(idx), generator=g)
-                xt, xi = lam * xt + (1 - lam) * xt[other], lam * xi + (1 - lam) * xi[other]  # (B, Dt), (B, Di)
             with autocast(cfg):  # entered per step: autocast caches its weight casts until exit
-                out = module(xt, xi)
-                loss = criterion(out.logits.float(), yb)
-                if lam < 1:
-                    loss = lam * loss + (1 - lam) * criterion(out.logits.float(), yb[other])
+                out = module(Xt[idx], Xi[idx])
+                loss = criterion(out.logits.float(), y[idx])
             if out.aux is not None:
                 loss = loss + cfg.align_weight * out.aux.float()
             opt.zero_grad(set_to_none=True)
