@@ -3,8 +3,8 @@
     python bench/grid.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--sample 8]
                          [--search full,halving] [--precision auto]
 
-Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x weight
-decay 0, 1e-4, 1e-2 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder with each search
+Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x dropout
+0, 0.2, 0.5 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder with each search
 (`--search full` and `--search halving` over folds, compared in one run: time, pick, the pick's rank
 in the full grid), at the precision the grid chooses for this CPU, then times a
 sample of the same fits done one by one in a plain PyTorch loop (DataLoader over a TensorDataset,
@@ -104,7 +104,7 @@ def main() -> int:
     for s, (wall, rows, pick, fits) in runs.items():
         ratio = f"{wall / runs['full'][0]:.2f}" if "full" in runs else ""
         print(f"| {s} | {fits} | {wall:.1f} | {fits / wall:.2f} | {ratio} | {pick['fusion']}, lr {pick['lr']:g}, "
-              f"wd {pick['weight_decay']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
+              f"dropout {pick['dropout']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
               f"{full_rank.get(pick['config_id'], '')} |")
     if "full" in runs:
         top = runs["full"][1][0]
@@ -123,11 +123,11 @@ def main() -> int:
     print(f"\nplain loop (DataLoader, AdamW, 20 epochs, torch's default threads), {args.sample} fits timed, "
           f"x{n_fits}: {plain_total:.1f} s; full grid's speed-up {plain_total / runs['full'][0]:.1f}x")
     print("\nscores of the sampled fits (plain loop: 20 epochs; grid: mean over folds, early stopped):")
-    print("| fusion | lr | weight decay | fold | plain macro-F1 | grid macro-F1 (mean ± std over folds) |")
+    print("| fusion | lr | dropout | fold | plain macro-F1 | grid macro-F1 (mean ± std over folds) |")
     print("|---|---:|---:|---:|---:|---:|")
     for (cfg, k), (_, f1) in zip(sample, plain):
         r = rows[config_id(cfg)]
-        print(f"| {cfg.fusion} | {cfg.lr:g} | {cfg.weight_decay:g} | {k} | {f1:.3f} | "
+        print(f"| {cfg.fusion} | {cfg.lr:g} | {cfg.dropout:g} | {k} | {f1:.3f} | "
               f"{r['macro_f1_mean']:.3f} ± {r['macro_f1_std']:.3f} |")
     return 0
 

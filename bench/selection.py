@@ -4,7 +4,7 @@
                               [--outer 5] [--search full] [--jobs -1]
 
 The mvsa training cache is split into ``--outer`` stratified folds. Inside each outer training part
-runs what a user runs: ``mmfuse grid`` with its defaults (4 fusions x 3 lr x 3 weight decays, 20
+runs what a user runs: ``mmfuse grid`` with its defaults (4 fusions x 3 lr x 3 dropouts, 20
 epochs, 5 inner folds, ``--search``), then its recommendations: ``best/`` (the top configuration's
 fold models), the mean-of-probabilities ensemble of the configurations tied with the top, and
 ``mmfuse ensemble``'s default (top 8). Beside them, fit on the same outer training part: the
@@ -105,7 +105,7 @@ def main() -> int:
             scores.setdefault("mean of the top 8 (mmfuse ensemble's default)", []).append(f1(np.mean(proba[:8], 0)))
             for name, cfg in singles.items():
                 scores.setdefault(name, []).append(f1(fit_single(cfg, train_cache).predict_cache(test_cache)[1]))
-        print(f"outer fold {o}: pick {grid.pick['fusion']} lr {grid.pick['lr']:g} wd {grid.pick['weight_decay']:g} "
+        print(f"outer fold {o}: pick {grid.pick['fusion']} lr {grid.pick['lr']:g} dropout {grid.pick['dropout']:g} "
               f"(inner CV {grid.pick['macro_f1_mean']:.3f}), {len(grid.tied)} tied; "
               + ", ".join(f"{k.split(' (')[0]} {v[-1]:.3f}" for k, v in scores.items()), flush=True)
     print(f"\n{cpu_line()}; grid precision {precision} ({reason}); {len(src)} rows, {args.outer} outer folds, "

@@ -34,8 +34,12 @@ from .heads.run import stratified_split, write_history
 from .metrics import metrics_for
 from .multilabel import iterative_stratification, tune_thresholds
 
+# Dropout is the third axis: weight decay 0, 1e-4 and 1e-2, the axis before it, gave 35 of the 36 configurations
+# the same score to 4 decimals (AdamW's decoupled decay, lr x wd per step, hardly moves the weights), so two
+# thirds of the grid's fits repeated others; dropout's best value differs by fusion (bench/defaults.py: concat
+# 0 over 0.2 by +0.005, gated 0.2 over 0 by +0.015)
 DEFAULT_GRID = {"fusion": ["concat", "weighted", "gated", "late"], "lr": [1e-4, 3e-4, 1e-3],
-                "weight_decay": [0.0, 1e-4, 1e-2]}
+                "dropout": [0.0, 0.2, 0.5]}
 METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")  # single-label; ranked by the first
 MULTILABEL_METRICS = ("micro_f1", "macro_f1", "samples_f1", "map")  # multi-label; ranked by micro-F1
 VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
@@ -883,8 +887,17 @@ def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra:
     return path
 
 
+def heatmap_axis(rows: list[dict]) -> str:
+    """The heatmaps' columns: the numeric field besides lr with the most values among the rows (the first in
+    HeadConfig's order on a tie; dropout in the default grid), weight_decay when none varies."""
+    numeric = [f for f in _varied(rows) if f not in ("lr", "seed") and
+               all(isinstance(r[f], (int, float)) and not isinstance(r[f], bool) for r in rows)]
+    return max(numeric, key=lambda f: len({r[f] for r in rows}), default="weight_decay")
+
+
 def plot_grid(out: Path, rows: list[dict]) -> None:
-    """heatmaps.png: lr x weight decay per fusion (best macro-F1 over other axes); fusions.png: best per fusion."""
+    """heatmaps.png: lr x the grid's other main axis per fusion (the numeric field with the most values besides
+    lr, e.g. dropout in the default grid; best macro-F1 over the remaining axes); fusions.png: best per fusion."""
     if not rows:
         return
     from .metrics import _plt
@@ -909,8 +922,11 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     torch_fusions = [f for f in fusions if f != "logreg"]
     if not torch_fusions:
         return
-    lrs = sorted({r["lr"] for r in rows if r["fusion"] != "logreg"})
-    wds = sorted({r["weight_decay"] for r in rows if r["fusion"] != "logreg"})
+    torch_rows = [r for r in rows if r["fusion"] != "logreg"]
+    lrs = sorted({r["lr"] for r in torch_rows})
+    axis = heatmap_axis(torch_rows)
+    label = axis.replace("_", " ")
+    wds = sorted({r[axis] for r in torch_rows})
     cols = min(4, len(torch_fusions))
     nrows = -(-len(torch_fusions) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols + 1.2, 3.1 * nrows + 0.8), squeeze=False,
@@ -921,7 +937,7 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
         grid = np.full((len(lrs), len(wds)), np.nan)
         for r in rows:
             if r["fusion"] == f:
-                i, j = lrs.index(r["lr"]), wds.index(r["weight_decay"])
+                i, j = lrs.index(r["lr"]), wds.index(r[axis])
                 grid[i, j] = np.nanmax([grid[i, j], score(r)])
         im = ax.imshow(grid, cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         for i in range(len(lrs)):
@@ -931,13 +947,13 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
                             color="white" if grid[i, j] < (vmin + vmax) / 2 else "black")
         ax.set_xticks(range(len(wds)), [f"{w:g}" for w in wds])
         ax.set_yticks(range(len(lrs)), [f"{v:g}" for v in lrs] if n % cols == 0 else [])
-        ax.set_xlabel("weight decay")
+        ax.set_xlabel(label)
         if n % cols == 0:
             ax.set_ylabel("learning rate")
         ax.set_title(f)
     for ax in list(axes.flat)[len(torch_fusions):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"CV {name}")
-    fig.suptitle(f"CV {name} by learning rate and weight decay (best over other axes)")
+    fig.suptitle(f"CV {name} by learning rate and {label} (best over other axes)")
     fig.savefig(out / "heatmaps.png", dpi=110)
     plt.close(fig)

@@ -203,7 +203,7 @@ def _grids_section(grids: list[Path], base: Path) -> str:
         about = (f'<p>cache {html.escape(str(info.get("cache")))}, {info.get("rows")} rows, precision '
                  f'{html.escape(", ".join(info.get("precision") or []))}</p>')
         parts.append(_card(_name(g, base), about + table + _figs(
-            _img(g / "heatmaps.png", "heatmaps: lr x weight decay per fusion"),
+            _img(g / "heatmaps.png", "heatmaps: learning rate x the grid's other main axis, per fusion"),
             _img(g / "fusions.png", "best configuration per fusion", 520))))
     return "".join(parts) or "<p>No grids.</p>"
 
