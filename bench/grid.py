@@ -1,14 +1,14 @@
 """The default grid on mvsa features: wall time, fits/s, and the plain loop's time for the same fits.
 
     python bench/grid.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--sample 8]
-                         [--search full,halving] [--precision auto]
+                         [--search full,halving] [--precision auto] [--axis dropout=0,0.2,0.5]
 
-Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x dropout
-0, 0.2, 0.5 x 5 folds = 180 fits, up to 20 epochs) into a fresh folder with each search
+Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x 5 folds =
+60 fits, up to 20 epochs; `--axis dropout=0,0.2,0.5`: 36 configurations, 180 fits) into a fresh folder with each search
 (`--search full` and `--search halving` over folds, compared in one run: time, pick, the pick's rank
 in the full grid), at the precision the grid chooses for this CPU, then times a
 sample of the same fits done one by one in a plain PyTorch loop (DataLoader over a TensorDataset,
-AdamW, 20 epochs, no early stopping, torch's default threads) and extrapolates to 180 fits.
+AdamW, 20 epochs, no early stopping, torch's default threads) and extrapolates to the grid's fits.
 Skips (exit 0) when neither the cache nor the data set exists.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from machine import cpu_line
-from mvsa_cache import ensure_cache
+from mvsa_cache import ensure_cache, grid_axes
 from mmfuse.cache import FeatureCache
-from mmfuse.grid import (DEFAULT_GRID, config_id, expand_grid, fast_precision, make_folds, run_grid,
+from mmfuse.grid import (config_id, expand_grid, fast_precision, make_folds, run_grid,
                          standard_error)
 from mmfuse.heads import FeatureSet, create_head
 from mmfuse.heads.estimator import class_weights
@@ -83,12 +83,14 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", help="grid training precision: fp32, bf16 or auto (the grid's "
                     "own choice for this CPU)")
     ap.add_argument("--search", default="full,halving", help="searches to run and compare, in one run")
+    ap.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2",
+                    help="an axis added to (or replacing one of) the default grid's, e.g. dropout=0,0.2,0.5")
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:
         return 0
     precision, reason = fast_precision() if args.precision == "auto" else (args.precision, "--precision")
-    configs = expand_grid({**DEFAULT_GRID, "epochs": [20], "text_feature": [args.text_feature],
+    configs = expand_grid({**grid_axes(args.axis), "epochs": [20], "text_feature": [args.text_feature],
                            "precision": [precision]})
     folds = 5
     runs = {s: run_search(cache, configs, folds, args.jobs, s) for s in args.search.split(",")}
@@ -96,6 +98,7 @@ def main() -> int:
 
     print(f"\n{cpu_line()}; torch {torch.__version__}")
     print(f"{FeatureCache(cache).__len__()} rows, text/{args.text_feature}, grid precision {precision} ({reason}); "
+          f"default grid{''.join(' + ' + a for a in args.axis)}: "
           f"{len(configs)} configurations x {folds} folds = {n_fits} fits, up to 20 epochs, "
           f"{args.jobs if args.jobs > 0 else 'all'} jobs\n")
     full_rank = {r["config_id"]: i for i, r in enumerate(runs["full"][1], 1)} if "full" in runs else {}

@@ -31,3 +31,15 @@ def subset_cache(src: FeatureCache, rows: np.ndarray, path: Path, tag: str) -> P
     assert w.finish()
     w.close()
     return path
+
+
+def grid_axes(extra: list[str]) -> dict[str, list]:
+    """mmfuse grid's default axes plus ``NAME=V1,V2`` ones (``--axis dropout=0,0.2,0.5``), typed as the CLI
+    types them."""
+    from mmfuse.grid import DEFAULT_GRID, parse_values
+
+    axes = dict(DEFAULT_GRID)
+    for spec in extra:
+        name, _, values = spec.partition("=")
+        axes[name.strip()] = parse_values(name.strip(), values)
+    return axes

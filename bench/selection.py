@@ -1,11 +1,11 @@
 """Nested cross-validation on mvsa: how the grid's choices score on rows no choice saw.
 
     python bench/selection.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
-                              [--outer 5] [--search full] [--jobs -1]
+                              [--outer 5] [--search full] [--jobs -1] [--axis dropout=0,0.2,0.5]
 
 The mvsa training cache is split into ``--outer`` stratified folds. Inside each outer training part
-runs what a user runs: ``mmfuse grid`` with its defaults (4 fusions x 3 lr x 3 dropouts, 20
-epochs, 5 inner folds, ``--search``), then its recommendations: ``best/`` (the top configuration's
+runs what a user runs: ``mmfuse grid`` with its defaults (4 fusions x 3 lr, 20
+epochs, 5 inner folds, ``--search``; ``--axis`` adds axes), then its recommendations: ``best/`` (the top configuration's
 fold models), the mean-of-probabilities ensemble of the configurations tied with the top, and
 ``mmfuse ensemble``'s default (top 8). Beside them, fit on the same outer training part: the
 default head (concat, HeadConfig's defaults, early-stopped on a stratified 15% as in the grid's folds;
@@ -29,9 +29,9 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from machine import cpu_line
-from mvsa_cache import ensure_cache, subset_cache
+from mvsa_cache import ensure_cache, grid_axes, subset_cache
 from mmfuse.cache import FeatureCache
-from mmfuse.grid import DEFAULT_GRID, VAL_FRACTION, expand_grid, fast_precision, final_rows, refit, run_grid
+from mmfuse.grid import VAL_FRACTION, expand_grid, fast_precision, final_rows, refit, run_grid
 from mmfuse.heads import FeatureSet, Head, HeadConfig
 from mmfuse.heads.run import stratified_split
 from mmfuse.metrics import macro_f1
@@ -63,13 +63,15 @@ def main() -> int:
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--search", default="full")
     ap.add_argument("--jobs", type=int, default=-1)
+    ap.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2",
+                    help="an axis added to (or replacing one of) the default grid's, e.g. dropout=0,0.2,0.5")
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:
         return 0
     src = FeatureCache(cache)
     precision, reason = fast_precision()
-    configs = expand_grid({**DEFAULT_GRID, "epochs": [20], "precision": [precision]})
+    configs = expand_grid({**grid_axes(args.axis), "epochs": [20], "precision": [precision]})
     singles = {"default head (concat)": HeadConfig(),
                "logistic regression, C auto": HeadConfig(fusion="logreg", C="auto"),
                "text-only head": HeadConfig(fusion="text")}
@@ -105,11 +107,12 @@ def main() -> int:
             scores.setdefault("mean of the top 8 (mmfuse ensemble's default)", []).append(f1(np.mean(proba[:8], 0)))
             for name, cfg in singles.items():
                 scores.setdefault(name, []).append(f1(fit_single(cfg, train_cache).predict_cache(test_cache)[1]))
-        print(f"outer fold {o}: pick {grid.pick['fusion']} lr {grid.pick['lr']:g} dropout {grid.pick['dropout']:g} "
+        print(f"outer fold {o}: pick {grid.pick['fusion']} lr {grid.pick['lr']:g} dropout {grid.pick['dropout']:g} wd {grid.pick['weight_decay']:g} "
               f"(inner CV {grid.pick['macro_f1_mean']:.3f}), {len(grid.tied)} tied; "
               + ", ".join(f"{k.split(' (')[0]} {v[-1]:.3f}" for k, v in scores.items()), flush=True)
     print(f"\n{cpu_line()}; grid precision {precision} ({reason}); {len(src)} rows, {args.outer} outer folds, "
-          f"default grid ({len(configs)} configurations, 5 inner folds, --search {args.search}); "
+          f"default grid{''.join(' + ' + a for a in args.axis)} ({len(configs)} configurations, 5 inner folds, "
+          f"--search {args.search}); "
           f"{time.perf_counter() - t0:.0f} s in all\n")
     base = np.array(scores["logistic regression, C auto"])
     print("| model | outer macro-F1 (mean ± std) | ± SE | per outer fold | vs tuned logreg, paired | folds ahead |")

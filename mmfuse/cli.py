@@ -451,7 +451,7 @@ def grid(
     lr: Optional[str] = typer.Option(None, help="Comma list [default: 1e-4,3e-4,1e-3]."),
     weight_decay: Optional[str] = typer.Option(None, help="Comma list [default: 0.01]."),
     hidden: Optional[str] = typer.Option(None, help="Comma list."),
-    dropout: Optional[str] = typer.Option(None, help="Comma list [default: 0,0.2,0.5]."),
+    dropout: Optional[str] = typer.Option(None, help="Comma list [default: 0.2]."),
     loss: Optional[str] = typer.Option(None, help="Comma list of ce, hinge."),
     class_weight: Optional[str] = typer.Option(None, help="Comma list of balanced, none."),
     text_feature: Optional[str] = typer.Option(None, help="Comma list of auto, cls, mean [default: auto]."),

@@ -329,10 +329,10 @@ def test_the_tied_configurations_averaged_are_scored_against_the_top(tmp_path):
 
 
 def test_the_heatmaps_show_lr_against_the_grid_s_other_main_axis():
+    rows = [{**asdict(c), "macro_f1_mean": 0.5} for c in expand_grid({**DEFAULT_GRID, "dropout": [0, 0.2, 0.5]})]
+    assert heatmap_axis(rows) == "dropout"
     rows = [{**asdict(c), "macro_f1_mean": 0.5} for c in expand_grid(DEFAULT_GRID)]
-    assert heatmap_axis(rows) == "dropout"  # the default grid: fusion x lr x dropout
+    assert heatmap_axis(rows) == "weight_decay"  # the default grid: fusion x lr, one column
     rows = [{**asdict(c), "macro_f1_mean": 0.5}
             for c in expand_grid({"fusion": ["concat"], "lr": [1e-3, 3e-3], "weight_decay": [0, 1e-2, 0.1]})]
     assert heatmap_axis(rows) == "weight_decay"
-    one = [{**asdict(HeadConfig()), "macro_f1_mean": 0.5}]
-    assert heatmap_axis(one) == "weight_decay"  # nothing varies: one column
