@@ -65,8 +65,9 @@ bench-extract: install ## extraction speed vs the naive way on $(MVSA) (skips wh
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
 	$(BIN)/python bench/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
-bench-grid: install ## the default 180-fit grid, full vs successive halving, vs a plain loop on $(MVSA) features
+bench-grid: install ## the default grid and the 180-fit grid with dropout, full vs successive halving, vs a plain loop on $(MVSA) features
 	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5 --axis dropout=0,0.2,0.5 --sample 0
 	$(BIN)/python bench/grid_batching.py --cache $(FEATURES)/mvsa-train.h5
 
 bench-cache: install ## bytes the cache writes and reads per MiB of features (goal: at most 2x)

@@ -508,13 +508,15 @@ class Workers:
             yield fut.result()
 
 
-# full is the default: on mvsa's default grid (36 configurations) halving ran a third of the fits (0.40x the
-# time) and found the full grid's top, but in nested CV (bench/selection.py) its pick scored -0.009 on the outer
-# folds (0.598 vs 0.607) and the tied set's mean -0.008 (0.603 vs 0.611): one fold is too noisy a first rung
-# when configurations differ by less than a fold's noise
+# full is the default: the default grid (12 configurations) takes about a minute. Halving is for large grids: on
+# mvsa's 36 configurations with dropout 0, 0.2, 0.5 it ran a third of the fits in 0.36-0.37x the time and, in
+# nested CV (bench/selection.py), picked on every outer fold what the full search picked; on a grid whose
+# configurations repeat each other (the former default's weight-decay axis) copies crowd its rungs and its pick
+# scored 0.009 lower
 SEARCHES = ("full", "halving")
-HALVING_FACTOR = 3  # successive halving keeps the best third of a rung's configurations (1/4: the pick left one
-#                     SE of the top in 2 of 5 fold orders on mvsa, bench/halving_folds.py; 1/3 in none)
+HALVING_FACTOR = 3  # successive halving keeps the best third of a rung's configurations (bench/halving_folds.py on
+#                     mvsa, picks within one SE of the top over the 5 fold orders: 1/3 5 of 5 on both 36-configuration
+#                     grids; 1/4 5 of 5 with dropout, 3 of 5 with the former weight-decay axis)
 
 
 def halving_plan(n_splits: int, n_configs: int, factor: int = HALVING_FACTOR) -> list[int]:
