@@ -309,6 +309,9 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
     Returns (model with the best epoch restored, metrics).
     """
     cfg, head_cfg = cfg or FineTuneConfig(), head_cfg or HeadConfig()
+    if head_cfg.ema:
+        raise MmfuseError("ema (a moving average of the head's weights) applies to heads trained on cached "
+                          "features; fine-tuning keeps the best epoch's weights: set ema=0")
     out, dev = Path(out), resolve_device(device)
     precision = choose_precision(cfg.precision, dev)
     run_spec = {"finetune": asdict(cfg), "head": asdict(head_cfg), "data": str(Path(data_dir).resolve()),

@@ -175,6 +175,8 @@ def test_refusals_are_one_line_errors(data, tiny_bert, tmp_path):
                            (["--unfreeze-text-layers", "some"], "a number or 'all'")):
         result = runner.invoke(app, base + extra)
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output, result.output
+    with pytest.raises(MmfuseError, match="ema"):  # the weight average is a cached-feature option
+        ft.finetune(data, tmp_path / "e", head_cfg=HeadConfig(ema=0.9))
 
 
 def test_image_stages_of_other_torchvision_families():
