@@ -107,7 +107,7 @@ def main() -> int:
     for s, (wall, rows, pick, fits) in runs.items():
         ratio = f"{wall / runs['full'][0]:.2f}" if "full" in runs else ""
         print(f"| {s} | {fits} | {wall:.1f} | {fits / wall:.2f} | {ratio} | {pick['fusion']}, lr {pick['lr']:g}, "
-              f"dropout {pick['dropout']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
+              f"dropout {pick['dropout']:g}, wd {pick['weight_decay']:g} | {pick['macro_f1_mean']:.3f} ± {pick['macro_f1_std']:.3f} | "
               f"{full_rank.get(pick['config_id'], '')} |")
     if "full" in runs:
         top = runs["full"][1][0]

@@ -122,7 +122,7 @@ def test_ensemble_reports_paired_fold_differences_and_pooled_scores(tmp_path):
     cache = text_cache(tmp_path / "train.h5")
     g = tmp_path / "g"
     assert runner.invoke(app, ["grid", str(cache), "--out", str(g), "--fusion", "text,concat", "--lr", "3e-3",
-                               "--dropout", "0.2", "--weight-decay", "0", "--epochs", "5", "--folds", "3", "--jobs", "1",
+                               "--weight-decay", "0", "--epochs", "5", "--folds", "3", "--jobs", "1",
                                "--precision", "fp32", "--no-progress"]).exit_code == 0
     result = runner.invoke(app, ["ensemble", str(g), "--top", "2", "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output
@@ -346,7 +346,7 @@ def test_grid_with_forced_bf16_training_scores_like_fp32(tmp_path):
     for precision in ("fp32", "bf16"):
         out = tmp_path / precision
         result = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--fusion", "concat", "--lr", "3e-3",
-                                     "--dropout", "0.2", "--weight-decay", "0", "--epochs", "30", "--folds", "3", "--jobs", "1",
+                                     "--weight-decay", "0", "--epochs", "30", "--folds", "3", "--jobs", "1",
                                      "--precision", precision, "--no-progress"])
         assert result.exit_code == 0, result.output
         import json

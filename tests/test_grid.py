@@ -17,7 +17,7 @@ from mmfuse.grid import DEFAULT_GRID, expand_grid, heatmap_axis, read_results
 from mmfuse.heads import HeadConfig
 
 runner = CliRunner()
-GRID = ["--fusion", "concat,text", "--lr", "1e-3,3e-3", "--dropout", "0.2", "--weight-decay", "0,1e-2", "--epochs", "6",
+GRID = ["--fusion", "concat,text", "--lr", "1e-3,3e-3", "--weight-decay", "0,1e-2", "--epochs", "6",
         "--folds", "3", "--precision", "fp32", "--no-progress"]  # pinned: not the machine's choice
 
 
@@ -99,7 +99,7 @@ def test_grid_from_a_toml_file(cache, tmp_path):
     spec = tmp_path / "grid.toml"
     spec.write_text('folds = 3\n[grid]\nfusion = ["logreg", "concat"]\nC = [0.01, 1.0]\nepochs = 3\n')
     result = runner.invoke(app, ["grid", str(cache), "--config", str(spec), "--out", str(tmp_path / "g"),
-                                 "--lr", "1e-3", "--dropout", "0.2", "--weight-decay", "0", "--jobs", "1", "--no-progress"])
+                                 "--lr", "1e-3", "--weight-decay", "0", "--jobs", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     # logreg x 2 C; concat ignores C, so its two C values are one configuration
     assert "3 configurations x 3 folds" in result.output
@@ -129,7 +129,7 @@ def test_ensemble_is_no_worse_than_its_best_member_when_members_err_differently(
     image[~half, y[~half]] += 3.0
     cache = write_feature_cache(tmp_path / "mix.h5", text, image, y)
     result = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "text,image",
-                                 "--lr", "3e-3", "--dropout", "0.2", "--weight-decay", "0", "--epochs", "15", "--folds", "3",
+                                 "--lr", "3e-3", "--weight-decay", "0", "--epochs", "15", "--folds", "3",
                                  "--jobs", "1", "--no-progress"])
     assert result.exit_code == 0, result.output
     _, m = build_ensemble(tmp_path / "g", top=2)
@@ -203,7 +203,7 @@ def test_stacking_with_a_logistic_regression_works_on_two_classes(tmp_path):
     text, image, y, names = synthetic_features("both", n=150)  # two classes: yes, no
     cache = write_feature_cache(tmp_path / "two.h5", text, image, y, names)
     args = ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat,late", "--lr", "3e-3",
-            "--dropout", "0.2", "--weight-decay", "0", "--epochs", "3", "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
+            "--weight-decay", "0", "--epochs", "3", "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
     assert runner.invoke(app, args).exit_code == 0
     result = runner.invoke(app, ["ensemble", str(tmp_path / "g"), "--top", "2", "--meta", "lr", "--out", str(tmp_path / "e")])
     assert result.exit_code == 0, result.output  # scikit-learn's "f1_macro" scorer failed here on two classes
@@ -213,7 +213,7 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     """The label is in the text: text-reading heads with a sane lr beat the image head and a tiny lr."""
     text, image, y, names = synthetic_features("text", n=240)
     cache = write_feature_cache(tmp_path / "c.h5", text, image, y, names)
-    common = ["--fusion", "concat,image", "--lr", "1e-5,3e-3", "--dropout", "0.2", "--weight-decay", "0,1e-2", "--epochs", "9", "--folds",
+    common = ["--fusion", "concat,image", "--lr", "1e-5,3e-3", "--weight-decay", "0,1e-2", "--epochs", "9", "--folds",
               "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
     args = ["grid", str(cache), "--out", str(tmp_path / "g"), *common, "--search", "halving"]
     result = runner.invoke(app, args)
@@ -257,7 +257,7 @@ def test_successive_halving_keeps_the_best_configuration_and_resumes(tmp_path):
     members = json.loads((tmp_path / "e" / "ensemble.json").read_text())["members"]
     assert members == [r["config_id"] for r in sorted(last, key=lambda r: (-r["macro_f1_mean"], r["config_id"]))]
     small = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g"), *common[:2], "--lr", "3e-3",
-                                "--dropout", "0.2", "--weight-decay", "0", *common[8:], "--search", "halving"])
+                                "--weight-decay", "0", *common[6:], "--search", "halving"])
     assert small.exit_code == 0, small.output  # a second, smaller halving grid in the same folder
     assert "rung 1 of 2: 2 configurations x 1 of 3 splits" in small.output and "0 fits in" in small.output
     stopped = [line for line in (tmp_path / "g" / "summary.md").read_text().splitlines() if line.startswith("| - |")]
@@ -286,7 +286,7 @@ def test_halving_plans_halve_the_splits_down_to_one():
 def test_repeated_k_fold_runs_every_repeat_and_ships_every_split(cache, tmp_path):
     out = tmp_path / "g"
     args = ["grid", str(cache), "--out", str(out), "--jobs", "1", "--fusion", "concat,text", "--lr", "3e-3",
-            "--dropout", "0.2", "--weight-decay", "0", "--epochs", "4", "--folds", "3", "--repeats", "2", "--precision", "fp32",
+            "--weight-decay", "0", "--epochs", "4", "--folds", "3", "--repeats", "2", "--precision", "fp32",
             "--no-progress"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -311,7 +311,7 @@ def test_the_tied_configurations_averaged_are_scored_against_the_top(tmp_path):
     cache = write_feature_cache(tmp_path / "c.h5", text, image, y, names)
     out = tmp_path / "g"
     result = runner.invoke(app, ["grid", str(cache), "--out", str(out), "--jobs", "1", "--fusion", "concat,late,gated",
-                                 "--lr", "3e-3", "--dropout", "0.2", "--weight-decay", "0,1e-2", "--epochs", "5", "--folds", "3",
+                                 "--lr", "3e-3", "--weight-decay", "0,1e-2", "--epochs", "5", "--folds", "3",
                                  "--precision", "fp32", "--no-progress"])
     assert result.exit_code == 0, result.output
     summary = (out / "summary.md").read_text()
@@ -329,10 +329,10 @@ def test_the_tied_configurations_averaged_are_scored_against_the_top(tmp_path):
 
 
 def test_the_heatmaps_show_lr_against_the_grid_s_other_main_axis():
-    rows = [{**asdict(c), "macro_f1_mean": 0.5} for c in expand_grid({**DEFAULT_GRID, "dropout": [0, 0.2, 0.5]})]
-    assert heatmap_axis(rows) == "dropout"
-    rows = [{**asdict(c), "macro_f1_mean": 0.5} for c in expand_grid(DEFAULT_GRID)]
-    assert heatmap_axis(rows) == "weight_decay"  # the default grid: fusion x lr, one column
-    rows = [{**asdict(c), "macro_f1_mean": 0.5}
-            for c in expand_grid({"fusion": ["concat"], "lr": [1e-3, 3e-3], "weight_decay": [0, 1e-2, 0.1]})]
-    assert heatmap_axis(rows) == "weight_decay"
+    def axis(grid):
+        return heatmap_axis([{**asdict(c), "macro_f1_mean": 0.5} for c in expand_grid(grid)])
+
+    assert axis({**DEFAULT_GRID, "dropout": [0, 0.2, 0.5]}) == "dropout"
+    assert axis({"fusion": ["concat"], "lr": [1e-3], "hidden": [64, 128, 256], "dropout": [0, 0.5]}) == "hidden"
+    assert axis({"fusion": ["concat"], "lr": [1e-3], "weight_decay": [0, 1e-2], "dropout": [0, 0.5]}) == "dropout"
+    assert axis(DEFAULT_GRID) == "weight_decay"  # nothing but lr varies: one column (the fallback)

@@ -12,6 +12,7 @@ from conftest import synthetic_features, write_feature_cache
 from mmfuse.cli import app
 from mmfuse.errors import CacheError, MmfuseError
 from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head, list_heads, train_head
+from mmfuse.metrics import macro_f1
 
 runner = CliRunner()
 FAST = dict(epochs=40, patience=40, hidden=64, dropout=0.1, lr=3e-3, batch_size=32, C=1.0)
@@ -113,6 +114,9 @@ def test_a_moving_average_of_the_weights_is_what_validation_scores_and_the_fit_k
     np.testing.assert_array_equal(averaged.predict_proba(X), again.predict_proba(X))  # reproducible
     assert not np.allclose(plain.predict_proba(X), averaged.predict_proba(X))
     assert (averaged.predict(val) == val.y).mean() > 0.8
+    # validation scored the average, the model kept: its best epoch's score is the kept model's
+    kept = macro_f1(val.y, averaged.predict(val), 3)
+    assert averaged.history_[averaged.best_epoch_ - 1]["val_macro_f1"] == pytest.approx(kept)
     # without validation rows the fit keeps the average at the end, not the last step's weights
     last, avg = Head(cfg).fit(train), Head(cfg.replace(ema=0.9)).fit(train)
     assert not np.allclose(last.predict_proba(X), avg.predict_proba(X))

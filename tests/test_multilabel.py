@@ -290,7 +290,7 @@ def test_grid_and_ensemble_run_on_a_multilabel_cache(tmp_path):
     text, image, Y, names = multilabel_features(300)
     cache = write_feature_cache(tmp_path / "ml.h5", text, image, Y, label_names=names, multilabel=True)
     result = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat,late,logreg",
-                                 "--combine", "mean,union", "--lr", "3e-3", "--dropout", "0.2", "--weight-decay", "0", "--epochs", "5",
+                                 "--combine", "mean,union", "--lr", "3e-3", "--weight-decay", "0", "--epochs", "5",
                                  "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "CV micro-F1" in result.output

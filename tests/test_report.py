@@ -82,7 +82,7 @@ def pipeline(tmp_path_factory, tiny_bert):
               "--max-length", "32", "--no-progress"]]
     steps += [["train-head", str(root / "features/train.h5"), "--fusion", f, "--epochs", "3", "--out",
                str(root / "runs" / f)] for f in ("concat", "weighted", "text", "image")]
-    steps += [["grid", str(root / "features/train.h5"), "--fusion", "concat,late", "--lr", "1e-3,3e-3", "--dropout", "0.2", "--weight-decay",
+    steps += [["grid", str(root / "features/train.h5"), "--fusion", "concat,late", "--lr", "1e-3,3e-3", "--weight-decay",
                "0", "--epochs", "3", "--folds", "2", "--jobs", "1", "--precision", "fp32", "--out", str(root / "grid"),
                "--no-progress"],
               ["ensemble", str(root / "grid"), "--top", "2", "--out", str(root / "runs" / "ensemble")],

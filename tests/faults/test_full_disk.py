@@ -53,7 +53,7 @@ def test_a_full_disk_during_a_grid_keeps_the_finished_rows_and_resumes(tmp_path,
     text, image, y, names = synthetic_features("text", n=120)
     cache = write_feature_cache(tmp_path / "c.h5", text, image, y, label_names=names)
     args = ["grid", str(cache), "--out", str(tmp_path / "g"), "--fusion", "concat", "--lr", "1e-3,3e-3,1e-2",
-            "--dropout", "0.2", "--weight-decay", "0", "--epochs", "2", "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
+            "--weight-decay", "0", "--epochs", "2", "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]
     fail_after(monkeypatch, np, "save", 3, only=lambda path, *a: "oof" in str(path))
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and "no space left on the device. The 2 configurations listed" in result.output

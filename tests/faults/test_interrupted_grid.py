@@ -16,7 +16,7 @@ from conftest import synthetic_features, write_feature_cache
 from mmfuse.cli import app
 
 runner = CliRunner()
-ARGS = ["--fusion", "concat,logreg", "--lr", "1e-3,3e-3,1e-2", "--dropout", "0.2", "--weight-decay", "0,1e-2", "--epochs", "3",
+ARGS = ["--fusion", "concat,logreg", "--lr", "1e-3,3e-3,1e-2", "--weight-decay", "0,1e-2", "--epochs", "3",
         "--folds", "3", "--jobs", "1", "--precision", "fp32", "--no-progress"]  # 7 configurations
 
 
