@@ -445,9 +445,8 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
         out.mkdir(parents=True, exist_ok=True)
         (out / "oof").mkdir(exist_ok=True)
         np.save(out / "folds.npy", fold)
-        (out / "grid.json").write_text(json.dumps({**meta, "label_names": list(cache.label_names),
-                                                   "multilabel": cache.multilabel, "precision": precision,
-                                                   "metric": task_metrics(cache.multilabel)[0]}, indent=2))
+        _write_json(out / "grid.json", {**meta, "label_names": list(cache.label_names), "multilabel": cache.multilabel,
+                                        "precision": precision, "metric": task_metrics(cache.multilabel)[0]})
     return fold
 
 

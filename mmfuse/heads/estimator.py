@@ -156,6 +156,7 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tupl
     criterion = loss_fn(cfg, weight, multilabel)
     monitor = "val_" + monitor_name(cfg, multilabel)
     shadow = copy.deepcopy(module) if cfg.ema else module  # what validation scores and the fit keeps
+    averaged, trained = list(shadow.parameters()), list(module.parameters())  # the same tensors every step
     history, best, best_state, best_epoch, step = [], -1.0, None, 0, 0
     for epoch in range(1, math.ceil(stop / per_epoch) + 1):
         module.train()
@@ -173,8 +174,7 @@ def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tupl
             sched.step()
             if cfg.ema:  # the plain mean of the weights so far until 1 / (1 - ema) steps, then the moving average
                 with torch.no_grad():
-                    torch._foreach_lerp_(list(shadow.parameters()), list(module.parameters()),
-                                         1 - min(cfg.ema, step / (step + 1)))
+                    torch._foreach_lerp_(averaged, trained, 1 - min(cfg.ema, step / (step + 1)))
             step, loss_sum, seen = step + 1, loss_sum + loss.item() * len(idx), seen + len(idx)
         row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "lr": sched.get_last_lr()[0]}
         if val is not None:
