@@ -21,7 +21,7 @@ import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Iterator
 
 import numpy as np
@@ -188,14 +188,22 @@ def read_course(root: str | Path, split: str = "train",
 
 
 def guid_tag_rows(path: Path) -> Iterator[tuple[int, str, str]]:
-    """(line number, guid, lower-case tag) of each row of a ``guid,tag`` file; blank lines skipped."""
+    """(line number, guid, lower-case tag) of each row of a ``guid,tag`` file; blank lines skipped.
+
+    Line numbers are physical lines (where the row starts), also after a quoted field over several lines."""
     try:
-        rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig"))))
+        reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig")))
+        rows, done = [], 0  # done: the physical lines read so far
+        for row in reader:
+            rows.append((done + 1, row))
+            done = reader.line_num
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text: {e}") from None
-    if not rows or [c.strip().lower() for c in rows[0]] != ["guid", "tag"]:
-        raise DataError(f"{path}: first line must be the header 'guid,tag', got {rows[:1]}")
-    for lineno, row in enumerate(rows[1:], start=2):
+    except csv.Error as e:
+        raise DataError(f"{path} line {done + 1}: {e}") from None
+    if not rows or [c.strip().lower() for c in rows[0][1]] != ["guid", "tag"]:
+        raise DataError(f"{path}: first line must be the header 'guid,tag', got {[r for _, r in rows[:1]]}")
+    for lineno, row in rows[1:]:
         if not row or all(not c.strip() for c in row):
             continue  # a blank line is no record
         if len(row) != 2:
@@ -257,24 +265,28 @@ def _simple(cell: str) -> str:
     return cell[1:-1].strip() if len(cell) >= 2 and cell[0] == cell[-1] == '"' else cell
 
 
-def _plain_id(value: str) -> bool:
-    return bool(value) and not any(c.isspace() for c in value)
+def _other_separator(line: str, columns: int) -> str | None:
+    """';' or tab where a line's first ','-field holds it and it splits the line into ``columns`` fields."""
+    return next((s for s in (";", "\t") if s in line.split(",")[0] and len(line.split(s)) >= columns), None)
 
 
 def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optional: tuple[str, ...] = (),
-                plausible_id=_plain_id) -> tuple[list[tuple[int, dict, str | None, str]], list[str]]:
+                plausible_id=None) -> tuple[list[tuple[int, dict, str | None, str]], list[str]]:
     """Parse a CSV whose column ``text_col`` is free text, line by line, without ever merging rows.
 
     Returns ([(line, {column: value}, error or None, encoding)], header names); the first of
     ``required`` is the id column. Each physical line is decoded on its own (UTF-8, else the
     fallbacks); CRLF, lone CR, a BOM and blank lines between records are accepted.
 
-    A record starts at a line whose fields before the text column are simple and whose id
-    ``plausible_id`` accepts (by default: a non-empty id without spaces); it owns the lines up to the
-    next record start (the continuation of a quoted text), and is the longest run of them that
-    parses. So a quoted text over several lines is kept whole, and an unclosed quote is an error on
-    its line that never takes the next record with it. An error row keeps the fields it could read
-    (its id, to name it).
+    Record boundaries follow the quoting, never the shape of an id (``plausible_id`` is accepted for
+    old callers and ignored). A record is *closed* once its lines parse into the columns with an even
+    number of quotes (unescaped quotes inside a quoted text, ``"reads "oh no!""``, come in pairs).
+    A line that begins like a record (simple fields up to the text column) starts a new one unless the
+    current record is still open and this line closes it; any other line continues the current one.
+    The record is the longest run of its lines that parses (all quotes closed if possible). An open
+    record that nothing closes is an error naming its first line (the reader would have to guess
+    where it ends), and the next record-like line starts a record: it never takes a record with it.
+    An error row keeps the fields it could read (its id, to name it).
     """
     raw = path.read_bytes()
     if raw.startswith(codecs.BOM_UTF8):
@@ -298,12 +310,15 @@ def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optio
     for name in (*required, text_col):
         if name.lower() not in lower:
             option = "--text-col" if name == text_col else "--id-col / --labels-col"
-            raise DataError(f"{path}: no column {name!r} in the header {header} (name it with {option})")
+            sep = next((s for s in (";", "\t") if name.lower() in [_simple(c).lower() for c in lines[0].split(s)]),
+                       None)
+            hint = f"; it is split by {sep!r}: is the separator ','? Save the file comma-separated" if sep else \
+                f" (name it with {option})"
+            raise DataError(f"{path} line 1: no column {name!r} in the header {header}{hint}")
     text_at = lower.index(text_col.lower())
     pattern = _cell_pattern(len(header), text_at)
     prefix = re.compile("".join(f"(?P<f{k}>{_SIMPLE})," for k in range(text_at)))
     wanted = {name: lower.index(name.lower()) for name in (*required, *optional) if name.lower() in lower}
-    id_at = wanted[required[0]] if required else None
 
     def parse(chunk: str) -> dict | None:
         m = pattern.fullmatch(chunk)
@@ -314,48 +329,75 @@ def csv_records(path: Path, text_col: str, required: tuple[str, ...] = (), optio
         out[text_col] = text.strip()
         return out
 
-    def starts(line: str) -> bool:
-        if not line.strip():
-            return False
-        if id_at is not None and id_at < text_at:  # the id comes before the free text: read it off the line
-            m = prefix.match(line)
-            return m is not None and plausible_id(_simple(m.group(f"f{id_at}")))
-        fields = parse(line)
-        return fields is not None and (id_at is None or plausible_id(fields[required[0]]))
+    def closes(first: int, last: int) -> bool:  # lines first..last are a record with every quote closed
+        chunk = "\n".join(lines[first:last + 1])
+        return chunk.count('"') % 2 == 0 and parse(chunk) is not None
+
+    def goes_on(first: int, at: int) -> bool:
+        """Whether the open record from ``first`` goes on over line ``at``, which begins like a record but does
+        not close it: only if ``at`` and the lines up to one that closes it (within 4 lines) are a caption's
+        middle lines (no quote, or paired quotes that do not parse) or do not begin like a record."""
+        for j in range(at, min(at + 4, len(lines))):
+            if lines[j].strip() and prefix.match(lines[j]):
+                if '"' in lines[j] and (lines[j].count('"') % 2 or parse(lines[j]) is not None):
+                    return False  # a record of its own, or a guess
+            elif closes(first, j):
+                return True
+        return False
 
     rows, i = [], 1
     while i < len(lines):
         if not lines[i].strip():
             i += 1
             continue
-        end = i + 1  # this record owns the lines up to the next record start
-        while end < len(lines) and not starts(lines[end]):
+        sep = _other_separator(lines[i], len(header))
+        begins = None if sep else prefix.match(lines[i])  # a ';' row is an error, whatever its commas
+        last, end = i, i + 1  # its last non-blank line so far; one past the lines it owns
+        while begins and end < len(lines):
+            if (lines[end].strip() and prefix.match(lines[end])
+                    and (closes(i, last) or not (closes(i, end) or goes_on(i, end)))):
+                break  # a new record (where this one is still open, the reader would have to guess)
+            last = end if lines[end].strip() else last
             end += 1
-        for last in range(end - 1, i - 1, -1):  # the longest run that parses
-            fields = parse("\n".join(lines[i:last + 1]))
-            if fields is not None:
-                used = {e for e in encs[i:last + 1] if e != "utf-8"}
-                rows.append((i + 1, fields, None, min(used) if used else "utf-8"))
-                break
-        else:  # the fields before the text are simple: keep them to name the row
-            cells = lines[i].split(",")
-            fields = {name: _simple(cells[k]) for name, k in wanted.items() if k < min(text_at, len(cells))}
-            rows.append((i + 1, fields, f"cannot parse line {i + 1} into the {len(header)} columns {header}: "
-                         "unbalanced quotes or a wrong number of fields", encs[i]))
-            last = end - 1  # its continuation lines (none is a record start) go with it
-        i = last + 1
+        best = None  # the longest run that parses, preferring one whose quotes all close
+        for k in range(last, i - 1, -1) if begins else ():
+            if k > i and '"' not in lines[k]:
+                continue  # a run over several lines ends with the closing quote
+            chunk = "\n".join(lines[i:k + 1])
+            fields = parse(chunk)
+            if fields is not None and (best is None or chunk.count('"') % 2 == 0):
+                best = (k, fields)
+                if chunk.count('"') % 2 == 0:
+                    break
+        if best is not None:
+            k, fields = best
+            used = {e for e in encs[i:k + 1] if e != "utf-8"}
+            rows.append((i + 1, fields, None, min(used) if used else "utf-8"))
+            i = k + 1
+            continue
+        # an error row: the fields before the text are simple, keep them to name it
+        fields = {name: _simple(begins.group(f"f{k}")) for name, k in wanted.items() if k < text_at} if begins else {}
+        why = "unbalanced quotes or a wrong number of fields"
+        if sep:
+            why = f"it splits into {len(lines[i].split(sep))} fields at {sep!r}: is the separator ','?"
+        elif "\n".join(lines[i:end]).count('"') % 2:
+            why = ("a quote opened here is never closed before the next record; close it (a quote inside "
+                   "quoted text is doubled: \"\")")
+        rows.append((i + 1, fields, f"cannot parse line {i + 1} into the {len(header)} columns {header}: {why}",
+                     encs[i]))
+        i = end  # its continuation lines (none begins like a record) go with it
     return rows, header
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def _image_path(images: Path, image_id: str) -> tuple[Path, str | None]:
-    """The image file of an id, kept inside ``images`` (an absolute path or ``..`` is refused)."""
-    rel = Path(image_id)
-    if rel.is_absolute() or ".." in rel.parts or not image_id:
-        return images / "invalid", f"image id {image_id!r} is not a file name inside {images}"
-    path = images / rel
+    """The image file of an id: a plain file name inside ``images`` (no folder, ``.``, ``..`` or absolute
+    path, which could point outside it); an id without extension gets ``.jpg`` unless it names a file."""
+    if (image_id in ("", ".", "..") or "/" in image_id or "\\" in image_id or Path(image_id).is_absolute()
+            or PureWindowsPath(image_id).drive  # C:x.jpg: relative to a drive's own folder on Windows
+            or any(ord(c) < 32 for c in image_id)):  # a NUL even makes is_file() raise
+        return images / "invalid", (f"image id {image_id!r} is not a file name inside {images} "
+                                    "(no '/', '\\', '.', '..', absolute paths or control characters)")
+    path = images / image_id
     if not path.suffix and not path.is_file():
         path = path.with_suffix(".jpg")
     return path, None
@@ -383,17 +425,16 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
     if not images.is_dir():
         raise DataError(f"image folder not found: {images} (pass it with --images)")
 
-    def plausible(image_id: str) -> bool:  # an id that starts a record: an image name, or an existing image
-        if not _plain_id(image_id):
-            return False
-        image, err = _image_path(images, image_id)
-        return err is None and (Path(image_id).suffix.lower() in IMAGE_SUFFIXES or image.is_file())
-
-    rows, header = csv_records(path, fmt.text_col, (fmt.id_col,), (fmt.labels_col,), plausible)
+    rows, header = csv_records(path, fmt.text_col, (fmt.id_col,), (fmt.labels_col,))
     labelled = fmt.labels_col.lower() in [h.lower() for h in header]
     cells = [split_labels(fields[fmt.labels_col], fmt.label_sep) if labelled and not error else []
              for _, fields, error, _ in rows]
     names = fmt.label_names or _sort_labels(x for c in cells for x in c)
+    unparsed = [(line, error) for line, _, error, _ in rows if error and error.startswith("cannot parse")]
+    if unparsed and (len(unparsed) == len(rows) or (labelled and len(names) < 2)):
+        # the label set (or the whole file) is wrong because rows cannot be read: say which and where
+        line, error = unparsed[0]
+        raise DataError(f"{path} line {line}: {error} ({len(unparsed)} of {len(rows)} rows cannot be parsed)")
     if labelled and not names:
         raise DataError(f"{path}: no row carries a label: pass --label-names to fix the label set")
     if len(names) == 1:
@@ -408,6 +449,7 @@ def read_csv(path: str | Path, fmt: CsvFormat, fallbacks: tuple[str, ...] = FALL
             continue
         image_id, text = fields[fmt.id_col], fields[fmt.text_col].replace("\x00", "")
         image, error = _image_path(images, image_id)
+        image_id = image_id or f"<line {line}>"  # an empty id still names its row
         unknown = [x for x in labels if x not in known]
         if unknown:
             error = error or (f"unknown label(s) {unknown} (the label names are {', '.join(names)})")
