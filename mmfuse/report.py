@@ -6,13 +6,18 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import math
+import os
+import stat
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .errors import MmfuseError
 from .grid import _varied, final_rows, primary, score, stopped_rows
+from .safe import corrupt, number, read_json, reading
 
 KINDS = ("eda", "cache", "run", "grid", "ensemble", "finetune")
 MARKERS = {"eda.json": "eda", "grid.json": "grid", "ensemble.json": "ensemble", "finetune.json": "finetune"}
@@ -74,12 +79,70 @@ def discover(paths: list[str | Path]) -> Found:
     return found
 
 
-def _img(path: Path, alt: str, width: int | None = None) -> str:
-    if not path.is_file():
-        return ""
-    data = base64.b64encode(path.read_bytes()).decode()
-    style = f' style="max-width:{width}px"' if width else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"{style}><figcaption>{html.escape(alt)}</figcaption></figure>'
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)  # sys.stderr looked up now: a test runner may have swapped it
+
+
+def _read_png(folder: Path, path: Path) -> bytes | str:
+    """The bytes of ``path`` if it is a PNG file inside ``folder``, else why not."""
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            return "a symbolic link"
+        if not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+            return "outside the scanned folder"
+        # O_NOFOLLOW: not through a link swapped in since the check; O_NONBLOCK: a FIFO cannot hang the report
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return "not a regular file"
+            data = f.read()
+    except OSError as e:
+        return f"unreadable ({e.strerror or e})"
+    return data if data.startswith(PNG) else "not a PNG file"
+
+
+@dataclass
+class _Page:
+    """What the sections share: names relative to ``base``, the warning ``log``, the folders left out."""
+    base: Path
+    log: Callable[[str], None]
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def name(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.base))
+        except ValueError:
+            return str(path)
+
+    def each(self, folders: list[Path], build: Callable) -> list:
+        """``build(folder, self)`` for each folder; one whose files are damaged is left out with a warning."""
+        built = []
+        for folder in folders:
+            try:
+                built.append(build(folder, self))
+            except MmfuseError as e:
+                message = " ".join(str(e).split())  # one line, whatever the file held
+                self.skipped.append((self.name(folder), message))
+                self.log(f"skipped {self.name(folder)}: {message}")
+        return built
+
+    def img(self, folder: Path, file: str, alt: str, width: int | None = None) -> str:
+        """``folder/file`` embedded; a link (to any readable file: a secret, say), a file outside ``folder``
+        or anything but a PNG is left out with a note, so the page holds only the plots mmfuse drew."""
+        path = folder / file
+        if not os.path.lexists(path):
+            return ""  # a plot this kind of run does not draw
+        data = _read_png(folder, path)
+        if isinstance(data, str):
+            self.log(f"{self.name(path)} left out: {data}")
+            return (f'<p class="note">{html.escape(file)} left out: {html.escape(data)} (only PNG files inside the '
+                    'scanned folder are embedded)</p>')
+        style = f' style="max-width:{width}px"' if width else ""
+        return (f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode()}" alt="{html.escape(alt)}"'
+                f'{style}><figcaption>{html.escape(alt)}</figcaption></figure>')
 
 
 def _fig(fig, alt: str) -> str:
@@ -90,9 +153,10 @@ def _fig(fig, alt: str) -> str:
 
 
 def _table(headers: list[str], rows: list[list], numeric: set[int] | None = None, caption: str = "") -> str:
+    """Every header, cell and the caption escaped: they hold names and values read from files."""
     numeric = numeric or set()
-    head = "".join(f'<th class="{"num" if i in numeric else ""}">{html.escape(h)}</th>' for i, h in enumerate(headers))
-    body = "".join("<tr>" + "".join(f'<td class="{"num" if i in numeric else ""}">{c if isinstance(c, Markup) else html.escape(str(c))}</td>'
+    head = "".join(f'<th class="{"num" if i in numeric else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(f'<td class="{"num" if i in numeric else ""}">{html.escape(str(c))}</td>'
                                     for i, c in enumerate(r)) + "</tr>" for r in rows)
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
@@ -106,70 +170,65 @@ def _figs(*figures: str) -> str:
     return f'<div class="figs">{"".join(figures)}</div>'
 
 
-class Markup(str):
-    """A table cell that is already HTML."""
-
-
 def _f(x, digits: int = 3) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
 
-def _name(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
+def _num(value, path: Path, name: str) -> float | None:
+    """A number of a file, or None where absent; a string there is a CorruptFileError naming the field."""
+    return None if value is None else number(value, path, name)
 
 
-def _score(m: dict) -> tuple[str, float | None, float | None]:
+def _score(m: dict, path: Path) -> tuple[str, float | None, float | None]:
     """(metric name, value, fold std or None) of a run's metrics.json: validation or CV."""
     if "validation" in m:
         v = m["validation"]
         name = "micro_f1" if "micro_f1" in v else "macro_f1"
-        return name, v.get(name), None
+        return name, _num(v.get(name), path, f"validation.{name}"), None
     cv = m.get("cv", {})
     name = "micro_f1" if "micro_f1_mean" in cv else "macro_f1"
-    return name, cv.get(f"{name}_mean"), cv.get(f"{name}_std")
+    return (name, _num(cv.get(f"{name}_mean"), path, f"cv.{name}_mean"),
+            _num(cv.get(f"{name}_std"), path, f"cv.{name}_std"))
 
 
-def _runs_section(runs: list[Path], base: Path) -> tuple[str, list[dict]]:
-    rows, cards, summary = [], [], []  # rows: (score for the order, table row)
-    for run in runs:
-        m = json.loads((run / "metrics.json").read_text())
-        cfg = json.loads((run / "config.json").read_text())
-        metric, value, std = _score(m)
-        kind = "grid best/ (fold models)" if (run / "bagged.json").is_file() else "train-head"
-        v = m.get("validation", {})
-        acc = v.get("accuracy", m.get("cv", {}).get("accuracy_mean"))
-        weights = m.get("modality_weights")
-        rows.append((value or 0.0, [_name(run, base), kind, cfg.get("fusion"), m.get("text_feature", cfg.get("text_feature")),
-                                    metric.replace("_f1", "-F1"), _f(value) + (f" ± {_f(std)}" if std is not None else ""),
-                                    _f(acc), _f(m.get("fit_seconds"), 2),
-                                    ", ".join(f"{k} {w:.2f}" for k, w in weights.items()) if weights else ""]))
-        summary.append({"name": _name(run, base), "fusion": cfg.get("fusion"), "score": value, "std": std, "metric": metric})
-        plots = "".join(_img(run / p, f"{_name(run, base)}: {alt}", 520) for p, alt in (
-            ("curves.png", "training curves"), ("confusion.png", "confusion matrix"),
-            ("label_f1.png", "per-label F1"), ("thresholds.png", "F1 against the threshold")))
-        if plots:
-            cards.append(_card(f"{_name(run, base)} ({cfg.get('fusion')})", _figs(plots)))
+def _run(run: Path, page: _Page) -> tuple[float, list, tuple, str]:
+    """A run's (score to order by, table row, ablation entry, card of plots)."""
+    path = run / "metrics.json"
+    m, cfg = read_json(path, ("fusion",)), read_json(run / "config.json", ("fusion",))
+    name, fusion = page.name(run), str(cfg["fusion"])
+    with reading(path):  # a field of another type than mmfuse writes: one line naming the file
+        metric, value, std = _score(m, path)
+        acc = _num(m.get("validation", {}).get("accuracy", m.get("cv", {}).get("accuracy_mean")), path, "accuracy")
+        weights = ", ".join(f"{k} {number(w, path, f'modality_weights.{k}'):.2f}"
+                            for k, w in (m.get("modality_weights") or {}).items())
+        row = [name, "grid best/ (fold models)" if (run / "bagged.json").is_file() else "train-head", fusion,
+               m.get("text_feature", cfg.get("text_feature")), metric.replace("_f1", "-F1"),
+               _f(value) + (f" ± {_f(std)}" if std is not None else ""), _f(acc),
+               _f(_num(m.get("fit_seconds"), path, "fit_seconds"), 2), weights]
+    plots = "".join(page.img(run, p, f"{name}: {alt}", 520) for p, alt in (
+        ("curves.png", "training curves"), ("confusion.png", "confusion matrix"),
+        ("label_f1.png", "per-label F1"), ("thresholds.png", "F1 against the threshold")))
+    return value or 0.0, row, (fusion, value, std), _card(f"{name} ({fusion})", _figs(plots)) if plots else ""
+
+
+def _runs_section(runs: list[Path], page: _Page) -> tuple[str, list[tuple]]:
+    built = page.each(runs, _run)
+    if not built:
+        return "<p>No head runs could be read.</p>", []
     table = _table(["run", "kind", "fusion", "text vector", "metric", "score", "accuracy", "fit (s)",
-                    "learned modality weights"], [r for _, r in sorted(rows, key=lambda r: -r[0])], {5, 6, 7},
+                    "learned modality weights"], [b[1] for b in sorted(built, key=lambda b: -b[0])], {5, 6, 7},
                    "validation scores of train-head runs; CV mean ± fold std of grid picks. Best first.")
-    return table + "".join(cards), summary
+    return table + "".join(b[3] for b in built), [b[2] for b in built]
 
 
-def _ablation(summary: list[dict], grids: list[Path]) -> str:
+def _ablation(entries: list[tuple[str, float | None, float | None]]) -> str:
     """Text-only vs image-only vs each fusion: the best score per fusion (runs and grid rows)."""
     from .metrics import _plt
 
     best: dict[str, tuple[float, float | None]] = {}
-    for s in summary:
-        if s["score"] is not None and (s["fusion"] not in best or s["score"] > best[s["fusion"]][0]):
-            best[s["fusion"]] = (s["score"], s["std"])
-    for g in grids:
-        for r in final_rows(g):  # scored as the grid scores: micro-F1 multi-label, else macro-F1
-            if r["fusion"] not in best or score(r) > best[r["fusion"]][0]:
-                best[r["fusion"]] = (score(r), r[f"{primary(r)}_std"])
+    for fusion, value, std in entries:
+        if value is not None and math.isfinite(value) and (fusion not in best or value > best[fusion][0]):
+            best[fusion] = (value, std if std is not None and math.isfinite(std) else None)  # NaN: no axis limits
     if not best:
         return "<p>No runs to compare.</p>"
     order = sorted(best, key=lambda f: (f not in ("text", "image"), -best[f][0]))
@@ -177,7 +236,8 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
     fig, ax = plt.subplots(figsize=(1.0 * len(order) + 3, 3.4))
     colors = ["C1" if f in ("text", "image") else "C0" for f in order]
     ax.bar(range(len(order)), [best[f][0] for f in order], yerr=[best[f][1] or 0 for f in order], capsize=4, color=colors)
-    ax.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    # a "$" in a fusion name read from a file would start matplotlib's mathtext (and can fail to parse)
+    ax.set_xticks(range(len(order)), [f.replace("$", r"\$") for f in order], rotation=30, ha="right")
     low = min(best[f][0] - (best[f][1] or 0) for f in order)
     ax.set_ylim(max(0, low - 0.05), None)
     ax.set_ylabel("best score (± fold std where known)")
@@ -188,95 +248,124 @@ def _ablation(summary: list[dict], grids: list[Path]) -> str:
     return out
 
 
-def _grids_section(grids: list[Path], base: Path) -> str:
-    parts = []
-    for g in grids:
-        info = json.loads((g / "grid.json").read_text())
-        rows, stopped = final_rows(g), stopped_rows(g)  # best first; those that ran every split
+def _grid(g: Path, page: _Page) -> tuple[str, list[tuple]]:
+    """A grid's card and its rows' ablation entries (scored as the grid scores: micro-F1 multi-label, else macro-F1)."""
+    info = read_json(g / "grid.json", ("cache", "rows", "folds"))
+    with reading(g / "results.csv"):  # a value that is not a number, a column missing
+        rows = final_rows(g)  # best first; those that ran every split
         metric = primary(rows[0]) if rows else "macro_f1"
         axes = _varied(rows) or ["fusion"]
         top = [[i + 1, *[r[a] for a in axes], f"{score(r):.3f} ± {r[f'{metric}_std']:.3f}",
                 f"{r['seconds_per_fit']:.2f}"] for i, r in enumerate(rows[:10])]
-        table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
-                       f"top 10 of {len(rows)} configurations, {info.get('folds')}-fold CV"
-                       + (f" ({len(stopped)} more stopped early by successive halving, on fewer folds)" if stopped else ""))
-        about = (f'<p>cache {html.escape(str(info.get("cache")))}, {info.get("rows")} rows, precision '
-                 f'{html.escape(", ".join(info.get("precision") or []))}</p>')
-        parts.append(_card(_name(g, base), about + table + _figs(
-            _img(g / "heatmaps.png", "heatmaps: learning rate x the grid's other main axis, per fusion"),
-            _img(g / "fusions.png", "best configuration per fusion", 520))))
-    return "".join(parts) or "<p>No grids.</p>"
+        entries = [(str(r["fusion"]), score(r), r[f"{primary(r)}_std"]) for r in rows]
+    try:
+        stopped = stopped_rows(g)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, EOFError) as e:
+        raise corrupt(g, f"its successive-halving files (configs.json, folds.npy, splits/) cannot be read: "
+                         f"{type(e).__name__}: {e}") from None
+    with reading(g / "grid.json"):
+        precision = info.get("precision") or []
+        precision = ", ".join(map(str, [precision] if isinstance(precision, str) else precision))
+    table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
+                   f"top 10 of {len(rows)} configurations, {info['folds']}-fold CV"
+                   + (f" ({len(stopped)} more stopped early by successive halving, on fewer folds)" if stopped else ""))
+    about = (f'<p>cache {html.escape(str(info["cache"]))}, {html.escape(str(info["rows"]))} rows, precision '
+             f'{html.escape(precision)}</p>')
+    return _card(page.name(g), about + table + _figs(
+        page.img(g, "heatmaps.png", "heatmaps: learning rate x the grid's other main axis, per fusion"),
+        page.img(g, "fusions.png", "best configuration per fusion", 520))), entries
 
 
-def _ensembles_section(ensembles: list[Path], base: Path) -> str:
-    rows = []
-    for e in ensembles:
-        m = json.loads((e / "metrics.json").read_text())
-        cv, best = m.get("cv", {}), m.get("best_member", {})
-        metric = cv.get("metric", "micro_f1" if "micro_f1_mean" in cv else "macro_f1")
+def _grids_section(grids: list[Path], page: _Page) -> tuple[str, list[tuple]]:
+    built = page.each(grids, _grid)
+    return "".join(b[0] for b in built) or "<p>No grids.</p>", [e for b in built for e in b[1]]
+
+
+def _ensemble(e: Path, page: _Page) -> list:
+    path = e / "metrics.json"
+    m = read_json(path, ("members", "cv"))
+    with reading(path):
+        cv, best = m["cv"], m.get("best_member", {})
+        metric = str(cv.get("metric", "micro_f1" if "micro_f1_mean" in cv else "macro_f1"))
         d = m.get("vs_best_member", {}).get(m.get("meta", "mean"), {})
-        rows.append([_name(e, base), len(m.get("members", [])), m.get("meta"),
-                     f"{_f(cv.get(f'{metric}_mean'))} ± {_f(cv.get(f'{metric}_std'))}",
-                     f"{_f(best.get(f'{metric}_mean'))} ({best.get('fusion', '')})",
-                     f"{d.get('mean', 0):+.3f} ± {d.get('std', 0):.3f}", f"{d.get('ahead', '')} of {d.get('folds', '')}"])
+
+        def n(part: dict, key: str, where: str) -> str:
+            return _f(_num(part.get(key), path, f"{where}.{key}"))
+        return [page.name(e), len(m["members"]), m.get("meta"),
+                f"{n(cv, f'{metric}_mean', 'cv')} ± {n(cv, f'{metric}_std', 'cv')}",
+                f"{n(best, f'{metric}_mean', 'best_member')} ({best.get('fusion', '')})",
+                f"{number(d.get('mean', 0), path, 'vs_best_member.mean'):+.3f} ± "
+                f"{number(d.get('std', 0), path, 'vs_best_member.std'):.3f}", f"{d.get('ahead', '')} of {d.get('folds', '')}"]
+
+
+def _ensembles_section(ensembles: list[Path], page: _Page) -> str:
+    rows = page.each(ensembles, _ensemble)
     return (_table(["ensemble", "members", "meta", "CV score", "best member", "vs best member, per fold", "folds ahead"],
                    rows, {1, 3, 4, 5}, "members are chosen on the same folds: the ensemble's CV score is optimistic")
             if rows else "<p>No ensembles.</p>")
 
 
-def _finetune_section(runs: list[Path], base: Path) -> str:
-    parts = []
-    for r in runs:
-        m = json.loads((r / "metrics.json").read_text()) if (r / "metrics.json").is_file() else {}
-        metric, value, _ = _score(m) if m else ("macro_f1", None, None)
-        parts.append(_card(_name(r, base), f'<p>{metric.replace("_f1", "-F1")} {_f(value)}</p>' + _figs(
-            _img(r / "curves.png", "fine-tune curves", 520), _img(r / "confusion.png", "confusion matrix", 420))))
-    return "".join(parts) or "<p>No fine-tune runs.</p>"
+def _finetune(r: Path, page: _Page) -> str:
+    path = r / "metrics.json"
+    m = read_json(path) if path.is_file() else {}
+    with reading(path):
+        metric, value, _ = _score(m, path) if m else ("macro_f1", None, None)
+    return _card(page.name(r), f'<p>{html.escape(metric.replace("_f1", "-F1"))} {_f(value)}</p>' + _figs(
+        page.img(r, "curves.png", "fine-tune curves", 520), page.img(r, "confusion.png", "confusion matrix", 420)))
 
 
-def _caches_section(caches: list[Path], base: Path) -> str:
+def _finetune_section(runs: list[Path], page: _Page) -> str:
+    return "".join(page.each(runs, _finetune)) or "<p>No fine-tune runs.</p>"
+
+
+def _cache(c: Path, page: _Page) -> list:
     from .cache import FeatureCache
 
-    rows = []
-    for c in caches:
-        try:
+    try:
+        with reading(c):  # h5py's own errors on a damaged file too
             fc = FeatureCache(c, allow_incomplete=True)
-        except MmfuseError as e:
-            rows.append([_name(c, base), str(e), "", "", "", "", "", ""])
-            continue
-        p = fc.provenance
+    except MmfuseError as e:  # listed with its error, as a cache being written may be
+        page.log(f"{page.name(c)}: {' '.join(str(e).split())}")
+        return [page.name(c), str(e), "", "", "", "", "", ""]
+    p = fc.provenance
+    with reading(c):  # provenance entries of other types than mmfuse writes
         t, i, d = p.get("text", {}), p.get("image", {}), p.get("data", {})
         w = i.get("weights")
         weights = (w.get("name") or Path(str(w.get("file"))).name or str(w.get("sha256"))[:12]) if isinstance(w, dict) else w
-        rows.append([_name(c, base), f"{Path(str(t.get('model'))).name} (max {t.get('max_length')})",
-                     f"{i.get('model')} ({weights})",
-                     f"{d.get('root')} : {d.get('split')}", len(fc), len(fc.skipped),
-                     f"{p.get('precision')} / {p.get('store_dtype')}", ("complete" if fc.complete else "INCOMPLETE")
-                     + f", {str(p.get('created', ''))[:16]}"])
+        return [page.name(c), f"{Path(str(t.get('model'))).name} (max {t.get('max_length')})",
+                f"{i.get('model')} ({weights})",
+                f"{d.get('root')} : {d.get('split')}", len(fc), len(fc.skipped),
+                f"{p.get('precision')} / {p.get('store_dtype')}", ("complete" if fc.complete else "INCOMPLETE")
+                + f", {str(p.get('created', ''))[:16]}"]
+
+
+def _caches_section(caches: list[Path], page: _Page) -> str:
     return _table(["cache", "text model", "image model (weights)", "data : split", "rows", "skipped",
-                   "precision / stored", "state"], rows, {4, 5})
+                   "precision / stored", "state"], page.each(caches, _cache), {4, 5})
 
 
-def _eda_section(folders: list[Path], base: Path) -> str:
-    parts = []
-    for e in folders:
-        data = json.loads((e / "eda.json").read_text())
+def _eda(e: Path, page: _Page) -> str:
+    path = e / "eda.json"
+    data = read_json(path, ("splits", "source", "max_length", "tokenizer"))
+    with reading(path):  # a split without a field, a field of another type
         rows = []
         for s in data["splits"]:
-            n = s["rows"]
-            rows.append([s["split"], n, ", ".join(f"{k} {v}" for k, v in s["labels"].items()) if s["labelled"] else "unlabelled",
-                         len(s["encoding_fallbacks"]), len(s["failed_images"]), len(s["duplicate_images"]),
-                         len(s["duplicate_texts"]), s["truncated"]])
+            rows.append([s["split"], s["rows"], ", ".join(f"{k} {v}" for k, v in s["labels"].items())
+                         if s["labelled"] else "unlabelled", len(s["encoding_fallbacks"]), len(s["failed_images"]),
+                         len(s["duplicate_images"]), len(s["duplicate_texts"]), s["truncated"]])
         leaks = data.get("leaks") or {}
         leak = (f"<p>Leak check between the splits: {len(leaks.get('images', []))} images and "
                 f"{len(leaks.get('texts', []))} texts appear in both.</p>") if leaks else ""
-        table = _table(["split", "rows", "labels", "not UTF-8", "images that fail", "duplicate image groups",
-                        "duplicate text groups", f"texts over {data['max_length']} tokens"], rows, {1, 3, 4, 5, 6, 7})
-        figs = "".join(_img(e / p, alt) for p, alt in (("labels.png", "label balance"),
-                                                      ("text_length.png", f"text length ({data['tokenizer']})"),
-                                                      ("image_size.png", "image sizes")))
-        parts.append(_card(f"{_name(e, base)}: {data['source']}", table + leak + _figs(figs)))
-    return "".join(parts) or "<p>No inspect folders (run <code>mmfuse inspect</code>).</p>"
+    table = _table(["split", "rows", "labels", "not UTF-8", "images that fail", "duplicate image groups",
+                    "duplicate text groups", f"texts over {data['max_length']} tokens"], rows, {1, 3, 4, 5, 6, 7})
+    figs = "".join(page.img(e, p, alt) for p, alt in (("labels.png", "label balance"),
+                                                     ("text_length.png", f"text length ({data['tokenizer']})"),
+                                                     ("image_size.png", "image sizes")))
+    return _card(f"{page.name(e)}: {data['source']}", table + leak + _figs(figs))
+
+
+def _eda_section(folders: list[Path], page: _Page) -> str:
+    return "".join(page.each(folders, _eda)) or "<p>No inspect folders (run <code>mmfuse inspect</code>).</p>"
 
 
 CSS = """
@@ -290,33 +379,41 @@ th,td{border:1px solid #dde2ea;padding:4px 10px;text-align:left}th{background:#e
 th::after{content:" \\2195";color:#9aa3b5;font-size:11px}td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:nth-child(even){background:#f8f9fb}.figs{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:13px;color:#5b6475}
+.note{color:#8a5a00;font-size:13px}.warn{border-color:#e0b44c;background:#fff8e6}
 """
 
 
-def build_report(paths: list[str | Path], out: str | Path, title: str = "mmfuse report") -> Path:
-    """Write the report of everything found under ``paths`` to ``out`` (an .html file)."""
+def build_report(paths: list[str | Path], out: str | Path, title: str = "mmfuse report",
+                 log: Callable[[str], None] = _stderr) -> Path:
+    """Write the report of everything found under ``paths`` to ``out`` (an .html file). A folder whose files
+    are damaged is left out (listed at the top, and one ``log`` line each); so is a plot that is not a PNG file."""
     out = Path(out)
     found = discover(paths)
-    base = Path.cwd()
-    runs, summary = _runs_section(found.run, base)
+    page = _Page(Path.cwd(), log)
+    runs, entries = _runs_section(found.run, page)
+    grids, grid_entries = _grids_section(found.grid, page)
     sections = [
-        ("data", "Data (mmfuse inspect)", _eda_section(found.eda, base)),
-        ("caches", "Feature caches and their provenance", _caches_section(found.cache, base) if found.cache else "<p>No caches.</p>"),
-        ("ablation", "Ablation: text only, image only, each fusion", _ablation(summary, found.grid)),
+        ("data", "Data (mmfuse inspect)", _eda_section(found.eda, page)),
+        ("caches", "Feature caches and their provenance", _caches_section(found.cache, page) if found.cache else "<p>No caches.</p>"),
+        ("ablation", "Ablation: text only, image only, each fusion", _ablation(entries + grid_entries)),
         ("runs", "Runs", runs if found.run else "<p>No head runs.</p>"),
-        ("grids", "Grids", _grids_section(found.grid, base)),
-        ("ensembles", "Ensembles against their best member", _ensembles_section(found.ensemble, base)),
-        ("finetune", "Fine-tune runs", _finetune_section(found.finetune, base)),
+        ("grids", "Grids", grids),
+        ("ensembles", "Ensembles against their best member", _ensembles_section(found.ensemble, page)),
+        ("finetune", "Fine-tune runs", _finetune_section(found.finetune, page)),
     ]
     counts = ", ".join(f"{len(getattr(found, k))} {k}{'s' if len(getattr(found, k)) != 1 else ''}" for k in KINDS)
     nav = "".join(f'<a href="#{sid}">{html.escape(t.split(":")[0])}</a>' for sid, t, _ in sections)
     body = "".join(f'<section id="{sid}"><h2>{html.escape(t)}</h2>{content}</section>' for sid, t, content in sections)
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+    if page.skipped:
+        counts += f"; {len(page.skipped)} left out, unreadable"
+        body = (f'<div class="card warn"><h3>Left out: {len(page.skipped)} folder(s) whose files could not be read</h3>'
+                f'<ul>{"".join(f"<li>{html.escape(n)}: {html.escape(m)}</li>" for n, m in page.skipped)}</ul></div>' + body)
+    text = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width,initial-scale=1"><title>{html.escape(title)}</title><style>{CSS}</style></head>'
             f'<body><header><h1>{html.escape(title)}</h1><p>{counts}; written {time.strftime("%Y-%m-%d %H:%M")} '
             f'from {html.escape(", ".join(map(str, paths)))}</p></header><nav>{nav}</nav><main>{body}</main></body></html>\n')
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(page)
+    tmp.write_text(text, encoding="utf-8", errors="replace")  # a "\ud800" in a JSON file is a lone surrogate
     tmp.replace(out)
     return out
