@@ -35,25 +35,27 @@ writer never changes metadata: every dataset's space is allocated when it is cre
 reasons are fixed-length strings and completeness is a one-element dataset, not an attribute. A
 write after creation only overwrites raw bytes in place; a kill in the middle of one leaves rows
 whose ``done`` flag is still False, and the rerun computes them again (tests/faults/ kills
-extraction at a dozen points, mid-write and mid-finish included). The file is created as
-``{cache}.partial`` and renamed once its layout is in place.
+extraction at a dozen points, mid-write and mid-finish included).
 
-One writer at a time: ``{cache}.lock`` (held while writing; the kernel releases it when
-the writer dies) and ``{cache}.lock.owner`` (the holder's pid) guard the file.
+A cache is written as ``{cache}.partial`` (its layout created as ``{cache}.creating`` and renamed, so
+the partial file always opens) and renamed to ``{cache}`` only once complete: a file under the cache's
+own name is a finished cache, and ``--overwrite`` keeps the old one until the new one is whole.
+
+One writer at a time: ``{cache}.lock`` (``mmfuse.outputs.TargetLock``: held while writing, released by
+the kernel when the writer dies, removed when it is done) names the writer's pid.
 """
 from __future__ import annotations
 
 import json
 import os
-import socket
-import time
+import re
 from pathlib import Path
 
 import h5py
 import numpy as np
-from filelock import FileLock, Timeout
 
 from .errors import CacheError, MmfuseError, write_failed
+from .outputs import LockedError, TargetLock, describe_holder, lock_holder
 
 FORMAT = "mmfuse-cache"
 VERSION = 3  # 3: space allocated at creation, fixed-length skip reasons, ``complete`` a dataset
@@ -102,49 +104,24 @@ def feature_mismatch(a: dict, b: dict) -> list[str]:
 
 
 # --- one writer at a time --------------------------------------------------------------------------
-def _owner_path(path: Path) -> Path:
-    return path.with_name(path.name + ".lock.owner")
-
-
-def lock_holder(path: str | Path) -> dict | None:
-    """The writer holding ``path``'s lock ({pid, host, started}), or None when nobody holds it.
-
-    A lock of a killed process is released by the kernel, so it never blocks (nor shows here)."""
+def partial_path(path: str | Path) -> Path:
+    """Where a cache is written until it is complete: ``{cache}.partial``, renamed to ``{cache}`` at the end."""
     path = Path(path)
-    if not Path(str(path) + ".lock").exists():
-        return None
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        try:
-            return json.loads(_owner_path(path).read_text())
-        except (OSError, ValueError):
-            return {"pid": "unknown"}
-    lock.release()
-    return None
-
-
-def _describe_holder(path: Path, holder: dict, what: str = "extraction") -> str:
-    return (f"{path} is being written by another {what} (pid {holder.get('pid')} on "
-            f"{holder.get('host', '?')}, since {holder.get('started', '?')})")
+    return path.with_name(path.name + ".partial")
 
 
 def acquire_writer_lock(path: Path, what: str = "extraction",
-                        advice: str = "wait for it to finish or stop it; `mmfuse info` shows its progress") -> FileLock:
-    """Take ``path``'s writer lock (``{path}.lock``, holder in ``{path}.lock.owner``) or raise CacheError
-    naming the process that holds it. Waits up to 2 s, so that a reader's momentary probe
-    (``lock_holder``) is not taken for a writer. Used for caches and for grid folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
+                        advice: str = "wait for it to finish or stop it; `mmfuse info` shows its progress") -> TargetLock:
+    """Take ``path``'s writer lock (``{path}.lock``) or raise CacheError naming the process that holds it.
+    Used for caches and for grid folders."""
     try:
-        lock.acquire(timeout=2)
-    except Timeout:
-        holder = lock_holder(path) or {"pid": "unknown"}
-        raise CacheError(_describe_holder(path, holder, what) + ": " + advice) from None
-    _owner_path(path).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                             "started": time.strftime("%Y-%m-%dT%H:%M:%S")}))
-    return lock
+        return TargetLock(path, what).acquire(advice)
+    except LockedError as e:
+        raise CacheError(str(e)) from None
+
+
+def release_writer_lock(path: Path, lock: TargetLock) -> None:
+    lock.release()
 
 
 def _open(path: Path, mode: str, locked: bool = False, **kw) -> h5py.File:
@@ -152,12 +129,18 @@ def _open(path: Path, mode: str, locked: bool = False, **kw) -> h5py.File:
     try:
         return h5py.File(path, mode, **kw)
     except OSError as e:
-        holder = None if locked else lock_holder(path)
+        holder = None if locked else lock_holder(_final(path))
         if holder is not None:
-            raise CacheError(_describe_holder(path, holder) + ": wait for it to finish "
+            raise CacheError(describe_holder(_final(path), holder, "extraction") + ": wait for it to finish "
                              "(`mmfuse info` shows its progress)") from None
-        raise CacheError(f"cannot open feature cache {path}: {e}. If an extraction was killed while "
-                         "writing it, re-run it with --overwrite.") from None
+        raise CacheError(f"cannot open feature cache {path}: {str(e).splitlines()[0][:160]}. It is damaged or not "
+                         "an HDF5 file: re-run the extract command that made it with --overwrite (the file is "
+                         "kept until the new cache is complete).") from None
+
+
+def _final(path: Path) -> Path:
+    """The cache a ``.partial`` file becomes."""
+    return path.with_name(path.name[:-len(".partial")]) if path.name.endswith(".partial") else path
 
 
 _REASON = h5py.string_dtype("utf-8", REASON_BYTES)
@@ -180,61 +163,80 @@ def _is_complete(f: h5py.File) -> bool:
     return bool(f["complete"][0]) if "complete" in f else bool(f.attrs.get("complete", False))  # version 2: attr
 
 
-def release_writer_lock(path: Path, lock: FileLock) -> None:
-    _owner_path(path).unlink(missing_ok=True)
-    lock.release()
-
-
 class CacheWriter:
-    """Creates or resumes a cache file; used by the extractor only. Holds the writer lock while open."""
+    """Creates or resumes a cache file; used by the extractor only. Holds the writer lock while open.
 
-    def __init__(self, f: h5py.File, path: Path, lock: FileLock):
-        self.f, self.path, self._lock = f, path, lock
+    A new cache is written at ``{cache}.partial`` and renamed to ``{cache}`` only when complete, so an
+    existing cache (``overwrite``) stays until its replacement is whole, and a cache under its own name
+    is a finished one (caches that earlier mmfuse versions left unfinished under their own name resume in
+    place)."""
+
+    def __init__(self, f: h5py.File, path: Path, lock: TargetLock, final: Path | None = None):
+        self.f, self.path, self._lock, self.final = f, path, lock, final or path
+        self.complete = False
         skipped = f["skipped"][:]
         # rows still to write per modality, and features computed but not yet written (row -> arrays)
         self._todo = {m: ~f[f"done/{m}"][:] & ~skipped for m in MODALITIES}
         self._buffer: dict[str, dict[int, dict[str, np.ndarray]]] = {m: {} for m in MODALITIES}
 
+    @staticmethod
+    def _held(path: Path, identity: str) -> tuple[bool, str]:
+        """(whether the file at ``path`` is an mmfuse cache of ``identity``, what it holds, for messages)."""
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("format") != FORMAT:
+                    return False, "a file that is not an mmfuse cache"
+                old = json.loads(f.attrs.get("provenance", "{}"))
+                return f.attrs.get("identity") == identity, f"features of another configuration or data set ({_describe(old)})"
+        except (OSError, ValueError) as e:
+            return False, f"a file that cannot be opened ({str(e).splitlines()[0][:120]})"
+
     @classmethod
     def open(cls, path: str | Path, *, guids: list[str], labels: np.ndarray, label_names: tuple[str, ...],
              multilabel: bool, skipped: dict[int, str], dims: dict[str, int], store_dtype: str,
              provenance: dict, identity: str, overwrite: bool = False, shard: dict | None = None) -> "CacheWriter":
-        """Resume ``path`` if it was started with the same identity, else create it.
+        """Resume ``path`` (or its ``.partial``) if it was started with the same identity, else create it.
 
         ``dims`` maps feature names ("text/cls", ...) to widths; ``skipped`` maps row -> reason for
-        rows known to be unusable before extraction. A different configuration is refused unless
-        ``overwrite``; a cache another process is writing is refused in any case. ``shard``: this file
-        holds one shard of a larger extraction (its "rows" in the whole, as an array, and JSON-able
-        rank, world, how, total and whole identity).
+        rows known to be unusable before extraction. Anything else at ``path`` is refused unless
+        ``overwrite`` (and then kept until the new cache is complete); a cache another process is
+        writing is refused in any case. ``shard``: this file holds one shard of a larger extraction (its
+        "rows" in the whole, as an array, and JSON-able rank, world, how, total and whole identity).
         """
         path = Path(path)
+        partial, creating = partial_path(path), path.with_name(path.name + ".creating")
         lock = acquire_writer_lock(path)
         try:
-            if path.exists() and not overwrite:
-                f = _open(path, "r+", locked=True)
-                if f.attrs.get("format") != FORMAT or f.attrs.get("identity") != identity:
-                    old = json.loads(f.attrs.get("provenance", "{}"))
-                    f.close()
-                    raise CacheError(
-                        f"{path} already holds features of another configuration or data set "
-                        f"({_describe(old)}); pass --overwrite to replace it or choose another --out.")
-                return cls(f, path, lock)
-            tmp = path.with_name(path.name + ".partial")
-            f = _open(tmp, "w", locked=True)
+            creating.unlink(missing_ok=True)  # a kill while creating the layout left it; we hold the lock
+            if os.path.lexists(path) and not overwrite:
+                same, held = cls._held(path, identity)
+                if same:  # finished (nothing to do), or a version 3 cache resumed in place
+                    return cls(_open(path, "r+", locked=True), path, lock)
+                raise CacheError(f"{path} already holds {held}; pass --overwrite to replace it (it is kept until "
+                                 "the new cache is complete) or choose another --out.")
+            if os.path.lexists(path) and (path.is_dir() or path.is_symlink()):
+                raise CacheError(f"{path} is a folder or a link, not a cache: it is never replaced; choose another --out")
+            if partial.exists() and not overwrite:
+                same, held = cls._held(partial, identity)
+                if same:
+                    return cls(_open(partial, "r+", locked=True), partial, lock, path)
+                raise CacheError(f"{partial} holds the unfinished extraction of {held}: re-run that command to "
+                                 "finish it, or pass --overwrite to start this one in its place.")
+            f = _open(creating, "w", locked=True)
             try:
                 cls._create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance,
                             identity, shard)
             except BaseException as e:
                 f.close()
-                tmp.unlink(missing_ok=True)
+                creating.unlink(missing_ok=True)
                 if isinstance(e, OSError):
-                    raise write_failed(tmp, e, "Nothing was kept") from None
+                    raise write_failed(creating, e, "Nothing was kept") from None
                 raise
             f.close()
-            tmp.replace(path)  # the file appears under its name only with its full layout in place
-            return cls(_open(path, "r+", locked=True), path, lock)
+            creating.replace(partial)  # the partial file appears only with its full layout in place
+            return cls(_open(partial, "r+", locked=True), partial, lock, path)
         except BaseException:
-            release_writer_lock(path, lock)
+            lock.release()
             raise
 
     @staticmethod
@@ -324,10 +326,12 @@ class CacheWriter:
             self.f.flush()
         except OSError as e:
             raise write_failed(self.path, e, "Every row is written; only the complete flag is not") from None
+        self.complete = complete
         return complete
 
     def close(self) -> None:
-        """Write the computed rows still buffered (so an interrupted run keeps them), close, unlock."""
+        """Write the computed rows still buffered (so an interrupted run keeps them), close, and, when
+        the cache is complete, rename it to its own name (replacing the old one); then unlock."""
         try:
             if self.f.id.valid:
                 for m in MODALITIES:
@@ -337,8 +341,11 @@ class CacheWriter:
         finally:
             try:
                 self.f.close()
+                if self.complete and self.path != self.final:
+                    os.replace(self.path, self.final)  # the finished cache appears whole, or not at all
+                    self.path = self.final
             finally:
-                release_writer_lock(self.path, self._lock)
+                self._lock.release()
 
 
 def _describe(prov: dict) -> str:
@@ -378,33 +385,55 @@ class FeatureCache:
     def __init__(self, path: str | Path, allow_incomplete: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
-            raise CacheError(f"feature cache not found: {self.path}")
+            holder, partial = lock_holder(self.path), partial_path(self.path)
+            if holder is not None:
+                raise CacheError(describe_holder(self.path, holder, "extraction") + ": wait for it to finish "
+                                 "(`mmfuse info` shows its progress)")
+            if not partial.is_file():
+                raise CacheError(f"feature cache not found: {self.path}")
+            self.path = partial
         with _open(self.path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise CacheError(f"{self.path} is not an mmfuse feature cache")
-            self.complete = _is_complete(f)
-            if not self.complete and not allow_incomplete:
-                done = int(np.sum(f["done/text"][:] & f["done/image"][:] | f["skipped"][:]))
-                raise CacheError(f"{self.path} is incomplete ({done}/{len(f['guid'])} rows): re-run the "
-                                 "same extract command to resume it.")
-            self.provenance: dict = json.loads(f.attrs["provenance"])
-            self.identity: str = str(f.attrs["identity"])  # features + data + run numerics: resume key
-            self.feature_identity = feature_identity(self.provenance)  # what must match to compare features
-            self.label_names: tuple[str, ...] = tuple(json.loads(f.attrs["label_names"]))
-            self.multilabel = bool(f.attrs["multilabel"])
-            all_guids = [g.decode() if isinstance(g, bytes) else g for g in f["guid"][:]]
-            skipped = f["skipped"][:]
-            reasons = [r.decode() if isinstance(r, bytes) else r for r in f["skip_reason"][:]]
-            self._keep = np.flatnonzero(~skipped)
-            self.guids: list[str] = [all_guids[i] for i in self._keep]
-            self.labels: np.ndarray = f["label"][:][self._keep]
-            self.skipped: list[tuple[str, str]] = [(all_guids[i], reasons[i]) for i in np.flatnonzero(skipped)]
-            self.feature_names: list[str] = []
-            f.visititems(lambda name, obj: self.feature_names.append(name)
-                         if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and name.split("/")[0] in MODALITIES
-                         else None)
-            self.dims = {n: f[n].shape[1] for n in self.feature_names}
-            self.dtypes = {n: str(f[n].dtype) for n in self.feature_names}
+            try:
+                self._read(f, allow_incomplete)
+            except (KeyError, ValueError, TypeError, IndexError) as e:
+                part = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:160]
+                raise CacheError(f"{self.path} is a damaged mmfuse cache ({part}): extract it again with "
+                                 "--overwrite") from None
+
+    def _read(self, f: h5py.File, allow_incomplete: bool) -> None:
+        self.complete = _is_complete(f)
+        if not self.complete and not allow_incomplete:
+            done = int(np.sum(f["done/text"][:] & f["done/image"][:] | f["skipped"][:]))
+            raise CacheError(f"{_final(self.path)} is incomplete ({done}/{len(f['guid'])} rows): they are kept in "
+                             f"{self.path.name}; re-run the same extract command to resume it.")
+        self.provenance: dict = json.loads(f.attrs["provenance"])
+        self.identity: str = str(f.attrs["identity"])  # features + data + run numerics: resume key
+        self.feature_identity = feature_identity(self.provenance)  # what must match to compare features
+        self.label_names: tuple[str, ...] = tuple(json.loads(f.attrs["label_names"]))
+        self.multilabel = bool(f.attrs["multilabel"])
+        all_guids = [g.decode() if isinstance(g, bytes) else g for g in f["guid"][:]]
+        skipped = f["skipped"][:]
+        reasons = [r.decode() if isinstance(r, bytes) else r for r in f["skip_reason"][:]]
+        if not (len(all_guids) == len(skipped) == len(reasons) == len(f["label"])):
+            raise ValueError("its guid, label and skipped datasets differ in length")
+        self._keep = np.flatnonzero(~skipped)
+        self.guids: list[str] = [all_guids[i] for i in self._keep]
+        self.labels: np.ndarray = f["label"][:][self._keep]
+        self.skipped: list[tuple[str, str]] = [(all_guids[i], reasons[i]) for i in np.flatnonzero(skipped)]
+        self.feature_names: list[str] = []
+        f.visititems(lambda name, obj: self.feature_names.append(name)
+                     if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and name.split("/")[0] in MODALITIES
+                     else None)
+        self.dims = {n: f[n].shape[1] for n in self.feature_names}
+        self.dtypes = {n: str(f[n].dtype) for n in self.feature_names}
+        for n in self.feature_names:
+            if f[n].shape[0] != len(all_guids):
+                raise ValueError(f"{n} has {f[n].shape[0]} rows for {len(all_guids)} guids")
+        for name in ("done/text", "done/image"):
+            if name not in f:
+                raise KeyError(name)
 
     def __len__(self) -> int:
         return len(self.guids)
@@ -417,6 +446,8 @@ class FeatureCache:
         writer, when the caller has already asked ``lock_holder``."""
         path = Path(path)
         holder = holder or lock_holder(path)
+        if not path.is_file() and partial_path(path).is_file():
+            path = partial_path(path)
         with _open(path, "r", locking=False) if holder else _open(path, "r") as f:
             skipped = f["skipped"][:]
             return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": _is_complete(f),
@@ -477,17 +508,34 @@ def shard_path(out: str | Path, rank: int, world: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
 
 
-def merge_shards(paths: list[str | Path], out: str | Path, overwrite: bool = False) -> Path:
+SHARD_NAME = re.compile(r".+\.shard-\d+-of-\d+(\.[^.]+)?")
+NOT_SHARDS = (".partial", ".lock", ".creating")  # an unfinished shard, a writer's lock, a layout being made
+
+
+def shard_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(shard caches, other files) among ``paths``, as a shell glob like ``sh.shard-*`` gives them: locks,
+    unfinished ``.partial`` files and anything else not named NAME.shard-RANK-of-WORLD.h5 are the others."""
+    keep, other = [], []
+    for p in map(Path, paths):
+        (keep if SHARD_NAME.fullmatch(p.name) and p.suffix not in NOT_SHARDS else other).append(p)
+    return keep, other
+
+
+def merge_shards(paths: list[str | Path], out: str | Path, overwrite: bool = False, log=print) -> Path:
     """Merge the shards of one extraction into one cache in the data set's order, as one process would
     have written it (the identity of the whole, so ``extract`` sees it as finished).
 
     Refused, naming the file: a file that is not a shard, an incomplete shard, a shard of another
     extraction (models, weights, preprocessing, data or numerics differ), two shards of one rank, a
     missing rank, and rows covered twice or not at all."""
+    paths, ignored = shard_files(paths)
+    if ignored:
+        log(f"ignored {len(ignored)} file(s) that are not shard caches: {', '.join(map(str, ignored[:5]))}"
+            f"{' ...' if len(ignored) > 5 else ''}")
     if not paths:
-        raise CacheError("no shards to merge")
+        raise CacheError("no shards to merge: shard caches are named NAME.shard-RANK-of-WORLD.h5")
     shards = []
-    for p in map(Path, paths):
+    for p in paths:
         cache = FeatureCache(p, allow_incomplete=True)
         with _open(p, "r") as f:
             if "shard" not in f.attrs:
@@ -513,8 +561,12 @@ def merge_shards(paths: list[str | Path], out: str | Path, overwrite: bool = Fal
         by_rank[spec["rank"]] = p
     missing = sorted(set(range(world)) - set(by_rank))
     if missing:
+        expected = [shard_path(Path(out), r, world) for r in missing]
+        unfinished = [p for p in expected if partial_path(p).is_file()]
         raise CacheError(f"shard(s) {', '.join(map(str, missing))} of {world} missing: expected "
-                         + ", ".join(str(shard_path(Path(out), r, world)) for r in missing))
+                         + ", ".join(map(str, expected))
+                         + (f" ({', '.join(p.name for p in unfinished)} unfinished: re-run their extract commands)"
+                            if unfinished else ""))
     covered = np.bincount(np.concatenate([rows for _, _, rows, _ in shards]), minlength=n)
     if covered.max() > 1 or covered.min() < 1:
         twice, never = np.flatnonzero(covered > 1), np.flatnonzero(covered == 0)

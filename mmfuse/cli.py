@@ -10,6 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import MmfuseError
+from .outputs import new_file, new_folder
 from .cache import SHARDINGS
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
@@ -23,13 +24,17 @@ app = typer.Typer(help="Image+text classification on cached features.", no_args_
 
 
 @contextlib.contextmanager
-def user_errors():
-    """Print library errors as one line and exit 1, instead of a traceback."""
+def user_errors(interrupted: str = "nothing was written"):
+    """Print library errors as one line and exit 1, instead of a traceback; Ctrl-C prints one line saying
+    what was kept (``interrupted``) and exits 130."""
     try:
         yield
     except MmfuseError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.secho(f"interrupted: {interrupted}", fg="yellow", err=True)
+        raise typer.Exit(130) from None
 
 
 def choices(name: str, values) -> type[Enum]:
@@ -73,7 +78,7 @@ def extract(
     optimize: bool = typer.Option(True, help="CPU fp32: run the image model through TorchScript's "
                                   "optimize_for_inference (verified against eager)."),
     on_error: OnError = typer.Option(OnError("raise"), help="raise: stop at a bad record; skip: record and skip it."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache of another configuration."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache (kept until the new one is complete)."),
     images: Optional[Path] = typer.Option(None, help="CSV data: the folder of the images named by the id column."),
     id_col: str = typer.Option("ImageID", help="CSV data: the image id column."),
     labels_col: str = typer.Option("Labels", help="CSV data: the labels column (absent: an unlabelled file)."),
@@ -95,7 +100,9 @@ def extract(
     from .extract import extract as run_extract
     from .extract.distributed import merge_after_barrier, parse_shard
 
-    with user_errors():
+    kept = (f"the rows computed so far are kept in {out or 'the cache'}.partial; re-run the same command to resume "
+            "(nothing is computed twice)")
+    with user_errors(kept):
         csv_format = None if images is None else CsvFormat(images, id_col, labels_col, text_col, label_sep,
                                                             parse_label_names(label_names))
         parts = parse_shard(shard)
@@ -111,7 +118,7 @@ def extract(
                       for m, s in report.seconds.items())
     typer.echo(f"wrote {report.path}: {report.rows} rows, {len(report.skipped)} skipped; computed {speed}")
     if merge:
-        with user_errors():
+        with user_errors("the shards are kept; run the merge again (mmfuse merge ...)"):
             merged = merge_after_barrier(report.whole, parts, overwrite)
         if merged:
             typer.echo(f"merged {parts[1]} shards into {merged}")
@@ -121,14 +128,16 @@ def extract(
 def merge_cmd(
     shards: List[Path] = typer.Argument(..., help="The shard caches of one extraction (OUT.shard-*-of-N.h5)."),
     out: Path = typer.Option(..., help="The merged cache."),
-    overwrite: bool = typer.Option(False, help="Replace an existing cache at --out."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache at --out (kept until the merged one is "
+                                   "complete)."),
 ):
-    """Merge the shards of a sharded extraction into one cache, in the data set's order."""
-    from .cache import merge_shards
+    """Merge the shards of a sharded extraction into one cache, in the data set's order. Other files among
+    SHARDS (a glob's locks or unfinished .partial files) are named and ignored."""
+    from .cache import merge_shards, shard_files
 
-    with user_errors():
-        path = merge_shards(shards, out, overwrite)
-    typer.echo(f"merged {len(shards)} shards into {path}")
+    with user_errors("the shards are kept; re-run the same command"):
+        path = merge_shards(shards, out, overwrite, log=typer.echo)
+    typer.echo(f"merged {len(shard_files(shards)[0])} shards into {path}")
 
 
 @app.command()
@@ -146,6 +155,7 @@ def inspect(
     label_sep: str = typer.Option(" ", help="CSV data: separator between labels in a cell."),
     label_names: Optional[str] = typer.Option(None, help="CSV data: the label set (comma list or a file)."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    overwrite: bool = typer.Option(False, help="Replace an existing inspect folder at --out."),
 ):
     """Look at a data set before training: label balance, text lengths, image sizes, failures, duplicates, leaks."""
     from .data import CsvFormat, parse_label_names
@@ -160,9 +170,10 @@ def inspect(
         except MmfuseError as e:
             typer.secho(f"warning: {e}; counting words instead of tokens", fg="yellow", err=True)
             tokenizer, name = None, "whitespace words"
-        summary = inspect_data(data_dir, out, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
-                               max_length=max_length, progress=progress, log=typer.echo)
-    typer.echo(summary.read_text())
+        with new_folder(out, "inspect folder", overwrite) as tmp:
+            summary = inspect_data(data_dir, tmp, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
+                                   max_length=max_length, progress=progress, log=typer.echo).read_text()
+    typer.echo(summary)
 
 
 @app.command()
@@ -171,13 +182,15 @@ def report(
                                        "folder searched for them."),
     out: Path = typer.Option(Path("report.html"), help="The HTML file to write (self-contained: open it offline)."),
     title: str = typer.Option("mmfuse report", help="The page's title."),
+    overwrite: bool = typer.Option(False, help="Replace an existing file at --out."),
 ):
     """One static HTML page of runs, grids, ensembles, fine-tune runs, caches and data, images embedded."""
     from .report import build_report
 
     with user_errors():
-        path = build_report(paths, out, title)
-    typer.echo(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
+        with new_file(out, overwrite, "report") as tmp:
+            build_report(paths, tmp, title)
+    typer.echo(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
 
 
 @app.command()
@@ -197,7 +210,7 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
         cache = FeatureCache(path, allow_incomplete=True)
     p = cache.provenance
     typer.echo(f"{path}: {len(cache)} rows ({len(cache.skipped)} skipped)"
-               f"{'' if cache.complete else '  INCOMPLETE: re-run the extract command to resume'}")
+               f"{'' if cache.complete else f'  INCOMPLETE: re-run the extract command to resume (rows kept in {cache.path.name})'}")
     for name in cache.feature_names:
         typer.echo(f"  {name:14s} ({len(cache)}, {cache.dims[name]}) {cache.dtypes[name]}")
     counts = cache.class_counts()
@@ -243,6 +256,8 @@ def train_head(
     cache: Path = typer.Argument(..., help="Training feature cache (.h5)."),
     fusion: str = typer.Option(D.fusion, help="concat, weighted, attention, gated, aligned, late, text, image, logreg."),
     out: Path = typer.Option(..., help="Run folder to write (weights, config, metrics, plots)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing run folder at --out (kept until the new run is "
+                                   "complete)."),
     val_split: float = typer.Option(0.2, help="Stratified validation fraction (0: none) when --val is not given."),
     val: Optional[Path] = typer.Option(None, help="A separate labelled validation cache."),
     text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Cached text vector: cls, mean, or "
@@ -283,7 +298,7 @@ def train_head(
                          label_smoothing=label_smoothing, ema=ema, patience=patience, C=_number_or_auto(c, "--C"),
                          seed=seed, monitor=monitor.value, thresholds=thresholds.value, min_labels=min_labels,
                          combine=combine.value)
-        head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out)
+        head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out, overwrite=overwrite)
     typer.echo(f"{fusion} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
                f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
     if metrics.get("modality_weights"):
@@ -371,6 +386,8 @@ def finetune(
                                    "CUDA), fp32, bf16 or fp16 autocast."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    overwrite: bool = typer.Option(False, help="Start over: replace a run at --out (kept until the new one is "
+                                   "complete) or an unfinished one."),
     hidden: int = typer.Option(D.hidden, help="Head MLP / projection width."),
     dropout: float = typer.Option(D.dropout, help="Head dropout."),
     loss: Loss = typer.Option(Loss(D.loss), help="ce or hinge."),
@@ -384,7 +401,8 @@ def finetune(
     from .finetune import finetune as run_finetune
     from .metrics import format_metrics
 
-    with user_errors():
+    with user_errors(f"the last finished epoch's checkpoint is kept in {out}.partial (or {out}); re-run the same "
+                     "command with --resume to continue"):
         val_pair = None
         if val is not None:
             folder, _, vsplit = val.rpartition(":")
@@ -401,6 +419,7 @@ def finetune(
         head = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
                           loss=loss.value, class_weight=class_weight.value, lr=lr_head, seed=seed)
         _, metrics = run_finetune(data_dir, out, cfg, head, val=val_pair, device=device, resume=resume,
+                                  overwrite=overwrite,
                                   progress=progress, log=typer.echo)
     typer.echo(f"best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; validation: "
                + format_metrics(metrics["validation"]))
@@ -492,7 +511,7 @@ def grid(
     """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
     from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, primary, run_grid
 
-    with user_errors():
+    with user_errors(f"every finished fit is kept in {out}; re-run the same command to resume"):
         spec = load_grid_file(config) if config else {"grid": {}}
         axes = dict(spec["grid"])
         given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
@@ -550,12 +569,14 @@ def ensemble(
                              "probabilities (C by inner CV)."),
     refit: Refit = typer.Option(Refit("folds"), help="Each member as its k fold models (folds) or one refit on "
                                 "all rows (full)."),
+    overwrite: bool = typer.Option(False, help="Replace an existing folder at --out (kept until the new ensemble is "
+                                   "complete)."),
 ):
     """Stack a grid's top configurations with a logistic regression on their out-of-fold probabilities."""
     from .ensemble import build_ensemble
 
     with user_errors():
-        _, m = build_ensemble(grid_dir, top, out, meta, refit.value, log=typer.echo)
+        _, m = build_ensemble(grid_dir, top, out, meta, refit.value, log=typer.echo, overwrite=overwrite)
     b = m["best_member"]
     metric = b["metric"]
     name = metric.replace("_f1", "-F1")
@@ -577,11 +598,13 @@ def demo_data(
     n_train: int = typer.Option(300, help="Labelled rows."),
     n_test: int = typer.Option(60, help="Unlabelled rows (true tags in test_labels.txt)."),
     seed: int = typer.Option(0, help="Random seed."),
+    overwrite: bool = typer.Option(False, help="Replace a demo data set written before (never a real data set)."),
 ):
     """Write a small synthetic data set whose labels show partly in the texts, partly in the images."""
     from .demo import make_demo_data
 
-    make_demo_data(out_dir, n_train, n_test, seed)
+    with user_errors():
+        make_demo_data(out_dir, n_train, n_test, seed, overwrite)
     typer.echo(f"wrote {n_train} labelled and {n_test} unlabelled pairs to {out_dir}")
 
 

@@ -6,12 +6,14 @@ and 20% in both, so a fused head should beat either modality alone.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from .data import COURSE_TAGS
+from .outputs import new_folder
 
 WORDS = {
     "positive": ["love", "wonderful", "happy", "amazing", "great day", "so proud", "beautiful"],
@@ -45,13 +47,25 @@ def _image(rng: np.random.Generator, tag: str | None) -> Image.Image:
     return Image.fromarray(np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8))
 
 
-def make_demo_data(root: str | Path, n_train: int = 300, n_test: int = 60, seed: int = 0) -> Path:
+def make_demo_data(root: str | Path, n_train: int = 300, n_test: int = 60, seed: int = 0,
+                   overwrite: bool = False) -> Path:
     """Write ``root/train.txt``, ``root/test_without_label.txt`` and ``root/data/*``; returns root.
 
     The true test tags are written to ``root/test_labels.txt`` (same format) so predictions can be
-    scored. Every 25th text is saved in GB18030, as in the real course data.
+    scored. Every 25th text is saved in GB18030, as in the real course data. The folder is written
+    beside ``root`` and renamed into place; an existing demo folder is replaced only with
+    ``overwrite``, and a folder mmfuse did not make (a real data set) never.
     """
-    root = Path(root)
+    with new_folder(root, "demo data set", overwrite) as tmp:
+        _write_demo(tmp, n_train, n_test, seed)
+        (tmp / DEMO_MARKER).write_text(json.dumps({"n_train": n_train, "n_test": n_test, "seed": seed}) + "\n")
+    return Path(root)
+
+
+DEMO_MARKER = "mmfuse-demo.json"  # says the folder is demo data that mmfuse may replace (outputs.FOLDER_KINDS)
+
+
+def _write_demo(root: Path, n_train: int, n_test: int, seed: int) -> None:
     (root / "data").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = {"train": [], "test": []}
@@ -69,4 +83,3 @@ def make_demo_data(root: str | Path, n_train: int = 300, n_test: int = 60, seed:
     (root / "train.txt").write_text("guid,tag\n" + "".join(f"{g},{t}\n" for g, t in rows["train"]))
     (root / "test_without_label.txt").write_text("guid,tag\n" + "".join(f"{g},null\n" for g, _ in rows["test"]))
     (root / "test_labels.txt").write_text("guid,tag\n" + "".join(f"{g},{t}\n" for g, t in rows["test"]))
-    return root

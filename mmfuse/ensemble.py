@@ -25,6 +25,8 @@ from .heads.bagging import load_head
 from .heads.estimator import fit_per_label, linear_arrays, load_linear, save_linear
 from .metrics import task_metrics_of
 from .multilabel import decide, tune_thresholds
+from .outputs import new_folder
+from .safe import load_npy, read_json
 
 
 def _meta_features(probas: list[np.ndarray]) -> np.ndarray:
@@ -141,7 +143,7 @@ class StackedEnsemble:
     @classmethod
     def load(cls, folder: str | Path) -> "StackedEnsemble":
         folder = Path(folder)
-        meta = json.loads((folder / "ensemble.json").read_text())
+        meta = read_json(folder / "ensemble.json", ("members", "label_names", "meta"))
         members = [load_head(folder / "members" / m) for m in meta["members"]]
         multilabel = meta.get("thresholds") is not None
         model = (MeanOfMembers(len(meta["label_names"])) if meta["meta"] == "mean"
@@ -203,20 +205,22 @@ def paired(a: dict, b: dict) -> dict:
 
 
 def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None, meta: str = "mean",
-                   refit_mode: str = "folds", log=print, compare: tuple[str, ...] = ("lr", "mean")
-                   ) -> tuple[StackedEnsemble | None, dict]:
+                   refit_mode: str = "folds", log=print, compare: tuple[str, ...] = ("lr", "mean"),
+                   overwrite: bool = False) -> tuple[StackedEnsemble | None, dict]:
     """Stack the ``top`` configurations of a grid folder; CV-score it; with ``out``, save the run.
 
     ``meta="lr"`` fits the linear meta-classifier; ``"mean"`` averages the members' probabilities.
     Both are scored against the best member, fold by fold; the chosen one is saved. ``refit_mode``:
     how each member is saved (see :func:`mmfuse.grid.refit`). ``compare``: the meta-classifiers scored.
+    ``out`` is written beside itself and renamed into place when complete; an existing one is replaced
+    only with ``overwrite``.
     """
     grid = Path(grid)
     if not (grid / "grid.json").is_file():
         raise MmfuseError(f"{grid} is not a grid folder (grid.json missing): run mmfuse grid first")
     if refit_mode not in REFITS:
         raise MmfuseError(f"unknown refit {refit_mode!r}: choose {', '.join(REFITS)}")
-    info = json.loads((grid / "grid.json").read_text())
+    info = read_json(grid / "grid.json", ("cache", "label_names", "seed"))
     rows = final_rows(grid)[:top]  # configurations scored on every split (halving: those of the last rung)
     if len(rows) < 2:
         raise MmfuseError(f"{grid} has {len(rows)} finished configuration(s): stacking needs at least 2")
@@ -226,9 +230,14 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
         raise MmfuseError(f"{cache} no longer holds the features grid {grid} was run on (re-extracted?): "
                           "run the grid again")
     y = fc.labels
-    folds = np.load(grid / "folds.npy")  # (N,), or (R, N) for repeated k-fold
+    folds = load_npy(grid / "folds.npy")  # (N,), or (R, N) for repeated k-fold
     fold = np.atleast_2d(folds)[0]  # the ensembles are scored on the first repeat's folds
-    oofs = [np.load(grid / "oof" / f"{r['config_id']}.npy") for r in rows]
+    oofs = [load_npy(grid / "oof" / f"{r['config_id']}.npy") for r in rows]
+    for r, o in zip(rows, oofs):
+        if len(o) != len(y) or len(fold) != len(y):
+            bad = grid / "oof" / f"{r['config_id']}.npy" if len(o) != len(y) else grid / "folds.npy"
+            raise MmfuseError(f"{bad} does not match {cache} ({len(y)} rows): the grid folder is damaged; run the "
+                              "grid again into a new folder")
     Z = _meta_features(oofs)
     names = info["label_names"]
     multilabel = y.ndim == 2
@@ -245,12 +254,19 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
                "note": "members are chosen by these folds' scores: the ensemble's CV score is optimistic"}
     if out is None:
         return None, metrics
-    out = Path(out)
+    with new_folder(out, "ensemble", overwrite) as tmp:
+        model = _save_ensemble(tmp, grid, cache, rows, folds, Z, y, names, info, meta, refit_mode, rule, metrics, log)
+    return model, metrics
+
+
+def _save_ensemble(out: Path, grid: Path, cache: Path, rows, folds, Z, y, names, info, meta, refit_mode, rule,
+                   metrics, log) -> StackedEnsemble:
+    multilabel = y.ndim == 2
     members = []
     for r in rows:
         log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
         members.append(load_head(refit(cache, r, out / "members" / r["config_id"], folds, refit_mode,
-                                       np.load(grid / "oof" / f"{r['config_id']}.npy"))))
+                                       load_npy(grid / "oof" / f"{r['config_id']}.npy"))))
     model = _fit(_meta_model(meta, len(names), info["seed"], multilabel), Z, y)
     thresholds = (tune_thresholds(y, model.predict_proba(Z), rule["thresholds"], rule["min_labels"]).tolist()
                   if multilabel else None)
@@ -261,7 +277,7 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
                                                    "thresholds": thresholds,
                                                    "min_labels": rule.get("min_labels", 1)}, indent=2) + "\n")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    return StackedEnsemble(members, model, names, thresholds, rule.get("min_labels", 1)), metrics
+    return StackedEnsemble(members, model, names, thresholds, rule.get("min_labels", 1))
 
 
 def score_tied_ensemble(out: Path, n_tied: int) -> dict | None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
+import shutil
 import resource
 import time
 from dataclasses import asdict, dataclass, fields
@@ -36,7 +38,8 @@ from .heads.registry import get_head_class
 from .heads.estimator import class_weights, loss_fn, warmup_cosine
 from .heads.run import stratified_split, write_history
 from .metrics import classification_metrics, plot_confusion, plot_history
-from .safe import load_tensors
+from .outputs import TargetLock, check_folder_target, swap_into_place
+from .safe import load_state, load_tensors, read_json, reading
 
 ALL = -1  # --unfreeze-... all
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -300,19 +303,54 @@ def _save_atomic(obj, path: Path) -> None:
 
 def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None = None,
              head_cfg: HeadConfig | None = None, *, split: str = "train", val: tuple[str | Path, str] | None = None,
-             device: str = "auto", resume: bool = False, progress: bool = True,
+             device: str = "auto", resume: bool = False, overwrite: bool = False, progress: bool = True,
              log: Callable[[str], None] = print) -> tuple[FineTuneModel, dict]:
     """Fine-tune backbones + fusion head on a course-format split; write the run folder ``out``.
 
     Validation: ``val=(data_dir, split)``, else a stratified ``cfg.val_split`` of the training split.
-    A checkpoint is written after every epoch; ``resume=True`` continues from it bit for bit.
-    Returns (model with the best epoch restored, metrics).
+    A checkpoint is written after every epoch; ``resume=True`` continues from it bit for bit. The run
+    is written in ``{out}.partial`` and renamed to ``out`` when it is complete; an existing ``out`` is
+    replaced only with ``overwrite`` (and kept until then). Returns (model with the best epoch restored,
+    metrics).
     """
     cfg, head_cfg = cfg or FineTuneConfig(), head_cfg or HeadConfig()
     if head_cfg.ema:
         raise MmfuseError("ema (a moving average of the head's weights) applies to heads trained on cached "
                           "features; fine-tuning keeps the best epoch's weights: set ema=0")
-    out, dev = Path(out), resolve_device(device)
+    final = Path(out)
+    with TargetLock(final, "fine-tune").acquire("wait for it to finish, or choose another --out"):
+        work = _work_folder(final, resume, overwrite)
+        model, metrics = _finetune(data_dir, work, cfg, head_cfg, split, val, device, resume, progress, log)
+        if work != final:
+            swap_into_place(work, final)
+    return model, metrics
+
+
+def _work_folder(out: Path, resume: bool, overwrite: bool) -> Path:
+    """Where the run is written: ``{out}.partial`` (renamed to ``out`` when complete), or ``out`` itself to
+    resume a run an earlier mmfuse version wrote in place."""
+    partial = out.with_name(out.name + ".partial")
+    if resume:
+        if (partial / "checkpoint.pt").is_file():
+            return partial
+        return out  # resumed in place (checked below); a finished run resumes to the same files
+    if (partial / "checkpoint.pt").is_file() and not overwrite:
+        raise MmfuseError(f"{partial} holds an unfinished fine-tune run: pass --resume to continue it, or "
+                          "--overwrite to start a new one in its place")
+    if (out / "checkpoint.pt").is_file() and not overwrite:
+        raise MmfuseError(f"{out} holds a fine-tune run already: pass --resume to continue it, --overwrite to "
+                          "replace it, or choose another --out")
+    check_folder_target(out, "fine-tune run", overwrite)
+    if os.path.lexists(partial):
+        if not (partial.is_dir() and (not any(partial.iterdir()) or (partial / "finetune.json").is_file())):
+            raise MmfuseError(f"{partial} is in the way and is not an unfinished fine-tune run: move it away")
+        shutil.rmtree(partial)
+    return partial
+
+
+def _finetune(data_dir, out: Path, cfg: FineTuneConfig, head_cfg: HeadConfig, split: str, val, device: str,
+              resume: bool, progress: bool, log) -> tuple[FineTuneModel, dict]:
+    dev = resolve_device(device)
     precision = choose_precision(cfg.precision, dev)
     run_spec = {"finetune": asdict(cfg), "head": asdict(head_cfg), "data": str(Path(data_dir).resolve()),
                 "split": split, "val": None if val is None else [str(Path(val[0]).resolve()), val[1]]}
@@ -321,11 +359,9 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
         if not ckpt_path.is_file() or not (out / "finetune.json").is_file():
             raise MmfuseError(f"nothing to resume in {out}: it needs checkpoint.pt and finetune.json "
                               "(run without --resume)")
-        saved = json.loads((out / "finetune.json").read_text())
+        saved = read_json(out / "finetune.json")
         if {k: saved.get(k) for k in run_spec} != run_spec:
             raise MmfuseError(f"{out} was started with other options: resume with the same command, or choose another --out")
-    elif ckpt_path.is_file():
-        raise MmfuseError(f"{out} holds a fine-tune run already: pass --resume to continue it, or choose another --out")
     if Path(data_dir).is_file():
         raise DataError(f"{data_dir} is a file: fine-tuning reads single-label course-format folders (multi-label "
                         "CSVs train heads on extracted features: mmfuse extract DATA.csv --images DIR ...)")
@@ -513,10 +549,12 @@ class FineTunedRun:
         if missing:
             raise MmfuseError(f"{folder} is not a finished fine-tune run ({', '.join(missing)} missing): "
                               "resume it with mmfuse finetune ... --resume")
-        spec = json.loads((folder / "finetune.json").read_text())
-        self.cfg = FineTuneConfig(**{f.name: spec["finetune"][f.name] for f in fields(FineTuneConfig)})
-        self.head_cfg = HeadConfig.from_json(folder / "config.json")
-        self.label_names_ = tuple(json.loads((folder / "head.json").read_text())["label_names"])
+        spec = read_json(folder / "finetune.json", ("finetune", "data", "split"))
+        with reading(folder / "finetune.json"):
+            self.cfg = FineTuneConfig(**{f.name: spec["finetune"][f.name] for f in fields(FineTuneConfig)})
+        with reading(folder / "config.json"):
+            self.head_cfg = HeadConfig.from_json(folder / "config.json")
+        self.label_names_ = tuple(read_json(folder / "head.json", ("label_names",))["label_names"])
         self.dev = resolve_device(device)
         self.trained_on = (spec["data"], spec["split"])
         self.precision = choose_precision(self.cfg.precision, self.dev)
@@ -525,9 +563,10 @@ class FineTunedRun:
                 self.cfg, self.head_cfg, len(self.label_names_), text_source=str(folder / "text"),
                 image_weights=str(folder / "image.pt"))
         saved = load_tensors(folder / "head.pt")
-        self.model.head.load_state_dict(saved.pop("head"))
-        for k, v in saved.items():
-            getattr(self.model, k).copy_(v)
+        with reading(folder / "head.pt"):
+            load_state(self.model.head, saved.pop("head"), folder / "head.pt")
+            for k, v in saved.items():
+                getattr(self.model, k).copy_(v)
         self.model.to(self.dev).eval()
 
     def predict_data(self, data_dir: str | Path, split: str) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -10,12 +10,14 @@ stacking). Re-running the same grid skips finished splits and configurations, an
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
 import math
 import os
-import shutil
+import signal
+import threading
 import time
 import zipfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +35,8 @@ from .heads import BaggedHead, FeatureSet, Head, HeadConfig
 from .heads.run import stratified_split, write_history
 from .metrics import metrics_for
 from .multilabel import iterative_stratification, tune_thresholds
+from .outputs import new_folder, write_text_atomic
+from .safe import load_npy, read_json
 
 # fusion x lr: 12 configurations, 60 fits. The weight-decay axis (0, 1e-4, 1e-2) the default grid had gave 35 of
 # its 36 configurations the same score as another to 4 decimals (AdamW's decoupled decay, lr x wd per step,
@@ -171,7 +175,7 @@ def default_precision(out: str | Path) -> tuple[str, str]:
     ids), else :func:`fast_precision`."""
     path = Path(out) / "grid.json"
     if path.is_file():
-        stored = json.loads(path.read_text()).get("precision") or []
+        stored = read_json(path).get("precision") or []
         if len(stored) == 1:
             return stored[0], f"the precision {path} was started with"
     return fast_precision()
@@ -368,14 +372,19 @@ def read_results(out: Path) -> list[dict]:
         return []
     types = {f.name: f.type for f in fields(HeadConfig)}
     rows = []
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            if not (Path(out) / "oof" / f"{row['config_id']}.npy").is_file():
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if not (Path(out) / "oof" / f"{row.get('config_id')}.npy").is_file():
                 continue
             typed = {}
             for k, v in row.items():
                 t = str(types.get(k, "float" if k != "config_id" else "str"))
-                typed[k] = CASTS[t](v)
+                try:
+                    typed[k] = CASTS[t](v)
+                except (TypeError, ValueError, KeyError):
+                    raise MmfuseError(f"{path} line {line}: {k} is {v!r}, not a {t}: the file was edited or "
+                                      "damaged; delete that line and re-run the same grid command (it computes "
+                                      "that configuration again from its finished splits)") from None
             rows.append(typed)
     return rows
 
@@ -434,20 +443,38 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
             raise MmfuseError(f"{results} was written by another version of mmfuse (other columns): "
                               "choose another --out")
     if (out / "grid.json").is_file():
-        old = json.loads((out / "grid.json").read_text())
+        old = read_json(out / "grid.json")
         same = all(old.get(k, 1 if k == "repeats" else None) == meta[k]
                    for k in ("identity", "rows", "folds", "seed", "repeats"))
-        if not same or not np.array_equal(np.load(out / "folds.npy"), fold):
+        if not same or not np.array_equal(load_npy(out / "folds.npy"), fold):
             raise MmfuseError(f"{out} holds a grid of another cache or other folds ({old.get('cache')}, "
                               f"{old.get('folds')} folds x {old.get('repeats', 1)} repeats, seed {old.get('seed')}): "
                               "choose another --out")
     else:
+        if out.is_dir() and any(p.name != "grid.lock" for p in out.iterdir()):
+            raise MmfuseError(f"{out} holds files that are not a grid's (no grid.json): a grid writes into its "
+                              "folder, so choose another --out (an empty or new folder)")
         out.mkdir(parents=True, exist_ok=True)
         (out / "oof").mkdir(exist_ok=True)
         np.save(out / "folds.npy", fold)
         _write_json(out / "grid.json", {**meta, "label_names": list(cache.label_names), "multilabel": cache.multilabel,
                                         "precision": precision, "metric": task_metrics(cache.multilabel)[0]})
     return fold
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while worker processes start: a spawned Python that starts with SIGINT ignored keeps
+    it ignored, so Ctrl-C stops the grid with one line instead of a traceback from every worker. (The
+    processes start in milliseconds; a Ctrl-C within them is lost, the next one stops the grid.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class Workers:
@@ -465,8 +492,12 @@ class Workers:
     def __enter__(self) -> "Workers":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:  # a failed fit or Ctrl-C: queued fits are cancelled, those running finish
+    def __exit__(self, kind, *exc) -> None:
+        if self.pool is not None and kind is not None and issubclass(kind, KeyboardInterrupt):
+            for process in list(getattr(self.pool, "_processes", {}).values()):  # Ctrl-C: stop now; finished
+                process.terminate()  # splits are on disk, the fits in flight run again on the next run
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        elif self.pool is not None:  # a failed fit: queued fits are cancelled, those running finish
             self.pool.shutdown(wait=True, cancel_futures=True)
         if self.client is not None:
             self.client.close()
@@ -479,10 +510,11 @@ class Workers:
             for cfg, split in todo:
                 yield evaluate_split(self.cache, asdict(cfg), self.fold, split, identity=self.identity)
         else:
-            if self.pool is None:
-                self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
-            futures = [self.pool.submit(evaluate_split, str(self.cache), asdict(cfg), self.fold, split, 1,
-                                        self.identity) for cfg, split in todo]
+            with _sigint_ignored():  # workers start (on submit) ignoring Ctrl-C: this process handles it alone
+                if self.pool is None:
+                    self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+                futures = [self.pool.submit(evaluate_split, str(self.cache), asdict(cfg), self.fold, split, 1,
+                                            self.identity) for cfg, split in todo]
             try:
                 for fut in as_completed(futures):
                     yield fut.result()
@@ -530,7 +562,7 @@ def halving_plan(n_splits: int, n_configs: int, factor: int = HALVING_FACTOR) ->
 def _halving(out: Path) -> list[int] | None:
     """The folds-per-rung plan of a grid folder run with successive halving, else None."""
     path = Path(out) / "grid.json"
-    return json.loads(path.read_text()).get("halving_splits") if path.is_file() else None
+    return read_json(path).get("halving_splits") if path.is_file() else None
 
 
 def final_rows(out: Path, rows: list[dict] | None = None) -> list[dict]:
@@ -548,14 +580,14 @@ def stopped_rows(out: Path) -> list[dict]:
     each scored on the splits it ran (``splits``) at the rung it reached (``rung``, from 0; a run killed in
     its first rung: 0): the last rungs first, then by score."""
     out = Path(out)
-    info = json.loads((out / "grid.json").read_text()) if (out / "grid.json").is_file() else {}
+    info = read_json(out / "grid.json") if (out / "grid.json").is_file() else {}
     plan = info.get("halving_splits")
     if not plan:
         return []
     names = task_metrics(bool(info.get("multilabel")))
     done = {r["config_id"] for r in read_results(out)}
-    configs = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
-    fold = np.load(out / "folds.npy")
+    configs = read_json(out / "configs.json") if (out / "configs.json").is_file() else {}
+    fold = load_npy(out / "folds.npy")
     fingerprint, rows = fold_fingerprint(fold), []
     for cid in info.get("halving_ids", []):
         if cid in done or cid not in configs:
@@ -614,11 +646,11 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
               progress, log, plan=None, repeats=1) -> GridResult:
     repair_results(out, log)
     fold = _check_folder(out, fc, folds, seed, sorted({c.precision for c in configs}), repeats)
-    meta = json.loads((out / "grid.json").read_text())
+    meta = read_json(out / "grid.json")
     meta.pop("halving", None)  # an older version's halving over epochs
     _write_json(out / "grid.json", {**meta, "halving_splits": plan,
                                     "halving_ids": [config_id(c) for c in configs] if plan else None})
-    known = json.loads((out / "configs.json").read_text()) if (out / "configs.json").is_file() else {}
+    known = read_json(out / "configs.json") if (out / "configs.json").is_file() else {}
     _write_json(out / "configs.json", {**known, **{config_id(c): asdict(c) for c in configs}})
     jobs = (os.cpu_count() or 1) if jobs <= 0 else jobs
     if backend not in ("local", "dask"):
@@ -658,7 +690,7 @@ def _run_grid(fc, cache_path, configs, out, folds, seed, jobs, backend, schedule
     best_run = None
     if refit_best and chosen:
         best_run = refit(cache_path, chosen, out / "best", fold, refit_mode,
-                         np.load(out / "oof" / f"{chosen['config_id']}.npy"))
+                         load_npy(out / "oof" / f"{chosen['config_id']}.npy"))
     return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped or [])
 
 
@@ -797,11 +829,18 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
 
     cfg = row_config(row)
     data = _features(cache, cfg.text_feature)
-    shutil.rmtree(out, ignore_errors=True)  # never leave another refit's files (bagged.json) behind
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in ("grid-pick.json", "bagged.json")):
+        raise MmfuseError(f"{out} holds files a grid did not write (a run saved there?): it is not replaced; move it "
+                          "away and re-run the same command (the grid's results are kept)")
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CV fits ran: the same numbers, so the shipped folds are the scored ones
-    try:
-        return _refit(data, cfg, row, out, fold, mode, oof)
+    try:  # written beside and renamed into place: a failed refit leaves the previous one whole
+        with new_folder(out, "grid best/", overwrite=True, check=False) as tmp:
+            _refit(data, cfg, row, tmp, fold, mode, oof)
+            write_text_atomic(tmp / "grid-pick.json", json.dumps({"config_id": row.get("config_id"), "refit": mode,
+                                                                  "fusion": cfg.fusion}, indent=2) + "\n")
+        return out
     finally:
         torch.set_num_threads(before)
 

@@ -14,6 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from ..cache import FeatureCache
 from ..errors import MmfuseError
+from ..outputs import new_folder
+from ..safe import number, read_json
 from ..metrics import format_size, metrics_for, plot_confusion, plot_history, plot_label_f1, plot_threshold_curve
 from ..multilabel import iterative_stratification
 from .config import HeadConfig
@@ -49,13 +51,23 @@ def write_history(history: list[dict], path: Path) -> None:
 
 
 def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = None, *, val_split: float = 0.2,
-               val: str | Path | FeatureCache | None = None, out: str | Path | None = None) -> tuple[Head, dict]:
+               val: str | Path | FeatureCache | None = None, out: str | Path | None = None,
+               overwrite: bool = False) -> tuple[Head, dict]:
     """Fit a head on a cache (validation: ``val`` cache, else a stratified ``val_split``).
 
     With ``out``, saves the run folder: weights, config.json, head.json (labels, dims, provenance,
     thresholds), scaler.npz, metrics.json, history.csv, curves.png and confusion.png (multi-label:
-    label_f1.png and thresholds.png, F1 against the global threshold). Returns (head, metrics).
+    label_f1.png and thresholds.png, F1 against the global threshold). The folder is written beside
+    ``out`` and renamed into place when complete; an existing ``out`` is replaced only with
+    ``overwrite`` (and never when mmfuse did not make it). Returns (head, metrics).
     """
+    if out is None:
+        return _train_head(cache, config, val_split, val, None)
+    with new_folder(out, "head run", overwrite) as tmp:
+        return _train_head(cache, config, val_split, val, tmp)
+
+
+def _train_head(cache, config: HeadConfig | None, val_split: float, val, out: Path | None) -> tuple[Head, dict]:
     cfg = config or HeadConfig()
     data = FeatureSet.from_cache(cache, cfg.text_feature)
     if val is not None:
@@ -108,11 +120,21 @@ def compare_runs(runs: list[str | Path]) -> str:
         path = Path(run) / "metrics.json"
         if not path.is_file():
             raise MmfuseError(f"{run} has no metrics.json: is it a train-head run folder?")
-        m = json.loads(path.read_text())
+        m = read_json(path, ("fusion", "fit_seconds"))
         v = m.get("validation")
         if v is None:
             raise MmfuseError(f"{run} was trained without validation (--val-split 0): nothing to compare")
+        if not isinstance(v, dict):
+            raise MmfuseError(f"{path}: 'validation' is not a table of metrics; train the run again")
+        keys = ("micro_f1", "macro_f1", "samples_f1") if v.get("multilabel") else (
+            "macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")
+        v = {**v, **{k: number(v.get(k), path, f"validation {k}") for k in keys}}
+        m["fit_seconds"] = number(m["fit_seconds"], path, "fit_seconds")
+        m["fusion"] = str(m["fusion"])
         w = m.get("modality_weights") or {}
+        w = {str(k): number(x, path, f"modality weight {k}") for k, x in w.items()} if isinstance(w, dict) else {}
+        if "map" in v:
+            v["map"] = number(v["map"], path, "validation map")
         multi.add(bool(v.get("multilabel")))
         if len(multi) > 1:
             raise MmfuseError(f"{run} is {'multi' if v.get('multilabel') else 'single'}-label, the runs before it "
@@ -120,7 +142,7 @@ def compare_runs(runs: list[str | Path]) -> str:
         if v.get("multilabel"):
             rows.append((v["micro_f1"], f"| {Path(run).name} | {m['fusion']} | {v['micro_f1']:.3f} | {v['macro_f1']:.3f} | "
                          f"{v['samples_f1']:.3f} | {v.get('map', float('nan')):.3f} | {m['fit_seconds']:.2f} | "
-                         f"{format_size(m['size_bytes']) if 'size_bytes' in m else ''} |"))
+                         f"{format_size(number(m['size_bytes'], path, 'size_bytes')) if 'size_bytes' in m else ''} |"))
             continue
         rows.append((v["macro_f1"], f"| {Path(run).name} | {m['fusion']} | {v['macro_f1']:.3f} | {v['accuracy']:.3f} | "
                      f"{v['weighted_f1']:.3f} | {v['balanced_accuracy']:.3f} | {m['fit_seconds']:.2f} | "

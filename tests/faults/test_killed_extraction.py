@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import write_course
-from mmfuse.cache import FeatureCache, metadata_bytes
+from mmfuse.cache import FeatureCache, metadata_bytes, partial_path
 
 # Runs one extraction with 4-row chunks (40 rows: 10 text chunks x 2 datasets, then 10 image chunks),
 # killing itself at the point named by argv[3]: "none", "write:K" (the K-th feature write is torn:
@@ -101,12 +101,14 @@ def test_extraction_killed_at_a_dozen_points_resumes_to_a_clean_runs_cache(tiny_
         spec = {"outside": "none", "complete": "complete"}.get(kind, f"write:{arg}")
         code = run_child(data, killed, tiny_bert, spec, arg if kind == "outside" else None)
         kills += code == -signal.SIGKILL
-        if killed.is_file():  # after every kill the file opens and no finished row was lost
+        written = killed if killed.is_file() else partial_path(killed)  # the cache's name only once complete
+        if written.is_file():  # after every kill the file opens and no finished row was lost
             progress = FeatureCache.progress(killed)
             done = progress["text"] + progress["image"]
             assert done >= done_before, (kind, arg, progress)
             done_before = done
-            with h5py.File(killed, "r") as f:  # opens: no kill left broken metadata
+            with h5py.File(written, "r") as f:  # opens: no kill left broken metadata
+                assert written == partial_path(killed) or f["complete"][0], (kind, arg, progress)
                 full = progress["text"] == progress["image"] == progress["rows"] - progress["skipped"]
                 assert full or not f["complete"][0], (kind, arg, progress)  # complete only when it is
                 assert code != 0 or f["complete"][0]
@@ -128,8 +130,8 @@ def test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_
     w = CacheWriter.open(tmp_path / "c.h5", guids=[str(i) for i in range(n)], labels=np.zeros(n, np.int64),
                          label_names=("a", "b"), multilabel=False, skipped={3: "bad"}, store_dtype="float32",
                          dims={"text/cls": 8, "text/mean": 8, "image/pooled": 6}, provenance={}, identity="x")
-    w.close()
-    before = metadata_bytes(tmp_path / "c.h5")
+    w.close()  # unfinished: it stays at c.h5.partial until complete
+    before = metadata_bytes(partial_path(tmp_path / "c.h5"))
     w = CacheWriter.open(tmp_path / "c.h5", guids=[str(i) for i in range(n)], labels=np.zeros(n, np.int64),
                          label_names=("a", "b"), multilabel=False, skipped={3: "bad"}, store_dtype="float32",
                          dims={"text/cls": 8, "text/mean": 8, "image/pooled": 6}, provenance={}, identity="x")
@@ -161,7 +163,7 @@ def test_a_version_2_cache_still_reads_and_resumes(tmp_path):
     w = CacheWriter.open(tmp_path / "c.h5", **kw)
     w.write("text", np.arange(n), {"text/cls": np.ones((n, 4)), "text/mean": np.ones((n, 4))})
     w.close()
-    with h5py.File(tmp_path / "c.h5", "r+") as f:  # make it look like version 2
+    with h5py.File(partial_path(tmp_path / "c.h5"), "r+") as f:  # make it look like version 2
         del f["complete"]
         f.attrs.update(version=2, complete=False)
     w = CacheWriter.open(tmp_path / "c.h5", **kw)
