@@ -30,23 +30,23 @@ test: install ## run the test suite (tiny local models, no downloads)
 	$(BIN)/python -m pytest -q
 
 demo: install ## synthetic data -> offline pretrained features -> every head -> grid + ensemble -> scored predictions -> EDA + HTML report
-	$(BIN)/mmfuse demo-data $(DEMO)/data
+	$(BIN)/mmfuse demo-data $(DEMO)/data --overwrite
 	$(BIN)/mmfuse extract $(DEMO)/data --split train --out $(DEMO)/features/train.h5 $(OFFLINE)
 	$(BIN)/mmfuse extract $(DEMO)/data --split test --out $(DEMO)/features/test.h5 $(OFFLINE)
 	$(BIN)/mmfuse info $(DEMO)/features/train.h5
 	@for f in $(HEADS); do \
-	  $(BIN)/mmfuse train-head $(DEMO)/features/train.h5 --fusion $$f --out $(DEMO)/runs/$$f > $(DEMO)/runs-$$f.log || exit 1; \
+	  $(BIN)/mmfuse train-head $(DEMO)/features/train.h5 --fusion $$f --out $(DEMO)/runs/$$f --overwrite > $(DEMO)/runs-$$f.log || exit 1; \
 	done; echo "validation metrics of every head (stratified 20% of the demo training split):"
 	$(BIN)/mmfuse compare $(addprefix $(DEMO)/runs/,$(HEADS))
 	$(BIN)/mmfuse predict $(DEMO)/runs/weighted $(DEMO)/features/test.h5 --out $(DEMO)/predictions.txt
 	$(BIN)/mmfuse score $(DEMO)/predictions.txt $(DEMO)/data/test_labels.txt
 	$(BIN)/mmfuse grid $(DEMO)/features/train.h5 --folds 3 --out $(DEMO)/grid --no-progress
 	@cat $(DEMO)/grid/summary.md
-	$(BIN)/mmfuse ensemble $(DEMO)/grid --top 5 --out $(DEMO)/runs/ensemble
+	$(BIN)/mmfuse ensemble $(DEMO)/grid --top 5 --out $(DEMO)/runs/ensemble --overwrite
 	$(BIN)/mmfuse predict $(DEMO)/runs/ensemble $(DEMO)/features/test.h5 --out $(DEMO)/predictions-ensemble.txt
 	$(BIN)/mmfuse score $(DEMO)/predictions-ensemble.txt $(DEMO)/data/test_labels.txt
-	$(BIN)/mmfuse inspect $(DEMO)/data --out $(DEMO)/eda --text-model minilm --no-progress > $(DEMO)/eda.log
-	$(BIN)/mmfuse report $(DEMO) --out $(DEMO)/report.html --title "mmfuse demo"
+	$(BIN)/mmfuse inspect $(DEMO)/data --out $(DEMO)/eda --text-model minilm --no-progress --overwrite > $(DEMO)/eda.log
+	$(BIN)/mmfuse report $(DEMO) --out $(DEMO)/report.html --title "mmfuse demo" --overwrite
 	@echo "data: $(DEMO)/eda/summary.md; everything on one page: $(DEMO)/report.html"
 
 extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 (TEXT_MODEL=, IMAGE_MODEL=)
