@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from .errors import MmfuseError
-from .outputs import new_file, new_folder
+from .outputs import new_folder
 from .cache import SHARDINGS
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
@@ -188,9 +188,8 @@ def report(
     from .report import build_report
 
     with user_errors():
-        with new_file(out, overwrite, "report") as tmp:
-            build_report(paths, tmp, title)
-    typer.echo(f"wrote {out} ({out.stat().st_size / 2 ** 20:.1f} MiB)")
+        path = build_report(paths, out, title, overwrite=overwrite)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 2 ** 20:.1f} MiB)")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import MmfuseError
+from .outputs import new_file
 from .grid import _varied, final_rows, primary, score, stopped_rows
 from .safe import corrupt, number, read_json, reading
 
@@ -70,13 +71,20 @@ def discover(paths: list[str | Path]) -> Found:
                 getattr(found, kind).append(path)
                 continue
             if path.is_dir() and path.name not in (".venv", ".git", "__pycache__", "oof"):
-                todo.extend(p for p in sorted(path.iterdir(), reverse=True) if not (p.is_symlink() and p.is_dir()))
+                todo.extend(p for p in sorted(path.iterdir(), reverse=True) if not (p.is_symlink() and p.is_dir())
+                            and not _unfinished(p))
     for kind in KINDS:
         setattr(found, kind, sorted(getattr(found, kind)))
     if not any(getattr(found, k) for k in KINDS):
         raise MmfuseError(f"nothing mmfuse wrote was found in {', '.join(map(str, paths))} (run folders, grid "
                           "folders, .h5 caches, inspect folders)")
     return found
+
+
+def _unfinished(path: Path) -> bool:
+    """An output being written or left by a killed writer (``.NAME.partial-PID``, ``CACHE.partial``,
+    ``RUN.partial``): not a result to show."""
+    return path.name.startswith(".") or path.name.endswith((".partial", ".creating", ".lock"))
 
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -384,9 +392,10 @@ figure{margin:0}figure img{max-width:100%;height:auto;border:1px solid #eee}figc
 
 
 def build_report(paths: list[str | Path], out: str | Path, title: str = "mmfuse report",
-                 log: Callable[[str], None] = _stderr) -> Path:
-    """Write the report of everything found under ``paths`` to ``out`` (an .html file). A folder whose files
-    are damaged is left out (listed at the top, and one ``log`` line each); so is a plot that is not a PNG file."""
+                 log: Callable[[str], None] = _stderr, overwrite: bool = False) -> Path:
+    """Write the report of everything found under ``paths`` to ``out`` (an .html file; an existing one is
+    replaced only with ``overwrite``). A folder whose files are damaged is left out (listed at the top, and
+    one ``log`` line each); so is a plot that is not a PNG file."""
     out = Path(out)
     found = discover(paths)
     page = _Page(Path.cwd(), log)
@@ -412,8 +421,6 @@ def build_report(paths: list[str | Path], out: str | Path, title: str = "mmfuse 
             f'content="width=device-width,initial-scale=1"><title>{html.escape(title)}</title><style>{CSS}</style></head>'
             f'<body><header><h1>{html.escape(title)}</h1><p>{counts}; written {time.strftime("%Y-%m-%d %H:%M")} '
             f'from {html.escape(", ".join(map(str, paths)))}</p></header><nav>{nav}</nav><main>{body}</main></body></html>\n')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.write_text(text, encoding="utf-8", errors="replace")  # a "\ud800" in a JSON file is a lone surrogate
-    tmp.replace(out)
+    with new_file(out, overwrite, "report") as tmp:  # renamed into place when whole; replaces only with overwrite
+        tmp.write_text(text, encoding="utf-8", errors="replace")  # a "\ud800" in a JSON file is a lone surrogate
     return out
