@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import h5py
@@ -264,6 +263,9 @@ class CacheWriter:
                          dcpl=_early())
         f.create_dataset("complete", data=np.zeros(1, bool), dcpl=_early())
 
+    def _where(self) -> str:
+        return "" if self.path == self.final else f" (in {self.path.name})"
+
     def pending(self, modality: str) -> np.ndarray:
         """Rows whose ``modality`` features are still to be computed, ascending."""
         return np.flatnonzero(self._todo[modality] & ~np.isin(np.arange(len(self._todo[modality])),
@@ -283,7 +285,7 @@ class CacheWriter:
         try:
             self._write_ready(buf, todo, modality, everything)
         except OSError as e:  # a full disk above all: what is flagged done is on disk and stays
-            raise write_failed(self.path, e, "The rows written before are kept") from None
+            raise write_failed(self.final, e, "The rows written before are kept" + self._where()) from None
 
     def _write_ready(self, buf, todo, modality: str, everything: bool) -> None:
         for chunk in sorted({row // CHUNK_ROWS for row in buf}):
@@ -307,7 +309,7 @@ class CacheWriter:
             self.f["skipped"][row] = True
             self.f.flush()
         except OSError as e:
-            raise write_failed(self.path, e, "The rows written before are kept") from None
+            raise write_failed(self.final, e, "The rows written before are kept" + self._where()) from None
         for m in MODALITIES:
             self._todo[m][row] = False
             self._buffer[m].pop(row, None)
@@ -325,7 +327,8 @@ class CacheWriter:
                 self.f.attrs["complete"] = complete  # a version 2 cache, resumed
             self.f.flush()
         except OSError as e:
-            raise write_failed(self.path, e, "Every row is written; only the complete flag is not") from None
+            raise write_failed(self.final, e, "Every row is written" + self._where() + "; only the complete flag "
+                               "is not") from None
         self.complete = complete
         return complete
 
@@ -508,16 +511,16 @@ def shard_path(out: str | Path, rank: int, world: int) -> Path:
     return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
 
 
-SHARD_NAME = re.compile(r".+\.shard-\d+-of-\d+(\.[^.]+)?")
-NOT_SHARDS = (".partial", ".lock", ".creating")  # an unfinished shard, a writer's lock, a layout being made
+SIDECARS = (".partial", ".creating", ".lock", ".owner")  # an unfinished cache, a layout being made, a writer's
+#                                                         lock (and an older version's lock owner file)
 
 
 def shard_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(shard caches, other files) among ``paths``, as a shell glob like ``sh.shard-*`` gives them: locks,
-    unfinished ``.partial`` files and anything else not named NAME.shard-RANK-of-WORLD.h5 are the others."""
+    """(caches to merge, files left out) among ``paths``, as a shell glob like ``sh.shard-*`` gives them: the
+    sidecar files an extraction keeps beside a cache are left out; every other file must be a shard."""
     keep, other = [], []
     for p in map(Path, paths):
-        (keep if SHARD_NAME.fullmatch(p.name) and p.suffix not in NOT_SHARDS else other).append(p)
+        (other if p.suffix in SIDECARS else keep).append(p)
     return keep, other
 
 
@@ -530,10 +533,11 @@ def merge_shards(paths: list[str | Path], out: str | Path, overwrite: bool = Fal
     missing rank, and rows covered twice or not at all."""
     paths, ignored = shard_files(paths)
     if ignored:
-        log(f"ignored {len(ignored)} file(s) that are not shard caches: {', '.join(map(str, ignored[:5]))}"
+        log(f"ignored {len(ignored)} file(s) that are not shard caches (locks, unfinished extractions): "
+            f"{', '.join(map(str, ignored[:5]))}"
             f"{' ...' if len(ignored) > 5 else ''}")
     if not paths:
-        raise CacheError("no shards to merge: shard caches are named NAME.shard-RANK-of-WORLD.h5")
+        raise CacheError("no shards to merge: pass the shard caches (NAME.shard-RANK-of-WORLD.h5)")
     shards = []
     for p in paths:
         cache = FeatureCache(p, allow_incomplete=True)

@@ -10,7 +10,6 @@ from typing import List, Optional
 import typer
 
 from .errors import MmfuseError
-from .outputs import new_folder
 from .cache import SHARDINGS
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
@@ -170,10 +169,9 @@ def inspect(
         except MmfuseError as e:
             typer.secho(f"warning: {e}; counting words instead of tokens", fg="yellow", err=True)
             tokenizer, name = None, "whitespace words"
-        with new_folder(out, "inspect folder", overwrite) as tmp:
-            summary = inspect_data(data_dir, tmp, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
-                                   max_length=max_length, progress=progress, log=typer.echo).read_text()
-    typer.echo(summary)
+        summary = inspect_data(data_dir, out, csv_format=csv_format, tokenizer=tokenizer, tokenizer_name=name,
+                               max_length=max_length, progress=progress, log=typer.echo, overwrite=overwrite)
+    typer.echo(summary.read_text())
 
 
 @app.command()

@@ -17,6 +17,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import CsvFormat, DataSet, read_data
+from .outputs import new_folder
 
 IMAGE_BINS = (64, 128, 224, 256, 512, 1024)  # image sides worth knowing: below the model's crop, above
 
@@ -44,8 +45,12 @@ def _split_stats(ds: DataSet, tokenizer, max_length: int, progress: bool) -> dic
             image_hash[hashlib.sha1(r.image_path.read_bytes()).hexdigest()].append(r.guid)
         except Exception as e:  # noqa: BLE001 - every unreadable file is listed with its error
             failed.append({"guid": r.guid, "file": str(r.image_path), "error": f"{type(e).__name__}: {e}"})
-    texts = [r.text for r in ds.records]
-    if tokenizer is not None:
+    texts, limit, n_cut = [r.text for r in ds.records], None, 0
+    if tokenizer is not None:  # cut first, as extraction does: a 27 MB text would take a minute and gigabytes
+        from .extract.text import cut, max_chars
+
+        limit = max_chars(max_length)
+        n_cut, texts = sum(len(t) > limit for t in texts), [cut(t, limit) for t in texts]
         tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]]
     else:
         tokens = [len(t.split()) for t in texts]
@@ -56,6 +61,7 @@ def _split_stats(ds: DataSet, tokenizer, max_length: int, progress: bool) -> dic
                                                                       if k not in ds.label_names},
         "labels_per_row": dict(sorted(labels_per_row.items())),
         "chars": chars, "tokens": tokens, "truncated": int(np.sum(np.array(tokens) > max_length)),
+        "max_chars": limit, "cut": n_cut,
         "widths": widths, "heights": heights, "formats": dict(formats), "modes": dict(modes),
         "encoding_fallbacks": fallback, "failed_images": failed,
         "record_errors": [{"guid": r.guid, "error": r.error, "source": r.source} for r in ds.records if r.error],
@@ -67,11 +73,21 @@ def _split_stats(ds: DataSet, tokenizer, max_length: int, progress: bool) -> dic
 
 def inspect_data(source: str | Path, out: str | Path, *, csv_format: CsvFormat | None = None,
                  splits: tuple[str, ...] | None = None, tokenizer=None, tokenizer_name: str = "words",
-                 max_length: int = 128, progress: bool = True, log: Callable[[str], None] = print) -> Path:
+                 max_length: int = 128, progress: bool = True, log: Callable[[str], None] = print,
+                 overwrite: bool = False) -> Path:
     """EDA of a course folder (both splits, and the leak check between them) or a CSV file into ``out``;
-    returns the path of ``summary.md``. ``tokenizer``: a Hugging Face tokenizer (None: words)."""
+    returns the path of ``summary.md``. ``tokenizer``: a Hugging Face tokenizer (None: words). ``out`` is
+    written beside itself and renamed into place when complete; an existing one is replaced only with
+    ``overwrite``."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    with new_folder(out, "inspect folder", overwrite) as tmp:
+        _inspect(source, tmp, csv_format, splits, tokenizer, tokenizer_name, max_length, progress)
+    log(f"wrote {out / 'summary.md'} and {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}")
+    return out / "summary.md"
+
+
+def _inspect(source, out: Path, csv_format, splits, tokenizer, tokenizer_name: str, max_length: int,
+             progress: bool) -> None:
     if splits is None:
         splits = ("train",) if csv_format else tuple(
             s for s, f in (("train", "train.txt"), ("test", "test_without_label.txt")) if (Path(source) / f).is_file())
@@ -85,10 +101,7 @@ def inspect_data(source: str | Path, out: str | Path, *, csv_format: CsvFormat |
     public = [{k: v for k, v in s.items() if not k.startswith("_")} for s in stats]
     (out / "eda.json").write_text(json.dumps({"source": str(Path(source).resolve()), "tokenizer": tokenizer_name,
                                               "max_length": max_length, "splits": public, "leaks": leaks}) + "\n")
-    path = out / "summary.md"
-    path.write_text(_summary(source, public, leaks, tokenizer_name, max_length))
-    log(f"wrote {path} and {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}")
-    return path
+    (out / "summary.md").write_text(_summary(source, public, leaks, tokenizer_name, max_length))
 
 
 def _pct(n: int, total: int) -> str:
@@ -111,7 +124,9 @@ def _summary(source, stats: list[dict], leaks: dict, tokenizer_name: str, max_le
         lines += ["",
                   f"- text length ({tokenizer_name} tokens): median {np.median(tok):.0f}, 95th percentile "
                   f"{np.percentile(tok, 95):.0f}, max {tok.max()}; longer than --max-length {max_length}: "
-                  f"{_pct(s['truncated'], n)}",
+                  f"{_pct(s['truncated'], n)}"
+                  + (f" ({s['cut']} text(s) over {s['max_chars']} characters counted on their first "
+                     f"{s['max_chars']}: a lower bound)" if s.get("cut") else ""),
                   f"- text length (characters): median {np.median(ch):.0f}, max {ch.max()}; empty: "
                   f"{_pct(int(np.sum(ch == 0)), n)}",
                   f"- texts that were not UTF-8: {_pct(len(s['encoding_fallbacks']), n)}"
@@ -142,7 +157,7 @@ def _summary(source, stats: list[dict], leaks: dict, tokenizer_name: str, max_le
 
 
 def _plots(stats: list[dict], out: Path, tokenizer_name: str, max_length: int) -> None:
-    from .metrics import _plt
+    from .metrics import PLAIN, _plt
 
     plt = _plt()
     labelled = [s for s in stats if s["labelled"]]
@@ -153,7 +168,7 @@ def _plots(stats: list[dict], out: Path, tokenizer_name: str, max_length: int) -
         names = list(labelled[0]["labels"])
         for k, s in enumerate(labelled):
             ax.bar(np.arange(len(names)) + 0.4 * k, [s["labels"].get(n, 0) for n in names], 0.4, label=s["split"])
-        ax.set_xticks(np.arange(len(names)) + 0.2 * (len(labelled) - 1), names, rotation=30, ha="right")
+        ax.set_xticks(np.arange(len(names)) + 0.2 * (len(labelled) - 1), names, rotation=30, ha="right", **PLAIN)
         ax.set_ylabel("rows")
         ax.set_title("label balance")
         ax.legend()
@@ -171,7 +186,7 @@ def _plots(stats: list[dict], out: Path, tokenizer_name: str, max_length: int) -
         axes[0].hist(s["tokens"], bins=40, alpha=0.6, label=s["split"])
         axes[1].hist(s["chars"], bins=40, alpha=0.6, label=s["split"])
     axes[0].axvline(max_length, color="k", ls="--", lw=1, label=f"--max-length {max_length}")
-    axes[0].set_xlabel(f"{tokenizer_name} tokens")
+    axes[0].set_xlabel(f"{tokenizer_name} tokens", **PLAIN)  # a model folder's name
     axes[1].set_xlabel("characters")
     for ax in axes:
         ax.set_ylabel("texts")

@@ -131,7 +131,7 @@ class StackedEnsemble:
             if tf not in sets:
                 sets[tf] = FeatureSet.from_cache(cache, tf)
             X = sets[tf]
-            head.check_compatible(X)
+            X = head.check_compatible(X)  # a cache lacking a rare label: its labels mapped by name
             probas.append(head.predict_proba(X, zero))
         p = self.meta_.predict_proba(_meta_features(probas))
         if p.shape[1] < len(self.label_names_):  # the meta-classifier never saw a class: its column is 0

@@ -32,7 +32,7 @@ from .data import DataSet, open_image, read_course
 from .errors import DataError, MmfuseError
 from .extract.common import native_bf16, resolve_device
 from .extract.image import ImageExtractorConfig, ImageFiles, feature_extractor, load_image_model
-from .extract.text import TextExtractorConfig, load_text_encoder, pool_text, resolve_text_feature
+from .extract.text import TextExtractorConfig, load_text_encoder, pool_text, resolve_text_feature, tokenize
 from .heads import HeadConfig, create_head
 from .heads.registry import get_head_class
 from .heads.estimator import class_weights, loss_fn, warmup_cosine
@@ -217,7 +217,7 @@ class PairLoader:
                  train: bool, device: torch.device):
         self.records = [ds.records[i] for i in rows]
         self.y = ds.label_array()[rows]
-        self.enc = tokenizer([r.text for r in self.records], truncation=True, max_length=cfg.max_length)
+        self.enc = tokenize(tokenizer, [r.text for r in self.records], cfg.max_length)  # long texts cut first
         self.keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.enc]
         self.tokenizer, self.device = tokenizer, device
         images = (AugmentedImages if train and cfg.augment else ImageFiles)(

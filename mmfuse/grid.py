@@ -428,6 +428,9 @@ def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
         tmp.replace(path)
 
 
+GRID_FILES = ("configs.json", "results.csv", "folds.npy", "splits", "oof")  # a grid folder's, beside grid.json
+
+
 def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str],
                   repeats: int = 1) -> np.ndarray:
     """Create or reopen a grid folder; refuse one made from other features (another extraction of the
@@ -451,7 +454,8 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
                               f"{old.get('folds')} folds x {old.get('repeats', 1)} repeats, seed {old.get('seed')}): "
                               "choose another --out")
     else:
-        if out.is_dir() and any(p.name != "grid.lock" for p in out.iterdir()):
+        if out.is_dir() and any(p.name != "grid.lock" for p in out.iterdir()) and not any(
+                (out / name).exists() for name in GRID_FILES):
             raise MmfuseError(f"{out} holds files that are not a grid's (no grid.json): a grid writes into its "
                               "folder, so choose another --out (an empty or new folder)")
         out.mkdir(parents=True, exist_ok=True)

@@ -14,14 +14,19 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, label_names) -> dict:
     """Accuracy, macro/weighted F1, balanced accuracy, per-class P/R/F1/support, confusion matrix."""
+    import warnings
+
     labels = np.arange(len(label_names))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    with warnings.catch_warnings():  # a test split may lack a class the head predicts: not worth a warning
+        warnings.filterwarnings("ignore", "y_pred contains classes not in y_true")
+        balanced = float(balanced_accuracy_score(y_true, y_pred))
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": macro_f1(y_true, y_pred, len(label_names)),
         "weighted_f1": float(f1_score(y_true, y_pred, average="weighted", labels=labels, zero_division=0)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": balanced,
         "per_class": {n: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
                       for k, n in enumerate(label_names)},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
@@ -91,6 +96,11 @@ def format_size(n: int) -> str:
         n /= 1024
 
 
+# Text properties for names that are data (label names): shown as written, never parsed as mathtext or TeX,
+# where a name like `$\bad$` would raise at draw time (Text's parse_math exists since matplotlib 3.5)
+PLAIN = {"parse_math": False, "usetex": False}
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -103,8 +113,8 @@ def plot_confusion(m: dict, path: Path, title: str = "") -> None:
     cm, names = np.array(m["confusion_matrix"]), m["label_names"]
     fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2.5, 1.1 * len(names) + 2))
     ax.imshow(cm, cmap="Blues")
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_yticks(range(len(names)), names)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", **PLAIN)
+    ax.set_yticks(range(len(names)), names, **PLAIN)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for i in range(len(names)):
@@ -126,7 +136,7 @@ def plot_label_f1(m: dict, path: Path, title: str = "") -> None:
     ax.bar(range(len(names)), f1, color="C0")
     for k, n in enumerate(names):
         ax.text(k, f1[k] + 0.01, str(m["per_class"][n]["support"]), ha="center", va="bottom", fontsize=7)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", **PLAIN)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("F1 (number: positives)")
     ax.set_title(title or f"per-label F1 (micro-F1 {m['micro_f1']:.3f})")

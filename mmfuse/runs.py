@@ -17,7 +17,9 @@ import numpy as np
 from .cache import FeatureCache
 from .data import csv_records, guid_tag_rows, split_labels
 from .errors import DataError, MmfuseError
+from .heads.estimator import align_labels
 from .metrics import classification_metrics, metrics_for, multilabel_metrics
+from .outputs import write_text_atomic
 
 
 class Predictor(Protocol):
@@ -67,6 +69,7 @@ def _predict(model, source, split: str, zero: str | None):
         guids, proba, y = model.predict_data(source, split)
         return guids, proba, (None if (y < 0).any() else y), f"{Path(source).name}-{split}"
     X, proba = model.predict_cache(source, zero)
+    X = align_labels(X, model.label_names_)  # a no-op where predict_cache aligned them; a stacking ensemble does not
     return X.guids, proba, X.y, Path(X.source).stem
 
 
@@ -84,7 +87,8 @@ def evaluate_run(run: str | Path, source: str | Path | FeatureCache, zero: str |
     metrics = metrics_for(y, proba, model.label_names_, lambda p: decide(model, p))
     metrics.update(source=str(getattr(source, "path", source)), zero=zero)
     if save:
-        (Path(run) / f"eval-{name}{f'-zero-{zero}' if zero else ''}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(Path(run) / f"eval-{name}{f'-zero-{zero}' if zero else ''}.json",
+                          json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
@@ -96,8 +100,7 @@ def write_tags(path: str | Path, guids: list[str], tags: list[str], header=("gui
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(list(header))
     w.writerows(zip(guids, tags))
-    path.write_text(buf.getvalue())
-    return path
+    return write_text_atomic(path, buf.getvalue())  # a reader never sees half a predictions file
 
 
 def write_label_sets(path: str | Path, ids: list[str], labels: list[list[str]], header=("ImageID", "Labels")) -> Path:

@@ -15,6 +15,8 @@ import contextlib
 import json
 import math
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
 
 from .errors import MmfuseError
@@ -26,7 +28,7 @@ class CorruptFileError(MmfuseError):
 
 # what reading a damaged file raises, from json, numpy's zip reader, torch's loader and plain Python
 _READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, RuntimeError, AttributeError,
-                pickle.UnpicklingError)
+                pickle.UnpicklingError, zipfile.BadZipFile, zlib.error)
 
 
 def _reason(e: BaseException) -> str:
@@ -35,6 +37,8 @@ def _reason(e: BaseException) -> str:
     if isinstance(e, EOFError):
         return "the file ends early (truncated or empty)"
     text = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    if ". " in text[:200]:
+        text = text[:text.index(". ", 0, 200)]  # the first sentence: torch's messages go on with advice
     return text[:200]
 
 
@@ -119,6 +123,8 @@ def load_tensors(path: str | Path, map_location="cpu", advice: str = ""):
 def load_state(module, state: dict, path) -> None:
     """``module.load_state_dict(state)``; a state of other shapes (a head.json whose dims were edited, a file
     from another run) is one line naming the file and the first tensor that differs."""
+    if not isinstance(state, dict):
+        raise corrupt(path, f"it holds a {type(state).__name__}, not a state dict")
     own = module.state_dict()
     for name, tensor in own.items():
         if name not in state:

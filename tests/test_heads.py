@@ -191,7 +191,8 @@ def test_refuses_a_cache_from_other_backbones(caches, tmp_path):
     assert result.exit_code == 1 and "feature dims" in result.output
     relabelled = write_feature_cache(tmp_path / "relabelled.h5", text, image, y, ("a", "b", "c"))
     result = runner.invoke(app, ["evaluate", str(run), str(relabelled)])
-    assert result.exit_code == 1 and "labels: ('positive', 'neutral', 'negative') vs ('a', 'b', 'c')" in result.output
+    assert result.exit_code == 1 and "labels: a, b, c unknown to the head" in result.output
+    assert "--label-names positive,neutral,negative" in result.output
 
 
 def test_compare_and_score_commands(caches, tmp_path):

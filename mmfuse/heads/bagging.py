@@ -9,6 +9,7 @@ import numpy as np
 
 from ..errors import MmfuseError
 from ..multilabel import decide
+from ..safe import corrupt, read_json
 from .estimator import FeatureSet, Head
 
 
@@ -42,12 +43,11 @@ class BaggedHead:
             return None
         return {k: float(np.mean([w[k] for w in ws])) for k in ws[0]}
 
-    def check_compatible(self, X: FeatureSet) -> None:
-        self.members[0].check_compatible(X)
+    def check_compatible(self, X: FeatureSet) -> FeatureSet:
+        return self.members[0].check_compatible(X)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
-        X = FeatureSet.from_cache(cache, self.config.text_feature)
-        self.check_compatible(X)
+        X = self.check_compatible(FeatureSet.from_cache(cache, self.config.text_feature))
         return X, self.predict_proba(X, zero)
 
     def save(self, folder: str | Path) -> Path:
@@ -61,9 +61,16 @@ class BaggedHead:
 
     @classmethod
     def load(cls, folder: str | Path) -> "BaggedHead":
-        folder = Path(folder)
-        n = json.loads((folder / "bagged.json").read_text())["members"]
-        return cls([Head.load(folder / "folds" / str(k)) for k in range(n)])
+        folder, path = Path(folder), Path(folder) / "bagged.json"
+        n = read_json(path, required=("members",))["members"]
+        if type(n) is not int or n < 1:
+            raise corrupt(path, f"members is {n!r:.40}, not a positive whole number")
+        members = [Head.load(folder / "folds" / str(k)) for k in range(n)]
+        shape = [(m.label_names_, m.dims_, m.multilabel_) for m in members]
+        for k in range(1, n):  # a fold copied from another run would not average
+            if shape[k] != shape[0]:
+                raise corrupt(folder / "folds" / str(k), "its labels or dims differ from folds/0's (another run's?)")
+        return cls(members)
 
 
 def load_head(folder: str | Path) -> Head | BaggedHead:

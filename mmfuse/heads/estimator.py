@@ -9,6 +9,7 @@ a run folder. ``X`` is a :class:`FeatureSet` (which scikit-learn can index by ro
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import json
 import math
@@ -28,8 +29,8 @@ from ..cache import FeatureCache, feature_mismatch
 from ..errors import CacheError, InputError, MmfuseError
 from ..metrics import macro_f1
 from ..multilabel import decide, tune_thresholds
-from ..safe import load_tensors
-from .config import HeadConfig
+from ..safe import CorruptFileError, corrupt, load_npz, load_state, load_tensors, read_json, reading
+from .config import TEXT_FEATURES, HeadConfig
 from .registry import create_head, register_head
 
 IMAGE_FEATURE = "image/pooled"
@@ -399,6 +400,7 @@ class Head(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, folder: str | Path) -> "Head":
+        """A saved run folder; a damaged or inconsistent file is one CorruptFileError naming it."""
         folder = Path(folder)
         missing = [n for n in ("config.json", "head.json", "scaler.npz") if not (folder / n).is_file()]
         if not (folder / "model.pt").is_file() and not (folder / "logreg.npz").is_file():
@@ -406,8 +408,8 @@ class Head(ClassifierMixin, BaseEstimator):
         if missing:
             raise MmfuseError(f"{folder} is not a complete head run folder ({', '.join(missing)} missing): "
                               "train it again")
-        head = cls(HeadConfig.from_json(folder / "config.json"))
-        meta = json.loads((folder / "head.json").read_text())
+        head = cls(load_config(folder / "config.json"))
+        meta = read_meta(folder / "head.json")
         head.label_names_ = tuple(meta["label_names"])
         head.classes_ = np.array(meta.get("classes", list(range(len(head.label_names_)))))
         head.dims_, head.best_epoch_, head.provenance_ = meta["dims"], meta["best_epoch"], meta["provenance"]
@@ -415,27 +417,26 @@ class Head(ClassifierMixin, BaseEstimator):
         head.text_feature_ = meta.get("text_feature") or head.config.text_feature
         head.multilabel_ = bool(meta.get("multilabel", False))
         head.thresholds_ = None if meta.get("thresholds") is None else np.array(meta["thresholds"])
-        s = np.load(folder / "scaler.npz")
-        head.text_scaler_ = _scaler(s["text_mean"], s["text_std"])
-        head.image_scaler_ = _scaler(s["image_mean"], s["image_std"])
-        head.model_ = create_head(head.config.fusion, head.dims_["text"], head.dims_["image"],
-                                  len(head.classes_), head.config, "multilabel" if head.multilabel_ else "single")
+        head.text_scaler_, head.image_scaler_ = read_scalers(folder / "scaler.npz", head.dims_, folder / "head.json")
+        with reading(folder / "config.json"):  # e.g. a hidden size the fusion refuses
+            head.model_ = create_head(head.config.fusion, head.dims_["text"], head.dims_["image"],
+                                      len(head.classes_), head.config, "multilabel" if head.multilabel_ else "single")
         if getattr(head.model_, "kind", "module") == "sklearn":
             head.model_.load(folder)
         else:
-            head.model_.load_state_dict(load_tensors(folder / "model.pt"))
+            load_state(head.model_, load_tensors(folder / "model.pt"), folder / "model.pt")
             head.model_.eval()
         head.history_ = []
         return head
 
-    def check_compatible(self, X: FeatureSet) -> None:
-        """Refuse features extracted otherwise than the head's training features."""
-        check_compatible(self.provenance_, self.dims_, self.label_names_, X)
+    def check_compatible(self, X: FeatureSet) -> FeatureSet:
+        """Refuse features extracted otherwise than the head's training features; return X with its labels
+        in the head's order (a cache naming a subset of the head's labels is mapped by name)."""
+        return check_compatible(self.provenance_, self.dims_, self.label_names_, X, subset=True)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
         """(features, probabilities) of a cache, after checking it was extracted like the training one."""
-        X = FeatureSet.from_cache(cache, self.text_feature_ or self.config.text_feature)
-        self.check_compatible(X)
+        X = self.check_compatible(FeatureSet.from_cache(cache, self.text_feature_ or self.config.text_feature))
         return X, self.predict_proba(X, zero)
 
 
@@ -453,19 +454,99 @@ def _scaler(mean: np.ndarray, scale: np.ndarray) -> StandardScaler:
     return s
 
 
-def check_compatible(provenance: dict | None, dims: dict, label_names, X: FeatureSet) -> None:
+def load_config(path: Path) -> HeadConfig:
+    """config.json as a HeadConfig; damaged, or a value of the wrong type: one CorruptFileError naming it."""
+    data = read_json(path)  # HeadConfig.from_json would raise JSONDecodeError / AttributeError
+    for f in fields(HeadConfig):  # HeadConfig checks values, not types (an int may stand for a float; C is checked)
+        v, d = data.get(f.name, f.default), f.default
+        if type(v) is not type(d) and not (type(d) is float and type(v) is int) and f.name != "C":
+            raise corrupt(path, f"{f.name} is {v!r:.60}, expected {type(d).__name__}")
+    try:
+        with reading(path):
+            return HeadConfig.from_json(path)
+    except CorruptFileError:
+        raise
+    except MmfuseError as e:  # a value HeadConfig refuses (fusion 'foo')
+        raise corrupt(path, str(e)) from None
+
+
+def read_meta(path: Path) -> dict:
+    """head.json, its fields checked for type and length (else one CorruptFileError naming it)."""
+    m = read_json(path, required=("label_names", "dims", "best_epoch", "provenance"))
+    names, dims, thr = m["label_names"], m["dims"], m.get("thresholds")
+    n = len(names) if isinstance(names, list) else -1
+    expect = {  # field: (valid, what it must be); each test guards what the next one reads
+        "label_names": (n > 0 and all(isinstance(x, str) for x in names), "a list of label names"),
+        "dims": (isinstance(dims, dict) and all(type(dims.get(k)) is int and dims[k] > 0 for k in ("text", "image")),
+                 "{'text': N, 'image': N}"),
+        "classes": (isinstance(m.get("classes", names), list) and len(m.get("classes", names)) == n, f"{n} classes"),
+        "thresholds": (thr is None or isinstance(thr, list) and len(thr) == n
+                       and all(type(t) in (int, float) for t in thr), f"{n} numbers"),
+        "best_epoch": (type(m["best_epoch"]) is int, "a whole number"),
+        "provenance": (isinstance(m["provenance"], (dict, type(None))), "an object"),
+        "text_feature": (m.get("text_feature") in (None, "", *TEXT_FEATURES), " or ".join(TEXT_FEATURES)),
+    }
+    for name, (ok, what) in expect.items():
+        if not ok:
+            raise corrupt(path, f"{name} is {m.get(name)!r:.60}, not {what}")
+    return m
+
+
+def read_scalers(path: Path, dims: dict, meta_path: Path) -> tuple[StandardScaler, StandardScaler]:
+    """The text and image scalers of scaler.npz, checked against head.json's dims."""
+    s = load_npz(path, ("text_mean", "text_std", "image_mean", "image_std"))
+    for k, a in s.items():
+        if a.shape != (dims[k.split("_")[0]],):
+            raise CorruptFileError(f"{meta_path} and {path} do not match: head.json's dims say {dims['text']} text and "
+                                   f"{dims['image']} image features, scaler.npz's {k} has shape {a.shape}; one of "
+                                   "them was edited or comes from another run: train the run again")
+        if a.dtype.kind != "f" or not np.isfinite(a).all():
+            raise corrupt(path, f"{k} holds {'NaN or infinite values' if a.dtype.kind == 'f' else a.dtype}")
+    return _scaler(s["text_mean"], s["text_std"]), _scaler(s["image_mean"], s["image_std"])
+
+
+def _few(names, k: int = 6) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def check_compatible(provenance: dict | None, dims: dict, label_names, X: FeatureSet,
+                     subset: bool = False) -> FeatureSet:
     """Raise CacheError naming the field where X's feature identity differs from the training cache's
     (models, weights, pooling, max length, preprocessing, precision, store dtype, library versions),
-    or its dims or labels differ."""
+    or its dims or labels differ. Returns X with its labels in ``label_names``' order; with ``subset``, a
+    cache naming only some of them (a test split without a rare label) is mapped by name."""
     problems = feature_mismatch(provenance or {}, X.provenance or {})
     x_dims = {"text": X.text.shape[1], "image": X.image.shape[1]}
     if x_dims != dims:
         problems.append(f"feature dims: {dims} vs {x_dims}")
-    if X.label_names and tuple(X.label_names) != tuple(label_names):  # an unlabelled CSV may name none
-        problems.append(f"labels: {tuple(label_names)} vs {tuple(X.label_names)}")
+    names, own = tuple(label_names), tuple(X.label_names)
+    unknown, missing = [x for x in own if x not in names], [x for x in names if x not in own]
+    bad_labels = bool(own) and own != names and bool(unknown or not subset)  # an unlabelled CSV may name none
+    if bad_labels:
+        detail = ([f"{_few(unknown)} unknown to the head"] if unknown else []) + \
+                 ([f"{_few(missing)} missing from the cache"] if missing and not subset else [])
+        problems.insert(0, "labels: " + (", ".join(detail) or "the same names in another order"))
     if problems:
+        fix = f" and --label-names {','.join(names)} (the training set's label names)" if bad_labels else ""
         raise CacheError(f"{X.source} was not extracted like the head's training features (head vs cache: "
-                         + "; ".join(problems[:3]) + "): extract it with the same options")
+                         + "; ".join(problems[:3]) + f"): extract it with the same options{fix}")
+    return align_labels(X, names) if own else X
+
+
+def align_labels(X: FeatureSet, label_names) -> FeatureSet:
+    """X with its labels mapped by name into ``label_names``' order: a label the cache lacks is an
+    all-negative column (multi-label), a class no row has (single-label); unlabelled rows stay -1."""
+    names = tuple(label_names)
+    if tuple(X.label_names) == names or not X.label_names:
+        return X
+    idx, y = np.array([names.index(x) for x in X.label_names]), X.y
+    if y is not None and y.ndim == 2:
+        y = np.zeros((len(X.y), len(names)), X.y.dtype)
+        y[:, idx] = X.y
+        y[(X.y < 0).any(1)] = -1
+    elif y is not None:
+        y = np.where(y >= 0, idx[np.maximum(y, 0)], y)
+    return dataclasses.replace(X, y=y, label_names=names)
 
 
 @register_head("logreg")
@@ -477,7 +558,7 @@ class LogRegHead:
     task = "single"  # create_head sets "multilabel" for one-vs-rest
 
     def __init__(self, text_dim: int, image_dim: int, n_out: int, cfg: HeadConfig):
-        self.cfg, self.n_classes = cfg, n_out
+        self.cfg, self.n_classes, self.n_features = cfg, n_out, text_dim + image_dim
 
     def fit(self, t: torch.Tensor, i: torch.Tensor, y: np.ndarray, weight: np.ndarray | None) -> "LogRegHead":
         from sklearn.linear_model import LogisticRegression
@@ -506,8 +587,13 @@ class LogRegHead:
         save_linear(self.model_, folder / "logreg.npz")
 
     def load(self, folder: Path) -> "LogRegHead":
-        self.model_ = OneVsRest.load(folder / "logreg.npz") if self.task == "multilabel" else \
-            load_linear(folder / "logreg.npz")
+        path = folder / "logreg.npz"
+        self.model_ = OneVsRest.load(path, self.n_features) if self.task == "multilabel" else \
+            load_linear(path, self.n_features)
+        c = self.model_.classes_
+        if not (c.dtype.kind in "iu" and len(c) and 0 <= c.min() and c.max() < self.n_classes
+                and (self.task != "multilabel" or len(c) == self.n_classes)):
+            raise corrupt(path, f"its classes {c.tolist()!r:.60} do not fit head.json's {self.n_classes} labels")
         return self
 
 
@@ -532,9 +618,9 @@ class OneVsRest:
         return X @ self.coef_.T + self.intercept_  # (N, D) @ (D, L) -> (N, L)
 
     @classmethod
-    def load(cls, path: Path) -> "OneVsRest":
+    def load(cls, path: Path, n_features: int | None = None) -> "OneVsRest":
         model = cls.__new__(cls)
-        model.coef_, model.intercept_, model.classes_ = linear_arrays(path)
+        model.coef_, model.intercept_, model.classes_ = linear_arrays(path, n_features)
         return model
 
 
@@ -602,17 +688,26 @@ def save_linear(model, path: Path) -> None:
     np.savez(path, coef=model.coef_, intercept=model.intercept_, classes=model.classes_)
 
 
-def load_linear(path: Path):
+def load_linear(path: Path, n_features: int | None = None):
     """The LogisticRegression saved by :func:`save_linear`, ready for predict / predict_proba."""
     from sklearn.linear_model import LogisticRegression
 
     model = LogisticRegression()
-    model.coef_, model.intercept_, model.classes_ = linear_arrays(path)
+    model.coef_, model.intercept_, model.classes_ = linear_arrays(path, n_features)
     model.n_features_in_ = model.coef_.shape[1]
     return model
 
 
-def linear_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(coef, intercept, classes) as :func:`save_linear` wrote them, read without unpickling."""
-    a = np.load(path, allow_pickle=False)
-    return a["coef"], a["intercept"], a["classes"]
+def linear_arrays(path: Path, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef, intercept, classes) as :func:`save_linear` wrote them, read without unpickling; arrays that
+    do not fit together (or a coef not ``n_features`` wide) are a CorruptFileError naming the file."""
+    a = load_npz(path, ("coef", "intercept", "classes"))
+    coef, intercept, classes = a["coef"], a["intercept"], a["classes"]
+    if not (coef.ndim == 2 and intercept.shape == coef.shape[:1] and classes.ndim == 1  # binary: 1 row, 2 classes
+            and coef.shape[0] in (len(classes), 1 if len(classes) == 2 else -1)
+            and all(x.dtype.kind == "f" and np.isfinite(x).all() for x in (coef, intercept))):
+        raise corrupt(path, f"coef {coef.shape} {coef.dtype}, intercept {intercept.shape} and classes {classes.shape} "
+                      "do not fit together")
+    if n_features is not None and coef.shape[1] != n_features:
+        raise corrupt(path, f"coef is {coef.shape[1]} features wide, head.json's dims say {n_features}")
+    return coef, intercept, classes

@@ -1,11 +1,18 @@
 """The README's fault tables are generated from this suite and checked against it, so they cannot drift:
-the data faults from ``test_bad_input.FAULTS``, the run faults from ``RUN_FAULTS`` below, each naming
-the test that injects it (which must exist)."""
+the data faults from ``test_bad_input.FAULTS``, the run faults from ``RUN_FAULTS`` below, and the faults
+on what mmfuse writes and reads back from the lists of the suites that inject them (``test_outputs``,
+``test_csv_rows``, ``test_corrupt_runs``, ``test_report_faults``, ``test_long_text_and_labels``), each
+naming the test that injects it (which must exist)."""
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import test_corrupt_runs
+import test_csv_rows
+import test_long_text_and_labels
+import test_outputs
+import test_report_faults
 from test_bad_input import FAULTS, NOTES, OUTCOMES
 
 TESTS = Path(__file__).parents[1]
@@ -54,6 +61,13 @@ RUN_FAULTS = [  # (fault, what mmfuse does, the test that injects it)
 ]
 
 
+# the faults on outputs and on files read back, by suite: (fault, what mmfuse does, test)
+WRITE_FAULTS = [(f, o, f"faults/{m.__name__}.py::{t}") for m, table in (
+    (test_outputs, test_outputs.OUTPUT_FAULTS), (test_corrupt_runs, test_corrupt_runs.FAULTS_TABLE),
+    (test_report_faults, test_report_faults.REPORT_FAULTS), (test_csv_rows, test_csv_rows.CSV_FAULTS),
+    (test_long_text_and_labels, test_long_text_and_labels.FAULTS_TABLE)) for f, o, t in table]
+
+
 def data_table() -> str:
     lines = ["| fault | what mmfuse does |", "|---|---|"]
     for name, (_, outcome) in FAULTS.items():
@@ -62,15 +76,15 @@ def data_table() -> str:
     return "\n".join(lines)
 
 
-def run_table() -> str:
+def run_table(faults=None) -> str:
     lines = ["| fault | what mmfuse does | test |", "|---|---|---|"]
-    for fault, outcome, test in RUN_FAULTS:
+    for fault, outcome, test in RUN_FAULTS if faults is None else faults:
         lines.append(f"| {fault} | {outcome} | `{test.split('::')[0]}` |")
     return "\n".join(lines)
 
 
 def test_every_run_fault_names_a_test_that_exists():
-    for _, _, test in RUN_FAULTS:
+    for _, _, test in RUN_FAULTS + WRITE_FAULTS:
         path, name = test.split("::")
         spec = importlib.util.spec_from_file_location(Path(path).stem, TESTS / path)
         source = (TESTS / path).read_text()
@@ -81,3 +95,5 @@ def test_the_readme_tables_are_these_tables():
     readme = (TESTS.parent / "README.md").read_text()
     assert data_table() in readme, "README's data fault table differs: paste test_readme_table.data_table()"
     assert run_table() in readme, "README's run fault table differs: paste test_readme_table.run_table()"
+    assert run_table(WRITE_FAULTS) in readme, ("README's table of output faults differs: paste "
+                                               "test_readme_table.run_table(test_readme_table.WRITE_FAULTS)")
