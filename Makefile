@@ -9,7 +9,7 @@ FEATURES ?= features
 MVSA ?= ../shared/datasets/mvsa
 DEMO ?= demo
 OFFLINE := --text-model minilm --image-model efficientnet-lite0
-HEADS := concat weighted attention gated aligned late text image logreg
+HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*list_heads())")  # every registered head
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale clean

@@ -14,7 +14,7 @@ from .cache import SHARDINGS
 from .extract import STORE_DTYPES
 from .extract.common import PRECISIONS
 from .finetune import FineTuneConfig
-from .heads import HeadConfig
+from .heads import HeadConfig, list_heads
 from .heads.config import CLASS_WEIGHTS, COMBINES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
 from .grid import PICKS, REFITS, SEARCHES
 
@@ -55,6 +55,8 @@ Monitor = choices("Monitor", MONITORS)
 Thresholds = choices("Thresholds", THRESHOLDS)
 Combine = choices("Combine", COMBINES)
 Sharding = choices("Sharding", SHARDINGS)
+Fusion = choices("Fusion", list_heads())  # the registry's heads
+ModuleFusion = choices("ModuleFusion", list_heads(training="gradient"))
 
 
 @app.command()
@@ -251,7 +253,7 @@ FT = FineTuneConfig()
 @app.command("train-head")
 def train_head(
     cache: Path = typer.Argument(..., help="Training feature cache (.h5)."),
-    fusion: str = typer.Option(D.fusion, help="concat, weighted, attention, gated, aligned, late, text, image, logreg."),
+    fusion: Fusion = typer.Option(Fusion(D.fusion), help="The head (mmfuse.heads.list_heads())."),
     out: Path = typer.Option(..., help="Run folder to write (weights, config, metrics, plots)."),
     overwrite: bool = typer.Option(False, help="Replace an existing run folder at --out (kept until the new run is "
                                    "complete)."),
@@ -289,14 +291,14 @@ def train_head(
     from .metrics import format_metrics, format_size
 
     with user_errors():
-        cfg = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
+        cfg = HeadConfig(fusion=fusion.value, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
                          align_weight=align_weight, epochs=epochs, lr=lr, weight_decay=weight_decay,
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
                          label_smoothing=label_smoothing, ema=ema, patience=patience, C=_number_or_auto(c, "--C"),
                          seed=seed, monitor=monitor.value, thresholds=thresholds.value, min_labels=min_labels,
                          combine=combine.value)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out, overwrite=overwrite)
-    typer.echo(f"{fusion} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
+    typer.echo(f"{fusion.value} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
                f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
     if metrics.get("modality_weights"):
         typer.echo("modality weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_weights"].items()))
@@ -361,8 +363,7 @@ def _layers(value: str, option: str) -> int:
 def finetune(
     data_dir: Path = typer.Argument(..., help="Course-format folder with a labelled train split."),
     out: Path = typer.Option(..., help="Run folder (checkpoint, metrics, plots, text/, image.pt)."),
-    fusion: str = typer.Option("concat", help="Any torch head: concat, weighted, attention, gated, aligned, late, "
-                               "text, image."),
+    fusion: ModuleFusion = typer.Option(ModuleFusion("concat"), help="Any head trained by gradient."),
     text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
     image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
     image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
@@ -413,7 +414,7 @@ def finetune(
                              epochs=epochs, lr_backbone=lr_backbone, lr_head=lr_head, batch_size=batch_size,
                              grad_accum=grad_accum, patience=patience, augment=augment, precision=precision,
                              val_split=val_split, num_workers=num_workers, seed=seed)
-        head = HeadConfig(fusion=fusion, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
+        head = HeadConfig(fusion=fusion.value, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
                           loss=loss.value, class_weight=class_weight.value, lr=lr_head, seed=seed)
         _, metrics = run_finetune(data_dir, out, cfg, head, val=val_pair, device=device, resume=resume,
                                   overwrite=overwrite,
@@ -463,7 +464,8 @@ def score(
 def grid(
     cache: Path = typer.Argument(..., help="Labelled training feature cache (.h5)."),
     out: Path = typer.Option(..., help="Grid folder (results.csv, summary.md, PNGs, best/)."),
-    fusion: Optional[str] = typer.Option(None, help="Comma list [default: concat,weighted,gated,late]."),
+    fusion: Optional[str] = typer.Option(None, help=f"Comma list of {', '.join(list_heads())} [default: "
+                                         "concat,weighted,gated,late]."),
     lr: Optional[str] = typer.Option(None, help="Comma list [default: 1e-4,3e-4,1e-3]."),
     weight_decay: Optional[str] = typer.Option(None, help="Comma list [default: 0.01]."),
     hidden: Optional[str] = typer.Option(None, help="Comma list."),

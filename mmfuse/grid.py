@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from .cache import FeatureCache, acquire_writer_lock, release_writer_lock
 from .errors import MmfuseError, write_failed
 from .heads import BaggedHead, FeatureSet, Head, HeadConfig
+from .heads.registry import head_info
 from .heads.run import stratified_split, write_history
 from .metrics import metrics_for
 from .multilabel import iterative_stratification, tune_thresholds
@@ -50,9 +51,6 @@ MULTILABEL_METRICS = ("micro_f1", "macro_f1", "samples_f1", "map")  # multi-labe
 VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
 # Fields that change nothing for a fusion are reset to the base value, so a grid never fits the same
 # model twice (e.g. logreg ignores lr; only aligned reads align_weight).
-ONLY_FOR = {"align_weight": {"aligned"}, "temperature": {"aligned"}, "heads": {"attention"}, "C": {"logreg"},
-            "combine": {"late"}}
-LOGREG_USES = {"fusion", "text_feature", "class_weight", "C", "seed", "thresholds", "min_labels"}
 
 
 def _float_or_auto(v: str):
@@ -114,10 +112,8 @@ def expand_grid(values: dict[str, list], base: HeadConfig | None = None) -> list
     configs, seen = [], set()
     for combo in ParameterGrid({k: list(v) for k, v in values.items()}):
         cfg = base.replace(**combo)
-        reset = {f: getattr(base, f) for f, users in ONLY_FOR.items() if cfg.fusion not in users}
-        if cfg.fusion == "logreg":
-            reset.update({f.name: getattr(base, f.name) for f in fields(HeadConfig) if f.name not in LOGREG_USES})
-        cfg = cfg.replace(**reset)
+        info = head_info(cfg.fusion)  # an axis the head does not use is reset, so it is not fit twice
+        cfg = cfg.replace(**{f.name: getattr(base, f.name) for f in fields(HeadConfig) if not info.uses_field(f.name)})
         if config_id(cfg) not in seen:
             seen.add(config_id(cfg))
             configs.append(cfg)
@@ -788,7 +784,7 @@ def standard_error(row: dict, folds: int) -> float:
 
 def n_parameters(cfg: HeadConfig, text_dim: int, image_dim: int, n_classes: int) -> int:
     """Learned parameters of a configuration's head: the measure of "simpler" in the one-SE rule."""
-    if cfg.fusion == "logreg":
+    if head_info(cfg.fusion).training == "closed-form":  # a linear model: one weight per feature and class
         return (text_dim + image_dim + 1) * n_classes
     from .heads import create_head
     return sum(p.numel() for p in create_head(cfg.fusion, text_dim, image_dim, n_classes, cfg).parameters())
@@ -861,7 +857,7 @@ def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.nda
         n_fit = np.mean([len(stratified_split(data.y[train], VAL_FRACTION, cfg.seed)[0]) for train, _ in splits(fold)])
         per_epoch = int(np.ceil(n_fit / cfg.batch_size))
         schedule = (cfg.epochs * per_epoch, max(1, int(round(row["best_epoch_mean"] * per_epoch))))
-        head = Head(cfg).fit(data, schedule=None if cfg.fusion == "logreg" else schedule)
+        head = Head(cfg).fit(data, schedule=None if head_info(cfg.fusion).training == "closed-form" else schedule)
         if head.multilabel_:
             if oof is None:
                 raise MmfuseError("a multi-label full refit needs the row's out-of-fold probabilities")
@@ -877,10 +873,8 @@ def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.nda
 
 
 def _uses(fusion: str, field: str) -> bool:
-    """Whether ``field`` changes the model of ``fusion`` (see ONLY_FOR, LOGREG_USES)."""
-    if fusion == "logreg":
-        return field in LOGREG_USES
-    return fusion in ONLY_FOR.get(field, {fusion})
+    """Whether ``field`` changes the model of ``fusion`` (what the head declares in the registry)."""
+    return head_info(fusion).uses_field(field)
 
 
 def _varied(rows: list[dict]) -> list[str]:
@@ -964,10 +958,10 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     fig.savefig(out / "fusions.png", dpi=110)
     plt.close(fig)
 
-    torch_fusions = [f for f in fusions if f != "logreg"]
+    torch_fusions = [f for f in fusions if head_info(f).training == "gradient"]  # the heads lr changes
     if not torch_fusions:
         return
-    torch_rows = [r for r in rows if r["fusion"] != "logreg"]
+    torch_rows = [r for r in rows if r["fusion"] in torch_fusions]
     lrs = sorted({r["lr"] for r in torch_rows})
     axis = heatmap_axis(torch_rows)
     label = axis.replace("_", " ")

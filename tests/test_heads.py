@@ -244,3 +244,14 @@ def test_logreg_C_auto_searches_by_cross_validation(caches, tmp_path):
     assert len(expand_grid({"fusion": ["logreg"], "C": ["auto", 1e-3]})) == 2
     bad = runner.invoke(app, ["train-head", str(caches["text"]), "--fusion", "logreg", "--C", "big", "--out", str(tmp_path / "b")])
     assert bad.exit_code == 1 and "a number or 'auto'" in bad.output
+
+
+@pytest.mark.parametrize("name", list_heads())
+def test_every_head_says_in_the_registry_how_it_trains_and_which_fields_it_uses(name):
+    from mmfuse.heads.registry import TRAINING, head_info
+
+    info = head_info(name)
+    assert info.training in TRAINING and set(info.modalities) <= {"text", "image"} and info.modalities
+    assert info.uses_field("fusion") and info.uses_field("seed")
+    assert info.uses_field("lr") == (info.training == "gradient")  # a closed-form head has no learning rate
+    assert info.uses_field("align_weight") == (name == "aligned") and info.uses_field("C") == (name == "logreg")

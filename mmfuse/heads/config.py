@@ -22,7 +22,7 @@ class HeadConfig:
     # alternative on the same 5 folds, 3 seeds each, as the per-fold difference default - alternative (mean ±
     # std over folds, folds ahead); seconds per fit on one thread of an AVX-512 Xeon (and the same Xeon
     # restricted to AVX2, 1 seed, where speed decided). "A tie" = inside its std.
-    fusion: str = "concat"  # a registered head: concat, weighted, attention, gated, aligned, late, text, image, logreg
+    fusion: str = "concat"  # a registered head (mmfuse.heads.list_heads())
     text_feature: str = "auto"  # cached text vector: cls ([CLS] token), mean (masked mean), or auto: the pooling
     #                             the encoder was trained with where its folder says (sentence-transformers:
     #                             minilm -> mean: +0.022 ± 0.008 over cls, 5 of 5, concat), else cls

@@ -549,7 +549,8 @@ def align_labels(X: FeatureSet, label_names) -> FeatureSet:
     return dataclasses.replace(X, y=y, label_names=names)
 
 
-@register_head("logreg")
+@register_head("logreg", training="closed-form", own=("C",),
+               uses=("fusion", "text_feature", "class_weight", "C", "seed", "thresholds", "min_labels"))
 class LogRegHead:
     """scikit-learn LogisticRegression on the standardised [text; image] features. Saved as plain arrays
     (``logreg.npz``), never pickled."""

@@ -75,12 +75,12 @@ class UnimodalHead(FusionModule):
         return HeadOutput(self.net(text if self.modality == "text" else image))
 
 
-@register_head("text")
+@register_head("text", modalities=("text",))
 class TextHead(UnimodalHead):
     modality = "text"
 
 
-@register_head("image")
+@register_head("image", modalities=("image",))
 class ImageHead(UnimodalHead):
     modality = "image"
 
@@ -106,7 +106,7 @@ class WeightedHead(FusionModule):
         return HeadOutput(self.out(fused))
 
 
-@register_head("attention")
+@register_head("attention", own=("heads",))
 class AttentionHead(FusionModule):
     """Two-token sequence (text, image) + modality embedding -> multi-head self-attention with a
     residual and LayerNorm -> mean pool -> classifier."""
@@ -148,7 +148,7 @@ class GatedHead(FusionModule):
         return HeadOutput(self.out(fused))
 
 
-@register_head("aligned")
+@register_head("aligned", own=("align_weight", "temperature"))
 class AlignedHead(FusionModule):
     """CLIP-style: both modalities projected into one normalised space; an InfoNCE loss pulls matched
     pairs of the batch together; the classifier reads the aligned features."""
@@ -172,7 +172,7 @@ class AlignedHead(FusionModule):
         return HeadOutput(logits, (F.cross_entropy(sim, target) + F.cross_entropy(sim.T, target)) / 2)
 
 
-@register_head("late")
+@register_head("late", own=("combine",))
 class LateHead(FusionModule):
     """A head per modality; their probabilities are averaged with a learned weight. Returns the log
     of the averaged probabilities, so softmax-based losses and predictions apply unchanged.
