@@ -39,6 +39,14 @@ class LockedError(MmfuseError):
     """Another process is writing the target."""
 
 
+def _absolute(path: str | Path) -> Path:
+    """``path`` made absolute without resolving links (``--out .`` has a name to put siblings beside)."""
+    path = Path(os.path.abspath(path))
+    if not path.name:
+        raise MmfuseError(f"cannot write to {path}: choose a file or folder inside it")
+    return path
+
+
 def _lock_path(target: Path) -> Path:
     return target.with_name(target.name + ".lock")
 
@@ -50,7 +58,7 @@ class TargetLock:
     locked is still the one under the name (else it was removed by the previous holder: retry)."""
 
     def __init__(self, target: str | Path, what: str = "process"):
-        self.target, self.what = Path(target), what
+        self.target, self.what = _absolute(target), what
         self.path, self._fd = _lock_path(self.target), None
 
     def acquire(self, advice: str = "wait for it to finish or stop it", timeout: float = LOCK_WAIT) -> "TargetLock":
@@ -140,7 +148,8 @@ def check_folder_target(target: Path, kind: str, overwrite: bool, option: str = 
     if not os.path.lexists(target):
         return
     if target.is_symlink() or not target.is_dir():
-        raise MmfuseError(f"{target} exists and is not a folder: not replaced; choose another {option}")
+        what = "a symbolic link" if target.is_symlink() else "not a folder"
+        raise MmfuseError(f"{target} exists and is {what}: it is not replaced; choose another {option}")
     if not any(target.iterdir()):
         return
     found = folder_kind(target)
@@ -234,7 +243,7 @@ def new_folder(target: str | Path, kind: str, overwrite: bool = False, what: str
     >>> with new_folder("runs/concat", "head run", overwrite=False) as tmp:
     ...     head.save(tmp)
     """
-    target = Path(target)
+    target = _absolute(target)
     lock = TargetLock(target, what or f"mmfuse command writing a {kind}").acquire(
         "wait for it to finish, or choose another " + option)
     try:
@@ -257,7 +266,7 @@ def new_folder(target: str | Path, kind: str, overwrite: bool = False, what: str
 def new_file(target: str | Path, overwrite: bool = False, what: str = "mmfuse command", option: str = "--out"):
     """Like :func:`new_folder` for one file: yields a hidden sibling path to write; renamed onto ``target``
     only when the block ends without an error."""
-    target = Path(target)
+    target = _absolute(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = TargetLock(target, what).acquire("wait for it to finish, or choose another " + option)
     try:

@@ -277,3 +277,19 @@ OUTPUT_FAULTS = [
     ("Ctrl-C while grid workers start", "one line (workers start with SIGINT ignored and are stopped by the grid); "
      "the same command resumes", "test_ctrl_c_while_grid_workers_start_prints_one_line"),
 ]
+
+
+def test_a_kill_between_the_two_renames_of_a_replacement_puts_the_old_output_back(tmp_path):
+    """Where the one-step exchange (renameat2) is not available, a replacement is two renames; a kill between
+    them leaves the old output at .NAME.old-PID and the new one at .NAME.partial-PID: the next writer takes
+    the lock, puts the old one back and removes the partial one."""
+    from mmfuse.outputs import new_folder
+
+    target = tmp_path / "run"
+    (tmp_path / ".run.old-4242").mkdir()
+    (tmp_path / ".run.old-4242" / "head.json").write_text("{}")
+    (tmp_path / ".run.partial-4243").mkdir()
+    with pytest.raises(Exception, match="already holds a head run"):
+        with new_folder(target, "head run"):
+            pass
+    assert (target / "head.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
