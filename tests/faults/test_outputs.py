@@ -276,6 +276,11 @@ OUTPUT_FAULTS = [
      "command to resume; exit 130", "test_ctrl_c_in_extract_says_what_was_kept_and_how_to_resume"),
     ("Ctrl-C while grid workers start", "one line (workers start with SIGINT ignored and are stopped by the grid); "
      "the same command resumes", "test_ctrl_c_while_grid_workers_start_prints_one_line"),
+    ("a kill between the two renames of a replacement (where the one-step exchange is not available)", "the next "
+     "writer puts the old output back and removes the partial one",
+     "test_a_kill_between_the_two_renames_of_a_replacement_puts_the_old_output_back"),
+    ("a truncated, empty or non-number `metrics.json` given to `compare`", "one line naming the file",
+     "test_compare_names_a_damaged_metrics_json_in_one_line"),
 ]
 
 
@@ -293,3 +298,12 @@ def test_a_kill_between_the_two_renames_of_a_replacement_puts_the_old_output_bac
         with new_folder(target, "head run"):
             pass
     assert (target / "head.json").read_text() == "{}" and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("damage", ['{"fusion": "concat"', "{}", '{"fusion": "concat", "fit_seconds": 1, '
+                                    '"validation": {"macro_f1": "high"}}'])
+def test_compare_names_a_damaged_metrics_json_in_one_line(damage, tmp_path):
+    cache, run = make_cache(tmp_path), tmp_path / "run"
+    assert runner.invoke(app, ["train-head", str(cache), "--out", str(run), "--fusion", "logreg"]).exit_code == 0
+    (run / "metrics.json").write_text(damage)
+    assert str(run / "metrics.json") in one_line_error(runner.invoke(app, ["compare", str(run)]))
