@@ -92,8 +92,8 @@ def test_every_run_fault_names_a_test_that_exists():
 
 
 def test_the_readme_tables_are_these_tables():
-    readme = (TESTS.parent / "README.md").read_text()
-    assert data_table() in readme, "README's data fault table differs: paste test_readme_table.data_table()"
-    assert run_table() in readme, "README's run fault table differs: paste test_readme_table.run_table()"
-    assert run_table(WRITE_FAULTS) in readme, ("README's table of output faults differs: paste "
+    readme = (TESTS.parent / "docs" / "robustness.md").read_text()
+    assert data_table() in readme, "docs/robustness.md's data fault table differs: paste test_readme_table.data_table()"
+    assert run_table() in readme, "docs/robustness.md's run fault table differs: paste test_readme_table.run_table()"
+    assert run_table(WRITE_FAULTS) in readme, ("docs/robustness.md's table of output faults differs: paste "
                                                "test_readme_table.run_table(test_readme_table.WRITE_FAULTS)")
