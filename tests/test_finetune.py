@@ -16,7 +16,7 @@ from mmfuse.demo import make_demo_data
 from mmfuse.errors import MmfuseError
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, load_image_model
 from mmfuse.extract.text import TextExtractorConfig, encode_texts
-from mmfuse.finetune import FineTuneConfig, finetune
+from mmfuse.finetune import FineTuneConfig, finetune, loop
 from mmfuse.heads import HeadConfig
 
 runner = CliRunner()
@@ -101,18 +101,18 @@ def test_frozen_parameters_and_batchnorm_statistics_never_change(run, tiny_bert)
 def test_resume_after_an_interruption_gives_the_same_weights(run, data, tiny_bert, tmp_path, monkeypatch):
     full, _, _ = run
     out = tmp_path / "resumed"
-    original = ft._save_atomic
+    original = loop._save_atomic  # where the loop writes its checkpoint
 
     def interrupted(obj, path):
         original(obj, path)
         if path.name == "checkpoint.pt":
             raise KeyboardInterrupt  # killed right after the first epoch's checkpoint
 
-    monkeypatch.setattr(ft, "_save_atomic", interrupted)
+    monkeypatch.setattr(loop, "_save_atomic", interrupted)
     with pytest.raises(KeyboardInterrupt):
         finetune(data, out, options(tiny_bert), HeadConfig(fusion="concat", hidden=32), progress=False,
                  log=lambda s: None)
-    monkeypatch.setattr(ft, "_save_atomic", original)
+    monkeypatch.setattr(loop, "_save_atomic", original)
     with pytest.raises(MmfuseError, match="--resume"):
         finetune(data, out, options(tiny_bert), HeadConfig(fusion="concat", hidden=32), progress=False,
                  log=lambda s: None)

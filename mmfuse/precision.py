@@ -1,0 +1,50 @@
+"""Precision, in one place: the names, whether this CPU multiplies bf16 natively, the one autocast
+helper, and the ``auto`` rule (as open_clip's training/precision.py). Extraction, the heads and
+fine-tuning each allow a named subset of ``PRECISIONS``."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+
+from .errors import MmfuseError
+
+PRECISIONS = ("fp32", "bf16", "fp16")  # what autocast runs in; extract --precision takes all of them
+HEAD_PRECISIONS = ("fp32", "bf16")  # heads train on the CPU: bf16 autocast where it is native, no fp16
+AUTO = "auto"  # fine-tune --precision auto: choose_precision's rule
+FINETUNE_PRECISIONS = (AUTO, *PRECISIONS)
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def native_bf16() -> bool:
+    """Whether torch multiplies bf16 in hardware here: AVX512-BF16 or AMX in the CPU's flags, and torch's
+    kernels at AVX-512 (``ATEN_CPU_CAPABILITY=avx2`` turns them off). Without it bf16 is emulated and
+    several times slower than fp32 (an AVX2 EPYC: 0.17-0.29x; this project's Xeon run as AVX2: 0.015x
+    for a head-sized matmul)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast(device: torch.device | str, precision: str):
+    """Autocast to bf16/fp16 on the device's type (bf16 also on CPU); a no-op context for fp32."""
+    if precision not in DTYPES:
+        raise MmfuseError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+    if DTYPES[precision] is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=DTYPES[precision])
+
+
+def choose_precision(requested: str, device: torch.device) -> str:
+    """The autocast precision for ``auto``: bf16 where the hardware runs it natively, else fp16 on CUDA,
+    else fp32. Any other request is returned as it is."""
+    if requested != AUTO:
+        return requested
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if native_bf16() else "fp32"
