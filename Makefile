@@ -12,7 +12,7 @@ OFFLINE := --text-model minilm --image-model efficientnet-lite0
 HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*list_heads())")  # every registered head
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -60,39 +60,45 @@ extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 
 	done
 
 bench-extract: install ## extraction speed vs the naive way on $(MVSA) (skips when absent)
-	$(BIN)/python bench/extract.py --data $(MVSA)
+	$(BIN)/python bench/speed/extract.py --data $(MVSA)
 
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
-	$(BIN)/python bench/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/speed/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
 bench-grid: install ## the default grid and the 180-fit grid with dropout, full vs successive halving, vs a plain loop on $(MVSA) features
-	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
-	$(BIN)/python bench/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5 --axis dropout=0,0.2,0.5 --sample 0
-	$(BIN)/python bench/grid_batching.py --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/speed/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/speed/grid.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5 --axis dropout=0,0.2,0.5 --sample 0
+	$(BIN)/python bench/experiments/grid_batching.py --cache $(FEATURES)/mvsa-train.h5
 
 bench-cache: install ## bytes the cache writes and reads per MiB of features (goal: at most 2x)
-	$(BIN)/python bench/cache_io.py
+	$(BIN)/python bench/speed/cache_io.py
 
 bench-refit: install ## grid best/ and ensembles as fold models vs a step-matched refit, on held-out $(MVSA) rows
-	$(BIN)/python bench/refit.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/experiments/refit.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
 bench-defaults: install ## HeadConfig's defaults vs alternatives as paired per-fold macro-F1 on $(MVSA)
-	$(BIN)/python bench/defaults.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/experiments/defaults.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
 bench-finetune: install ## seconds per end-to-end fine-tune step vs a head step on cached features ($(MVSA))
-	$(BIN)/python bench/finetune.py --data $(MVSA)
+	$(BIN)/python bench/speed/finetune.py --data $(MVSA)
 
 bench-crash: install ## what keeping a cache valid under SIGKILL costs: late allocation, SWMR, partial copies, early allocation
-	$(BIN)/python bench/crash_safety.py
+	$(BIN)/python bench/speed/crash_safety.py
 
 bench-multilabel: install ## a multi-label CSV built from $(MVSA): every fusion, union late fusion, thresholds (held-out micro-F1)
-	$(BIN)/python bench/multilabel.py --data $(MVSA)
+	$(BIN)/python bench/experiments/multilabel.py --data $(MVSA)
 
 bench-selection: install ## nested CV on $(MVSA): the grid's pick and ensembles vs the default head and tuned logreg
-	$(BIN)/python bench/selection.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
+	$(BIN)/python bench/experiments/selection.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
 bench-scale: install ## sharded extraction on $(MVSA): one process vs shard processes (+ merge), decode ceiling
-	$(BIN)/python bench/scale.py --data $(MVSA)
+	$(BIN)/python bench/speed/scale.py --data $(MVSA)
+
+bench-halving: install ## successive halving over folds replayed in every fold order from a full 180-fit grid on $(MVSA) features
+	@if [ -f $(FEATURES)/mvsa-train.h5 ]; then \
+	  $(BIN)/mmfuse grid $(FEATURES)/mvsa-train.h5 --dropout 0,0.2,0.5 --search full --out $(FEATURES)/mvsa-grid-full --no-progress \
+	    && $(BIN)/python bench/experiments/halving_folds.py $(FEATURES)/mvsa-grid-full; \
+	else echo "skip: no $(FEATURES)/mvsa-train.h5 (make bench-heads extracts it from $(MVSA))"; fi
 
 clean: ## remove the demo output and caches (keeps .venv)
 	rm -rf $(DEMO) .pytest_cache

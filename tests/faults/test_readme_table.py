@@ -25,7 +25,7 @@ RUN_FAULTS = [  # (fault, what mmfuse does, the test that injects it)
      "faults/test_killed_extraction.py::test_after_creation_the_writer_changes_no_metadata_so_a_kill_cannot_corrupt_it"),
     ("two extractions into one cache", "the second stops with a one-line error naming the first one's pid; a killed "
      "writer's lock is released by the kernel",
-     "test_correctness.py::test_a_cache_being_written_is_locked_named_and_readable_for_progress"),
+     "test_cache.py::test_a_cache_being_written_is_locked_named_and_readable_for_progress"),
     ("a grid killed with SIGKILL midway", "the rerun says how many configurations and fits were done and computes "
      "only the missing splits; `results.csv` has each configuration once",
      "faults/test_interrupted_grid.py::test_a_killed_grid_resumes_without_redoing_or_duplicating_a_configuration"),

@@ -1,6 +1,6 @@
 """Extraction speed: mmfuse's extractor vs the naive way, measured in one run on real data.
 
-    python bench/extract.py --data ../shared/datasets/mvsa [--texts 640] [--images 480] [--bf16 auto|yes|no]
+    python bench/speed/extract.py --data ../shared/datasets/mvsa [--texts 640] [--images 480] [--bf16 auto|yes|no]
 
 Naive = every text padded to 128 tokens; per-sample PIL open + Resize((224, 224)), no workers,
 no channels_last; batch 32. Prints the machine, throughput, the ratios, and the cosine similarity of
@@ -10,7 +10,6 @@ when the data set is absent.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,11 +18,12 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_data, cpu_line, parser
 from mmfuse.data import open_image, read_course
-from mmfuse.extract.common import native_bf16
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
+from mmfuse.precision import native_bf16
 
 
 def timed(fn):
@@ -69,8 +69,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--texts", type=int, default=640, help="texts timed per variant")
     ap.add_argument("--images", type=int, default=480, help="images timed per variant and model")
     ap.add_argument("--image-models", default="resnet50,efficientnet-lite0")

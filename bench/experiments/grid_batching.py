@@ -1,6 +1,6 @@
 """Should a grid train configurations together? Measures it on this CPU.
 
-    python bench/grid_batching.py [--cache features/mvsa-train.h5]
+    python bench/experiments/grid_batching.py [--cache features/mvsa-train.h5]
 
 Trains the 9 (lr, weight decay) configurations of one architecture one by one with mmfuse's
 Head, and together as stacked parameters under torch.func.vmap with a hand-written batched AdamW
@@ -8,7 +8,6 @@ Head, and together as stacked parameters under torch.func.vmap with a hand-writt
 mmfuse's grid trains one by one in parallel processes because that measured faster here.
 Skips (exit 0) when the cache is absent.
 """
-import argparse
 import copy
 import sys
 import time
@@ -18,14 +17,15 @@ import numpy as np
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_cache, cpu_line, parser
 from mmfuse.heads import FeatureSet, Head, HeadConfig, create_head
 
-ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("--cache", default="features/mvsa-train.h5")
+ap = parser(__doc__)
+add_cache(ap)
 args = ap.parse_args()
 if not Path(args.cache).is_file():
-    print(f"skip: no cache at {args.cache} (bench/heads.py builds it)")
+    print(f"skip: no cache at {args.cache} (bench/speed/heads.py builds it)")
     sys.exit(0)
 torch.set_num_threads(1)
 print(cpu_line(), flush=True)

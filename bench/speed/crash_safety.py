@@ -1,6 +1,6 @@
 """What keeping a cache valid under SIGKILL costs, for the ways HDF5 users do it.
 
-    python bench/crash_safety.py [--rows 3199] [--repeats 3]
+    python bench/speed/crash_safety.py [--rows 3199] [--repeats 3]
 
 Writes the features of one extraction (text cls + mean 384-d, image 1280-d, float32; rows in
 256-row chunks, a flush after each chunk, as ``CacheWriter`` does) four ways, and prints wall time,
@@ -16,15 +16,17 @@ outside the datasets' raw extents; a change means a kill during a flush can corr
 """
 from __future__ import annotations
 
-import argparse
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
-from machine import cpu_line
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import cpu_line, parser
 
 DIMS = {"text/cls": 384, "text/mean": 384, "image/pooled": 1280}
 CHUNK = 256
@@ -100,7 +102,7 @@ def run(way: str, folder: Path, n: int) -> tuple[float, int, bool]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--rows", type=int, default=3199)
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()

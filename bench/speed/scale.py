@@ -1,7 +1,7 @@
 """Sharded extraction: one process against shard processes (each way of dealing rows), with the merge.
 
-    python bench/scale.py [--data ../shared/datasets/mvsa] [--rows 1000] [--world 2]
-    python bench/scale.py --device cuda        # on a GPU machine: full-size models, random init
+    python bench/speed/scale.py [--data ../shared/datasets/mvsa] [--rows 1000] [--world 2]
+    python bench/speed/scale.py --device cuda        # on a GPU machine: full-size models, random init
 
 CPU (the default): the first ``--rows`` rows of the mvsa training split (minilm + efficientnet-lite0)
 are extracted by one ``mmfuse extract`` process, then by ``--world`` ``--shard`` processes started
@@ -14,7 +14,6 @@ GPU instead. Prints the CPU and torch capability. Skips (exit 0) without the dat
 """
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
@@ -26,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_data, cpu_line, parser
 from mmfuse.cache import FeatureCache, shard_path
 
 
@@ -175,8 +175,8 @@ def gpu_table(args) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--world", type=int, default=2)
     ap.add_argument("--device", default="cpu")

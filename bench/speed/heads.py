@@ -1,6 +1,6 @@
 """Heads on cached mvsa features: fit time (20 epochs) and 5-fold macro-F1 of every head.
 
-    python bench/heads.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
+    python bench/speed/heads.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
 
 Builds the cache (minilm text, efficientnet-lite0 image) when it is missing, or skips (exit 0)
 when the data set is absent. In the same run it times a plain PyTorch loop (DataLoader over a
@@ -9,9 +9,9 @@ regression baselines, then prints one markdown table.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from machine import cpu_line
-from mvsa_cache import ensure_cache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_cache, add_data, cpu_line, ensure_cache, parser
 from mmfuse.heads import FeatureSet, Head, HeadConfig, list_heads
 from mmfuse.heads.run import stratified_split
 from mmfuse.metrics import macro_f1
@@ -67,9 +67,9 @@ def sklearn_cv(X: np.ndarray, y: np.ndarray, folds: int, C: float, class_weight)
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
-    ap.add_argument("--cache", default="features/mvsa-train.h5")
+    ap = parser(__doc__)
+    add_data(ap)
+    add_cache(ap)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--heads", default=",".join(list_heads()))

@@ -1,6 +1,6 @@
 """Nested cross-validation on mvsa: how the grid's choices score on rows no choice saw.
 
-    python bench/selection.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
+    python bench/experiments/selection.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
                               [--outer 5] [--search full] [--jobs -1] [--axis dropout=0,0.2,0.5]
 
 The mvsa training cache is split into ``--outer`` stratified folds. Inside each outer training part
@@ -17,7 +17,6 @@ score of its pick minus the pick's outer score). Skips (exit 0) without cache an
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -28,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from machine import cpu_line
-from mvsa_cache import ensure_cache, grid_axes, subset_cache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_axis, add_cache, add_data, cpu_line, ensure_cache, grid_axes, parser, subset_cache
 from mmfuse.cache import FeatureCache
 from mmfuse.grid import VAL_FRACTION, expand_grid, fast_precision, final_rows, refit, run_grid
 from mmfuse.heads import FeatureSet, Head, HeadConfig
@@ -57,14 +56,13 @@ def member_proba(train: Path, row: dict, folder: Path, fold: np.ndarray, test: P
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--cache", default="features/mvsa-train.h5")
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_cache(ap)
+    add_data(ap)
     ap.add_argument("--outer", type=int, default=5)
     ap.add_argument("--search", default="full")
     ap.add_argument("--jobs", type=int, default=-1)
-    ap.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2",
-                    help="an axis added to (or replacing one of) the default grid's, e.g. dropout=0,0.2,0.5")
+    add_axis(ap)
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:

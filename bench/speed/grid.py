@@ -1,6 +1,6 @@
 """The default grid on mvsa features: wall time, fits/s, and the plain loop's time for the same fits.
 
-    python bench/grid.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--sample 8]
+    python bench/speed/grid.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--sample 8]
                          [--search full,halving] [--precision auto] [--axis dropout=0,0.2,0.5]
 
 Runs `mmfuse grid`'s default grid (concat, weighted, gated, late x lr 1e-4, 3e-4, 1e-3 x 5 folds =
@@ -13,7 +13,6 @@ Skips (exit 0) when neither the cache nor the data set exists.
 """
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -23,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import cpu_line
-from mvsa_cache import ensure_cache, grid_axes
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_axis, add_cache, add_data, cpu_line, ensure_cache, grid_axes, parser
 from mmfuse.cache import FeatureCache
 from mmfuse.grid import (config_id, expand_grid, fast_precision, make_folds, run_grid,
                          standard_error)
@@ -74,17 +73,16 @@ def run_search(cache, configs, folds: int, jobs: int, search: str) -> tuple[floa
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
-    ap.add_argument("--cache", default="features/mvsa-train.h5")
+    ap = parser(__doc__)
+    add_data(ap)
+    add_cache(ap)
     ap.add_argument("--sample", type=int, default=8, help="plain-loop fits to time (0: none)")
     ap.add_argument("--text-feature", default="mean")
     ap.add_argument("--jobs", type=int, default=-1)
     ap.add_argument("--precision", default="auto", help="grid training precision: fp32, bf16 or auto (the grid's "
                     "own choice for this CPU)")
     ap.add_argument("--search", default="full,halving", help="searches to run and compare, in one run")
-    ap.add_argument("--axis", action="append", default=[], metavar="NAME=V1,V2",
-                    help="an axis added to (or replacing one of) the default grid's, e.g. dropout=0,0.2,0.5")
+    add_axis(ap)
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)
     if cache is None:

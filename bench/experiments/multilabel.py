@@ -1,6 +1,6 @@
 """Multi-label on real data: a CSV built from mvsa, every fusion, union late fusion, tuned thresholds.
 
-    python bench/multilabel.py [--data ../shared/datasets/mvsa] [--work features/mvsa-multilabel] [--repeats 3]
+    python bench/experiments/multilabel.py [--data ../shared/datasets/mvsa] [--work features/mvsa-multilabel] [--repeats 3]
 
 The builder writes ``{work}/mvsa-multilabel.csv`` (``ImageID,Labels,Caption``, the images left in
 mvsa's own folder; and ``mvsa-multilabel-test.csv``, the unlabelled rows) with eight labels, some readable only in the text, some only in the image:
@@ -18,7 +18,6 @@ tables with the CPU. Skips (exit 0) when the data set is absent.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import re
 import sys
@@ -28,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_data, cpu_line, parser
 import mmfuse
 from mmfuse.data import CsvFormat, read_course
 from mmfuse.heads import FeatureSet, Head, HeadConfig
@@ -69,8 +69,8 @@ def build_csv(data: Path, out: Path) -> Path:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--work", default="features/mvsa-multilabel")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="", help="comma list of row names to run (default: all)")

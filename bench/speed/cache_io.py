@@ -1,6 +1,6 @@
 """Bytes the cache writer writes and reads per MiB of features it stores (goal: at most 2x).
 
-    python bench/cache_io.py [--rows 3199]
+    python bench/speed/cache_io.py [--rows 3199]
 
 Writes text features (cls + mean, minilm width 384 and bert-base width 768) in length-sorted
 order, as extraction computes them (64-row batches from all over the file), and image features
@@ -11,7 +11,6 @@ them before (each batch straight into its 256-row chunks and flushed) and throug
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from machine import cpu_line
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
+from common import cpu_line, parser
 from mmfuse.cache import CHUNK_ROWS, CacheWriter
 
 
@@ -65,7 +65,7 @@ def now(path: Path, n: int, dims: dict[str, int], modality: str, rng) -> np.ndar
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = parser(__doc__)
     ap.add_argument("--rows", type=int, default=3199)
     args = ap.parse_args()
     if not Path("/proc/self/io").exists():
