@@ -56,7 +56,6 @@ Thresholds = choices("Thresholds", THRESHOLDS)
 Combine = choices("Combine", COMBINES)
 Sharding = choices("Sharding", SHARDINGS)
 Fusion = choices("Fusion", list_heads())  # the registry's heads
-ModuleFusion = choices("ModuleFusion", list_heads(training="gradient"))
 
 
 @app.command()
@@ -363,7 +362,8 @@ def _layers(value: str, option: str) -> int:
 def finetune(
     data_dir: Path = typer.Argument(..., help="Course-format folder with a labelled train split."),
     out: Path = typer.Option(..., help="Run folder (checkpoint, metrics, plots, text/, image.pt)."),
-    fusion: ModuleFusion = typer.Option(ModuleFusion("concat"), help="Any head trained by gradient."),
+    fusion: Fusion = typer.Option(Fusion("concat"), help="Any head trained by gradient "
+                                  f"({', '.join(list_heads(training='gradient'))})."),
     text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
     image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
     image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
@@ -478,8 +478,8 @@ def grid(
     batch_size: Optional[str] = typer.Option(None, help="Comma list."),
     epochs: Optional[str] = typer.Option(None, help="Comma list [default: 20] (early stopping may end sooner)."),
     patience: Optional[str] = typer.Option(None, help="Comma list [default: 5]: epochs without a validation gain "
-                                           "before stopping (3 ran the default grid in 0.71x the time, -0.003 "
-                                           "macro-F1 per configuration on mvsa)."),
+                                           "before stopping (3: faster, about the same score; "
+                                           "bench/experiments/defaults.py)."),
     c: Optional[str] = typer.Option(None, "--C", help="Comma list of numbers or auto (logreg)."),
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
     combine: Optional[str] = typer.Option(None, help="Comma list of mean, union (late fusion, multi-label)."),
@@ -500,52 +500,30 @@ def grid(
     search: Search = typer.Option(Search("full"), help="full: every configuration on every fold; halving: "
                                   "successive halving over folds (all on 1 fold, the best third on 2, the best "
                                   "third of those on all; finished folds kept): a third of the fits, for grids "
-                                  "too large to run in full (on mvsa's 36-configuration grid with dropout it "
-                                  "picked what full did in nested CV, in 0.36x the time)."),
+                                  "too large to run in full (bench/experiments/selection.py)."),
     pick: Pick = typer.Option(Pick("top"), help="What best/ holds: top (best mean CV macro-F1; it predicted "
                               "held-out rows better) or one-se (the simplest configuration within one standard "
                               "error of the top)."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
-    from .grid import DEFAULT_GRID, default_precision, expand_grid, load_grid_file, parse_values, primary, run_grid
+    from .grid import GridConfig, grid_configs, run_grid
 
     with user_errors(f"every finished fit is kept in {out}; re-run the same command to resume"):
-        spec = load_grid_file(config) if config else {"grid": {}}
-        axes = dict(spec["grid"])
-        given = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
-                 "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
-                 "label_smoothing": label_smoothing, "ema": ema, "batch_size": batch_size, "epochs": epochs, "patience": patience, "C": c,
-                 "align_weight": align_weight, "precision": precision, "combine": combine,
-                 "thresholds": thresholds}
-        axes.update({k: parse_values(k, v) for k, v in given.items() if v is not None})
-        axes = {**DEFAULT_GRID, "epochs": [20], **axes}
-        if "precision" not in axes:
-            chosen, reason = default_precision(out)
-            axes["precision"] = [chosen]
-            typer.echo(f"training precision {chosen}: {reason} (--precision to choose)")
-        configs = expand_grid(axes)
-        n_folds, n_repeats = folds or spec.get("folds", 5), repeats or spec.get("repeats", 1)
-        split = f"{n_folds} folds" + (f" x {n_repeats} repeats" if n_repeats > 1 else "")
-        total = len(configs) * n_folds * n_repeats
-        typer.echo(f"{len(configs)} configurations x {split} = {total} fits" if search.value == "full" else
-                   f"{len(configs)} configurations x {split}, successive halving over folds (a full search: {total} fits)")
-        result = run_grid(cache, configs, out, folds=n_folds, seed=seed if seed is not None else spec.get("seed", 0),
-                          jobs=jobs or spec.get("jobs", -1), backend=backend, scheduler=scheduler,
-                          refit_mode=refit.value, pick=pick.value, search=search.value, repeats=n_repeats,
-                          progress=progress, log=typer.echo)
-    fits = result.fits
-    typer.echo(f"{fits} fits in {result.seconds:.1f} s ({fits / max(result.seconds, 1e-9):.2f} fits/s); "
-               f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png")
-    best = result.rows[0]
-    metric = primary(best)
-    name = metric.replace("_f1", "-F1")
-    typer.echo(f"top: {best['fusion']} ({best['config_id']}) CV {name} {best[metric + '_mean']:.3f} ± "
-               f"{best[metric + '_std']:.3f}; {len(result.tied)} configuration(s) within one standard error of it")
-    chosen = result.pick
-    rule = "one-standard-error rule: the simplest tied one" if pick.value == "one-se" else "the top by mean"
-    typer.echo(f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
-               f"CV {name} {chosen[metric + '_mean']:.3f}; saved ({refit.value}) in {result.best_run}")
+        axes = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
+                "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
+                "label_smoothing": label_smoothing, "ema": ema, "batch_size": batch_size, "epochs": epochs,
+                "patience": patience, "C": c, "align_weight": align_weight, "precision": precision,
+                "combine": combine, "thresholds": thresholds}
+        setup = GridConfig.from_options(config, axes, folds=folds, repeats=repeats, seed=seed, jobs=jobs,
+                                        backend=backend, scheduler=scheduler, refit_mode=refit.value,
+                                        pick=pick.value, search=search.value)
+        configs = grid_configs(setup.axes, out, log=typer.echo)
+        typer.echo(setup.describe(len(configs)))
+        result = run_grid(cache, configs, out, setup, progress=progress, log=typer.echo)
+    for line in result.lines(setup):
+        typer.echo(line)
+    name = result.metric_name
     from .ensemble import recommend_tied
 
     with user_errors():

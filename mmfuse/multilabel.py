@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score
 
+from .splits import iterative_stratification  # noqa: F401 - its home is mmfuse.splits
+
 THRESHOLDS = ("global", "per-label", "fixed")
 GRID = np.round(np.arange(0.02, 0.99, 0.02), 2)  # candidate thresholds
 MIN_POSITIVES = 5  # validation positives a label needs for a threshold of its own
@@ -63,39 +65,3 @@ def candidates(proba: np.ndarray) -> np.ndarray:
     """Thresholds to try: GRID, plus the 2nd..98th percentiles of the probabilities themselves (so
     probabilities packed in a narrow band, as a linear member's or a stack's can be, are still split)."""
     return np.unique(np.concatenate([GRID, np.round(np.percentile(proba, np.arange(2, 99, 2)), 6)]))
-
-
-def iterative_stratification(y: np.ndarray, ratios, seed: int = 0) -> np.ndarray:
-    """Part index of each row of a multi-hot ``y`` (N, L), the parts sized by ``ratios`` and each label's
-    positives shared in those ratios as closely as the rows allow."""
-    rng = np.random.default_rng(seed)
-    y = np.asarray(y) > 0
-    n = len(y)
-    ratios = np.asarray(ratios, float) / np.sum(ratios)
-    want_rows = ratios * n  # (K,)
-    want = np.outer(ratios, y.sum(0))  # (K, L)
-    part = np.full(n, -1)
-    left = np.ones(n, bool)
-    order = rng.permutation(n)
-
-    def pick(scores: list[np.ndarray]) -> int:
-        cand = np.arange(len(ratios))
-        for s in scores:  # lexicographic: keep the parts with the top score, then the next criterion
-            cand = cand[s[cand] == s[cand].max()]
-        return int(rng.choice(cand))
-
-    while left.any():
-        remaining = y[left].sum(0)
-        if not remaining.any():  # rows without any label still to place
-            for i in order[left[order]]:
-                k = pick([want_rows])
-                part[i], want_rows[k], left[i] = k, want_rows[k] - 1, False
-            break
-        counts = np.where(remaining > 0, remaining, np.iinfo(np.int64).max)
-        label = int(rng.choice(np.flatnonzero(counts == counts.min())))
-        for i in order[left[order] & y[order, label]]:
-            k = pick([want[:, label], want_rows])
-            part[i], left[i] = k, False
-            want[k] -= y[i]
-            want_rows[k] -= 1
-    return part

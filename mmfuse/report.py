@@ -17,7 +17,7 @@ from typing import Callable
 
 from .errors import MmfuseError
 from .outputs import new_file
-from .grid import _varied, final_rows, primary, score, stopped_rows
+from .grid import final_rows, primary, score, stopped_rows, varied_fields as _varied
 from .safe import corrupt, number, read_json, reading
 
 KINDS = ("eda", "cache", "run", "grid", "ensemble", "finetune")

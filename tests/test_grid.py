@@ -336,3 +336,40 @@ def test_the_heatmaps_show_lr_against_the_grid_s_other_main_axis():
     assert axis({"fusion": ["concat"], "lr": [1e-3], "hidden": [64, 128, 256], "dropout": [0, 0.5]}) == "hidden"
     assert axis({"fusion": ["concat"], "lr": [1e-3], "weight_decay": [0, 1e-2], "dropout": [0, 0.5]}) == "dropout"
     assert axis(DEFAULT_GRID) == "weight_decay"  # nothing but lr varies: one column (the fallback)
+
+
+def test_the_cli_and_run_grid_share_one_set_of_defaults(cache, tmp_path, monkeypatch):
+    import mmfuse.grid as grid
+    from mmfuse.errors import MmfuseError
+    from mmfuse.extract import common
+
+    monkeypatch.setattr(common, "native_bf16", lambda: False)  # fp32, with no timing
+    seen = {}
+
+    def captured(cache, configs, out, config=None, **options):
+        seen.update(configs=configs, config=config, options=options)
+        raise MmfuseError("captured")
+
+    monkeypatch.setattr(grid, "run_grid", captured)
+    result = runner.invoke(app, ["grid", str(cache), "--out", str(tmp_path / "g")])
+    assert result.exit_code == 1 and "captured" in result.output
+    assert "training precision fp32" in result.output and "12 configurations x 5 folds = 60 fits" in result.output
+    assert seen["config"] == grid.GridConfig()  # what run_grid(cache, None, out) runs with
+    assert seen["configs"] == grid.grid_configs(None, tmp_path / "g", log=lambda s: None)
+    assert set(seen["options"]) == {"progress", "log"}
+
+
+def test_grid_options_come_from_the_command_line_over_the_file_over_the_defaults(tmp_path):
+    from dataclasses import FrozenInstanceError
+
+    from mmfuse.grid import GridConfig
+
+    spec = tmp_path / "grid.toml"
+    spec.write_text('folds = 3\nseed = 4\njobs = 2\n[grid]\nlr = [1e-3]\nfusion = ["text"]\n')
+    setup = GridConfig.from_options(spec, {"fusion": "concat,late", "dropout": None}, folds=None, seed=7, jobs=None,
+                                    pick="one-se", scheduler=None)
+    assert (setup.folds, setup.repeats, setup.seed, setup.jobs, setup.pick) == (3, 1, 7, 2, "one-se")
+    assert setup.axes == {**DEFAULT_GRID, "epochs": [20], "lr": [1e-3], "fusion": ["concat", "late"]}
+    assert GridConfig.from_options() == GridConfig()
+    with pytest.raises(FrozenInstanceError):
+        setup.folds = 5

@@ -10,36 +10,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from ..cache import FeatureCache
 from ..errors import MmfuseError
 from ..outputs import new_folder
 from ..safe import number, read_json
 from ..metrics import format_size, metrics_for, plot_confusion, plot_history, plot_label_f1, plot_threshold_curve
-from ..multilabel import iterative_stratification
+from ..splits import stratified_split  # its home is mmfuse.splits (imported from here too)
 from .config import HeadConfig
 from .estimator import FeatureSet, Head, check_compatible
-
-
-def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (train, val) with ``fraction`` of each class in val; multi-label ``y`` (N, L): of each
-    label's positives, by iterative stratification."""
-    if not 0 < fraction < 1:
-        raise MmfuseError(f"--val-split must be between 0 and 1, not {fraction}")
-    if y.ndim == 2:
-        if len(y) < 4:
-            raise MmfuseError(f"{len(y)} rows are too few for a validation split: pass --val")
-        part = iterative_stratification(y, [1 - fraction, fraction], seed)
-        return np.flatnonzero(part == 0), np.flatnonzero(part == 1)
-    counts = np.bincount(y)
-    n_classes, n_val = int((counts > 0).sum()), int(np.ceil(fraction * len(y)))
-    if counts[counts > 0].min() < 2:
-        raise MmfuseError("a class has fewer than 2 rows: cannot make a stratified validation split")
-    if n_val < n_classes or len(y) - n_val < n_classes:
-        raise MmfuseError(f"{len(y)} rows are too few for a stratified {fraction:g} validation split of "
-                          f"{n_classes} classes: pass --val or a larger --val-split")
-    return train_test_split(np.arange(len(y)), test_size=fraction, stratify=y, random_state=seed)
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -1,0 +1,70 @@
+"""Hyperparameter grids over heads, scored by stratified k-fold CV, run in parallel.
+
+Every configuration sees the same folds. The unit of work is one fit: a configuration on one split, whose
+scores and held-out probabilities are kept in ``splits/{id}/{split}.npz``; a configuration with every
+split done is appended to ``results.csv`` with its out-of-fold probabilities in ``oof/{id}.npy`` (for
+stacking). Re-running the same grid skips finished splits and configurations, and successive halving
+(``search="halving"``) runs only the first splits of most configurations. Local execution uses processes
+(one torch thread each, features loaded once per process, the pool kept for the whole run);
+``backend="dask"`` sends the same fits to a Dask cluster.
+
+One file per job, as scikit-learn's ``model_selection``; import from ``mmfuse.grid``, not from them:
+
+- ``_spec``: the axes, their defaults (DEFAULT_GRID), parsing, a grid file, expansion into configurations
+- ``_precision``: the training precision chosen when none is given
+- ``_store``: the grid folder (grid.json, configs.json, folds, splits/, results.csv, oof/) and reading it back
+- ``_fit``: one configuration on one split, the workers that run fits, a batch of fits into the folder
+- ``_successive_halving``: the rungs of successive halving over splits
+- ``_select``: ranking, standard errors, the one-standard-error rule, the rows a pick ranks
+- ``_refitting``: the model shipped for a configuration (``best/``, ensemble members)
+- ``_summary``: summary.md, heatmaps.png, fusions.png
+- ``_search``: GridConfig (the options and their defaults) and run_grid, which ties the others
+
+The folds themselves live in :mod:`mmfuse.splits`.
+"""
+from __future__ import annotations
+
+from ..splits import fold_fingerprint, make_folds, splits
+from ._fit import VAL_FRACTION, Workers, evaluate_split, fit_split, fold_fits
+from ._fit import _DATA, _evaluate, _features, _sigint_ignored  # noqa: F401 - imported from here by tests
+from ._precision import BF16_SPEEDUP, default_precision, fast_precision
+from ._refitting import REFITS, refit
+from ._refitting import _refit  # noqa: F401
+from ._search import BACKENDS, FILE_OPTIONS, SEARCHES, GridConfig, GridResult, grid_configs, run_grid
+from ._search import _run_grid  # noqa: F401
+from ._select import (PICKS, final_rows, n_parameters, one_se_pick, primary, ranked, score, standard_error,
+                      stopped_rows)
+from ._spec import (CASTS, DEFAULT_GRID, METRICS, MULTILABEL_METRICS, MULTILABEL_ONLY, config_id, expand_grid,
+                    for_task, load_grid_file, parse_values, row_config, task_metrics)
+from ._spec import _float_or_auto  # noqa: F401
+from ._store import GRID_FILES, SplitState, read_results, record_configs, repair_results, result_columns
+from ._store import _check_folder, _halving, _state, _write_json  # noqa: F401
+from ._successive_halving import HALVING_FACTOR, halving_note, halving_plan, rungs
+from ._successive_halving import _rung_score  # noqa: F401
+from ._summary import heatmap_axis, plot_grid, varied_fields, write_summary
+from ._summary import _uses, _varied  # noqa: F401 - _varied: varied_fields' former name
+
+__all__ = [
+    # the search
+    "GridConfig", "GridResult", "grid_configs", "run_grid", "SEARCHES", "BACKENDS", "FILE_OPTIONS",
+    # the spec
+    "DEFAULT_GRID", "CASTS", "METRICS", "MULTILABEL_METRICS", "MULTILABEL_ONLY", "config_id", "expand_grid",
+    "for_task", "load_grid_file", "parse_values", "row_config", "task_metrics",
+    # precision
+    "BF16_SPEEDUP", "default_precision", "fast_precision",
+    # folds (their home: mmfuse.splits)
+    "fold_fingerprint", "make_folds", "splits",
+    # the folder
+    "GRID_FILES", "SplitState", "read_results", "record_configs", "repair_results", "result_columns",
+    # fits
+    "VAL_FRACTION", "Workers", "evaluate_split", "fit_split", "fold_fits",
+    # successive halving
+    "HALVING_FACTOR", "halving_note", "halving_plan", "rungs",
+    # selection
+    "PICKS", "final_rows", "n_parameters", "one_se_pick", "primary", "ranked", "score", "standard_error",
+    "stopped_rows",
+    # refit
+    "REFITS", "refit",
+    # summary and plots
+    "heatmap_axis", "plot_grid", "varied_fields", "write_summary",
+]

@@ -1,0 +1,229 @@
+"""Fitting: one configuration on one split (the unit of work of every search and backend), where the fits
+run (:class:`Workers`: this process, a pool of processes, or a Dask cluster), and running a batch of them
+into the grid folder (:func:`_evaluate`)."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import signal
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..cache import FeatureCache
+from ..errors import MmfuseError, write_failed
+from ..heads import FeatureSet, Head, HeadConfig
+from ..metrics import metrics_for
+from ..splits import fold_fingerprint, splits, stratified_split
+from ._select import score
+from ._spec import config_id, task_metrics
+from ._store import _state, read_results, result_columns
+
+VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
+
+_DATA: dict[tuple[str, str, str], FeatureSet] = {}  # per process: features loaded once, not once per fit
+
+
+def _features(source, text_feature: str, identity: str | None = None) -> FeatureSet:
+    """The features of ``source`` (a FeatureSet, or a cache path read once per process). Keyed by the
+    cache's identity too, so a cache re-extracted to the same path is read again, never served stale."""
+    if isinstance(source, FeatureSet):
+        return source
+    cache = None if identity else FeatureCache(source)
+    identity = identity or cache.identity
+    key = (str(source), identity, text_feature)
+    if key not in _DATA:
+        cache = cache or FeatureCache(source)
+        if cache.identity != identity:
+            raise MmfuseError(f"{source} was re-extracted while the grid ran: run the grid again")
+        for old in [k for k in _DATA if k[0] == key[0]]:  # an older extraction of this path
+            del _DATA[old]
+        _DATA[key] = FeatureSet.from_cache(cache, text_feature)
+    return _DATA[key]
+
+
+def evaluate_split(source, cfg: dict, fold: np.ndarray, split: int, threads: int = 1,
+                   identity: str | None = None) -> dict:
+    """Fit one configuration on one split (see :func:`mmfuse.splits.splits`) and score its held-out rows: the
+    unit of work of every search and backend. Returns {config_id, split, scores (metric -> value), proba
+    (held-out rows, C), seconds, best_epoch}."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
+    try:
+        data, config = _features(source, cfg["text_feature"], identity), HeadConfig(**cfg)
+        head, test, seconds = fit_split(data, config, fold, split)
+        part = data.subset(test)
+        proba = head.predict_proba(part)
+        m = metrics_for(part.y, proba, data.label_names, head.decide)  # multi-label: the fold's thresholds
+        return {"config_id": config_id(config), "split": split, "proba": proba.astype(np.float32),
+                "scores": {name: m[name] for name in task_metrics(data.y.ndim == 2)},
+                "seconds": seconds, "best_epoch": head.best_epoch_}
+    finally:
+        torch.set_num_threads(before)
+
+
+def fit_split(data: FeatureSet, config: HeadConfig, fold: np.ndarray, split: int) -> tuple[Head, np.ndarray, float]:
+    """(fitted head, held-out rows, seconds) of one split: the head is fit on the split's training rows,
+    early-stopped on a stratified VAL_FRACTION of them (the held-out rows are never seen). A split's model
+    depends on nothing but its configuration and its rows, so any subset of splits can run, in any order."""
+    train, test = splits(fold)[split]
+    fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
+    t0 = time.perf_counter()
+    head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
+    return head, test, time.perf_counter() - t0
+
+
+def fold_fits(data: FeatureSet, config: HeadConfig, fold: np.ndarray):
+    """Yield (split, fitted head, held-out rows, seconds) for every split. The grid scores these heads and
+    ships them (``best/``), so what is shipped is what was scored."""
+    for k in range(len(splits(fold))):
+        yield (k, *fit_split(data, config, fold, k))
+
+
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while worker processes start: a spawned Python that starts with SIGINT ignored keeps
+    it ignored, so Ctrl-C stops the grid with one line instead of a traceback from every worker. (The
+    processes start in milliseconds; a Ctrl-C within them is lost, the next one stops the grid.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class Workers:
+    """Where a grid's fits run, kept for the whole run (every rung of successive halving): this process
+    (jobs 1), a pool of ``jobs`` spawned processes (one torch thread each, the features loaded once per
+    process), or a Dask cluster (the features broadcast to its workers once per text vector)."""
+
+    def __init__(self, cache: Path, identity: str, fold: np.ndarray, jobs: int, backend: str = "local",
+                 scheduler: str | None = None):
+        self.cache, self.identity, self.fold, self.jobs = cache, identity, fold, jobs
+        self.backend, self.scheduler = backend, scheduler
+        self.pool = self.client = None
+        self.data: dict = {}
+
+    def __enter__(self) -> "Workers":
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        if self.pool is not None and kind is not None and issubclass(kind, KeyboardInterrupt):
+            for process in list(getattr(self.pool, "_processes", {}).values()):  # Ctrl-C: stop now; finished
+                process.terminate()  # splits are on disk, the fits in flight run again on the next run
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        elif self.pool is not None:  # a failed fit: queued fits are cancelled, those running finish
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        if self.client is not None:
+            self.client.close()
+
+    def run(self, todo: list[tuple[HeadConfig, int]]):
+        """Yield :func:`evaluate_split`'s result of each (configuration, split) as it finishes."""
+        if self.backend == "dask":
+            yield from self._dask(todo)
+        elif self.jobs == 1:
+            for cfg, split in todo:
+                yield evaluate_split(self.cache, asdict(cfg), self.fold, split, identity=self.identity)
+        else:
+            with _sigint_ignored():  # workers start (on submit) ignoring Ctrl-C: this process handles it alone
+                if self.pool is None:
+                    self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
+                futures = [self.pool.submit(evaluate_split, str(self.cache), asdict(cfg), self.fold, split, 1,
+                                            self.identity) for cfg, split in todo]
+            try:
+                for fut in as_completed(futures):
+                    yield fut.result()
+            finally:
+                for fut in futures:
+                    fut.cancel()
+
+    def _dask(self, todo):
+        try:
+            from distributed import Client, as_completed as dask_completed
+        except ImportError:
+            raise MmfuseError("--backend dask needs dask.distributed: pip install 'mmfuse[grid]'") from None
+        if self.client is None:
+            self.client = (Client(self.scheduler) if self.scheduler
+                           else Client(processes=True, threads_per_worker=1))
+        for tf in sorted({c.text_feature for c, _ in todo} - set(self.data)):
+            # the features travel once to every worker, so no shared filesystem is needed
+            self.data[tf] = self.client.scatter(FeatureSet.from_cache(self.cache, tf), broadcast=True)
+        futures = [self.client.submit(evaluate_split, self.data[c.text_feature], asdict(c), self.fold, split,
+                                      pure=False) for c, split in todo]
+        for fut in dask_completed(futures):
+            yield fut.result()
+
+
+def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, resuming: bool = True) -> int:
+    """Run the first ``n_use`` splits of each configuration that are not done yet; a configuration with every
+    split done gets its row in results.csv (also one whose splits were all done before a crash or a torn
+    line lost its row). Returns how many fits ran."""
+    complete = {r["config_id"] for r in read_results(out)}
+    n_splits = len(splits(fold))
+    fingerprint = fold_fingerprint(fold)
+    states = {config_id(c): _state(out, fc, c, fold, fingerprint) for c in configs if config_id(c) not in complete}
+    todo = [(c, s) for c in configs if config_id(c) in states for s in range(n_use) if not states[config_id(c)].done[s]]
+    unlisted = [c for c in configs if config_id(c) in states and states[config_id(c)].done.all()]
+    # the slowest configurations first (by seconds per fit of their finished splits; none yet: first of all),
+    # so a rung does not end waiting on one long fit while the other workers idle
+    def slowest_first(cs: tuple[HeadConfig, int]) -> float:
+        sec = states[config_id(cs[0])].seconds
+        return -float(np.nanmean(sec)) if np.isfinite(sec).any() else -np.inf
+
+    todo.sort(key=slowest_first)
+    asked = len(configs) * n_use
+    if len(todo) < asked:  # later rungs of successive halving: the splits of earlier rungs are done
+        done = sum(config_id(c) not in states or states[config_id(c)].done[:n_use].all() for c in configs)
+        log(("resuming " if resuming else "") + f"{out}: {done} of {len(configs)} configurations already done "
+            f"({asked - len(todo)} of {asked} fits)")
+    if not todo and not unlisted:
+        return 0
+    by_id = {config_id(c): c for c in configs}
+    new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
+    results = workers.run(todo)
+    metric = task_metrics(fc.multilabel)[0]
+    best = max((score(r) for r in read_results(out)), default=float("nan"))
+    with open(out / "results.csv", "a", newline="") as f, \
+            tqdm(total=len(todo), desc="grid", unit="fit", disable=not progress) as bar:
+        writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
+        if new_file:
+            writer.writeheader()
+            f.flush()
+
+        def listed(cid: str) -> None:
+            """Write the out-of-fold file, then the row: a listed row is always complete."""
+            nonlocal best
+            row = states[cid].row(by_id[cid])
+            np.save(out / "oof" / f"{cid}.npy", states[cid].oof())
+            writer.writerow(row)
+            f.flush()
+            best = np.nanmax([best, score(row)])
+            bar.set_postfix({f"best_{metric}": f"{best:.3f}"})
+
+        def saved(write, *args) -> None:
+            try:
+                write(*args)
+            except OSError as e:  # a full disk: a row half written is dropped on the next run (repair_results)
+                raise write_failed(out, e, f"The {len(read_results(out))} configurations listed in results.csv, "
+                                           "and every finished split in splits/, are kept") from None
+
+        for c in unlisted:
+            saved(listed, config_id(c))
+        for result in results:  # a fit's own error (not a write's) propagates as it is
+            state = states[result["config_id"]]
+            saved(state.add, result)
+            if state.done.sum() == n_splits:
+                saved(listed, result["config_id"])
+            bar.update(1)
+    return len(todo)
