@@ -22,27 +22,12 @@ vector) must match between a head's training cache and any cache it scores; the 
 adds the data fingerprint and the numerics of the run (device, optimisation), and must match to
 resume a cache.
 
-Features are buffered and written a whole chunk (``CHUNK_ROWS`` rows) at a time, then their ``done``
-flags set, so each chunk is written about once (writing length-sorted batches into shared chunks
-rewrote each chunk many times: 484 MiB written for 9.4 MiB of text features). An interrupted
-extraction resumes from the last written chunk; ``complete`` is set only once every row is done or
-skipped.
-
-HDF5 is not crash-consistent: a process killed while the library updates the file's metadata (a
-chunk index, a heap, an attribute) can leave a file that no longer opens. So after creation the
-writer never changes metadata: every dataset's space is allocated when it is created (HDF5's
-``H5D_ALLOC_TIME_EARLY``; features without writing fill values, so nothing is written twice), skip
-reasons are fixed-length strings and completeness is a one-element dataset, not an attribute. A
-write after creation only overwrites raw bytes in place; a kill in the middle of one leaves rows
-whose ``done`` flag is still False, and the rerun computes them again (tests/faults/ kills
-extraction at a dozen points, mid-write and mid-finish included).
-
-A cache is written as ``{cache}.partial`` (its layout created as ``{cache}.creating`` and renamed, so
-the partial file always opens) and renamed to ``{cache}`` only once complete: a file under the cache's
-own name is a finished cache, and ``--overwrite`` keeps the old one until the new one is whole.
-
-One writer at a time: ``{cache}.lock`` (``mmfuse.outputs.TargetLock``: held while writing, released by
-the kernel when the writer dies, removed when it is done) names the writer's pid.
+Writes: a whole chunk (``CHUNK_ROWS`` rows) at a time, then its ``done`` flags, so a chunk is written
+about once and a rerun resumes from the last written chunk. After creation the writer never changes
+HDF5 metadata (space allocated early, fixed-length skip reasons, ``complete`` a dataset), so a kill at
+any moment leaves a file that opens. A cache is written as ``{cache}.partial`` (laid out as
+``{cache}.creating``) and takes its own name only once complete; ``{cache}.lock`` is its one writer's.
+docs/extraction.md says why and what each choice cost.
 """
 from __future__ import annotations
 
@@ -54,6 +39,7 @@ import h5py
 import numpy as np
 
 from .errors import CacheError, MmfuseError, write_failed
+from .identity import describe as _describe, feature_identity, feature_mismatch  # noqa: F401 (feature_mismatch: re-exported)
 from .outputs import LockedError, TargetLock, describe_holder, lock_holder
 
 FORMAT = "mmfuse-cache"
@@ -62,44 +48,6 @@ REASON_BYTES = 512  # a skip reason longer than this is cut (at a character boun
 MODALITIES = ("text", "image")
 CHUNK_ROWS = 256  # rows per HDF5 chunk; also the unit of buffered writes
 _str = h5py.string_dtype()
-
-
-def _minor(version) -> str:
-    return ".".join(str(version).split(".")[:2])
-
-
-def feature_identity(provenance: dict) -> dict[str, str]:
-    """The fields of a cache's provenance that determine its feature vectors, flat and comparable.
-
-    Weights are compared by content (sha256) where known, not by path; library versions by
-    major.minor. The data (rows, fingerprint) and the run's device are not part of it.
-    """
-    t, i, v = provenance.get("text", {}), provenance.get("image", {}), provenance.get("versions", {})
-
-    def weights(w):
-        if isinstance(w, dict):
-            return str(w.get("sha256") or w.get("name") or w.get("file"))
-        return str(w)
-
-    return {
-        "text weights": str(t.get("weights_sha256") or f"{t.get('model')}@{t.get('revision')}"),
-        "text architecture": str(t.get("architecture")),
-        "text max_length": str(t.get("max_length")),
-        "text pooling": json.dumps(t.get("pooling"), sort_keys=True),
-        "image model": str(i.get("model")),
-        "image weights": weights(i.get("weights")),
-        "image node": str(i.get("node")),
-        "image preprocessing": json.dumps(i.get("preprocessing"), sort_keys=True),
-        "precision": str(provenance.get("precision")),
-        "store dtype": str(provenance.get("store_dtype", "float32")),
-        **{f"{lib} version": _minor(v.get(lib)) for lib in ("torch", "torchvision", "transformers")},
-    }
-
-
-def feature_mismatch(a: dict, b: dict) -> list[str]:
-    """'field: X vs Y' for each feature-identity field where provenances ``a`` and ``b`` differ."""
-    fa, fb = feature_identity(a or {}), feature_identity(b or {})
-    return [f"{k}: {fa[k]!r} vs {fb[k]!r}" for k in fa if fa[k] != fb[k]]
 
 
 # --- one writer at a time --------------------------------------------------------------------------
@@ -351,12 +299,6 @@ class CacheWriter:
                 self._lock.release()
 
 
-def _describe(prov: dict) -> str:
-    t, i, d = prov.get("text", {}), prov.get("image", {}), prov.get("data", {})
-    return (f"text {t.get('model')}, image {i.get('model')} ({i.get('weights')}), "
-            f"data {d.get('root')} split {d.get('split')}")
-
-
 def metadata_bytes(path: str | Path) -> bytes:
     """An HDF5 file's bytes with every dataset's raw data zeroed: what is left is its metadata (superblock,
     object headers, chunk indexes, heaps). Equal before and after a run of writes means the writes
@@ -485,144 +427,3 @@ class FeatureCache:
         if unlabelled:
             counts["unlabelled"] = unlabelled
         return counts
-
-
-SHARDINGS = ("round-robin", "contiguous")  # how a data set's rows are dealt to the shards
-
-
-def shard_rows(n: int, rank: int, world: int, how: str = "round-robin") -> np.ndarray:
-    """The rows (ascending) of an n-row data set that shard ``rank`` of ``world`` extracts: every
-    world-th row from ``rank`` (round-robin), or the rank-th of ``world`` near-equal contiguous runs."""
-    if world < 1 or not 0 <= rank < world:
-        raise MmfuseError(f"--shard {rank}/{world}: the rank must be 0..{world - 1} and the world at least 1")
-    if how not in SHARDINGS:
-        raise MmfuseError(f"unknown sharding {how!r}: choose {', '.join(SHARDINGS)}")
-    if world > n:
-        raise MmfuseError(f"--shard {rank}/{world}: {n} rows cannot give each of {world} shards a row; use fewer shards")
-    if how == "round-robin":
-        return np.arange(rank, n, world)
-    bounds = np.linspace(0, n, world + 1).round().astype(np.int64)
-    return np.arange(bounds[rank], bounds[rank + 1])
-
-
-def shard_path(out: str | Path, rank: int, world: int) -> Path:
-    """``features/train.h5`` -> ``features/train.shard-0-of-2.h5``."""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.shard-{rank}-of-{world}{out.suffix}")
-
-
-SIDECARS = (".partial", ".creating", ".lock", ".owner")  # an unfinished cache, a layout being made, a writer's
-#                                                         lock (and an older version's lock owner file)
-
-
-def shard_files(paths: list[str | Path]) -> tuple[list[Path], list[Path]]:
-    """(caches to merge, files left out) among ``paths``, as a shell glob like ``sh.shard-*`` gives them: the
-    sidecar files an extraction keeps beside a cache are left out; every other file must be a shard."""
-    keep, other = [], []
-    for p in map(Path, paths):
-        (other if p.suffix in SIDECARS else keep).append(p)
-    return keep, other
-
-
-def merge_shards(paths: list[str | Path], out: str | Path, overwrite: bool = False, log=print) -> Path:
-    """Merge the shards of one extraction into one cache in the data set's order, as one process would
-    have written it (the identity of the whole, so ``extract`` sees it as finished).
-
-    Refused, naming the file: a file that is not a shard, an incomplete shard, a shard of another
-    extraction (models, weights, preprocessing, data or numerics differ), two shards of one rank, a
-    missing rank, and rows covered twice or not at all."""
-    paths, ignored = shard_files(paths)
-    if ignored:
-        log(f"ignored {len(ignored)} file(s) that are not shard caches (locks, unfinished extractions): "
-            f"{', '.join(map(str, ignored[:5]))}"
-            f"{' ...' if len(ignored) > 5 else ''}")
-    if not paths:
-        raise CacheError("no shards to merge: pass the shard caches (NAME.shard-RANK-of-WORLD.h5)")
-    shards = []
-    for p in paths:
-        cache = FeatureCache(p, allow_incomplete=True)
-        with _open(p, "r") as f:
-            if "shard" not in f.attrs:
-                raise CacheError(f"{p} is not a shard (extracted without --shard): nothing to merge")
-            spec = json.loads(f.attrs["shard"])
-            rows = f["shard_rows"][:]
-        if not cache.complete:
-            raise CacheError(f"{p} (shard {spec['rank']} of {spec['world']}) is incomplete: re-run its "
-                             f"extract command with --shard {spec['rank']}/{spec['world']} to finish it")
-        shards.append((p, spec, rows, cache))
-    p0, s0, _, c0 = shards[0]
-    for p, spec, _, cache in shards[1:]:
-        if spec["identity"] != s0["identity"] or spec["world"] != s0["world"]:
-            diff = feature_mismatch(c0.provenance, cache.provenance) or [
-                k for k in ("data", "numerics") if cache.provenance.get(k) != c0.provenance.get(k)] or ["world size"]
-            raise CacheError(f"{p} is a shard of another extraction than {p0} (differs in: {', '.join(diff)}): "
-                             "merge the shards of one extract command")
-    world, n = s0["world"], s0["total"]
-    by_rank: dict[int, Path] = {}
-    for p, spec, _, _ in shards:
-        if spec["rank"] in by_rank:
-            raise CacheError(f"{p} and {by_rank[spec['rank']]} are both shard {spec['rank']} of {world}")
-        by_rank[spec["rank"]] = p
-    missing = sorted(set(range(world)) - set(by_rank))
-    if missing:
-        expected = [shard_path(Path(out), r, world) for r in missing]
-        unfinished = [p for p in expected if partial_path(p).is_file()]
-        raise CacheError(f"shard(s) {', '.join(map(str, missing))} of {world} missing: expected "
-                         + ", ".join(map(str, expected))
-                         + (f" ({', '.join(p.name for p in unfinished)} unfinished: re-run their extract commands)"
-                            if unfinished else ""))
-    covered = np.bincount(np.concatenate([rows for _, _, rows, _ in shards]), minlength=n)
-    if covered.max() > 1 or covered.min() < 1:
-        twice, never = np.flatnonzero(covered > 1), np.flatnonzero(covered == 0)
-        raise CacheError(f"the shards do not cover the {n} rows exactly once ({len(twice)} covered twice, e.g. row "
-                         f"{twice[:1].tolist()}; {len(never)} not at all): were they cut with different --sharding?")
-    return _write_merged([(rows, cache) for _, _, rows, cache in shards], Path(out), s0, overwrite)
-
-
-def _write_merged(shards, out: Path, spec: dict, overwrite: bool) -> Path:
-    n = spec["total"]
-    c0 = shards[0][1]
-    guids, labels = [""] * n, None
-    skipped: dict[int, str] = {}
-    where = np.empty((n, 2), np.int64)  # row of the whole -> (shard, row in its file)
-    for s, (rows, cache) in enumerate(shards):
-        with _open(cache.path, "r") as f:
-            all_guids = [g.decode() if isinstance(g, bytes) else g for g in f["guid"][:]]
-            lab, skip = f["label"][:], f["skipped"][:]
-            reasons = f["skip_reason"][:]
-        if labels is None:
-            labels = np.empty((n, *lab.shape[1:]), lab.dtype)
-        labels[rows] = lab
-        for local, row in enumerate(rows):
-            guids[row] = all_guids[local]
-            if skip[local]:
-                skipped[int(row)] = reasons[local].decode("utf-8", "replace").rstrip("\0")
-        where[rows, 0], where[rows, 1] = s, np.arange(len(rows))
-    provenance = {**c0.provenance, "shards": {"world": spec["world"], "how": spec["how"]}}
-    store_dtype = c0.dtypes["image/pooled"]
-    writer = CacheWriter.open(out, guids=guids, labels=labels, label_names=c0.label_names, multilabel=c0.multilabel,
-                              skipped=skipped, dims=c0.dims, store_dtype=store_dtype, provenance=provenance,
-                              identity=spec["identity"], overwrite=overwrite)
-    try:
-        files = [_open(cache.path, "r") for _, cache in shards]
-        try:
-            block = 16 * CHUNK_ROWS  # rows of the whole read and written at a time: memory stays bounded
-            for start in range(0, n, block):
-                rows = np.arange(start, min(n, start + block))
-                rows = rows[~np.isin(rows, list(skipped))]
-                for m in MODALITIES:
-                    feats = {name: np.empty((len(rows), c0.dims[name]), store_dtype) for name in c0.dims
-                             if name.split("/")[0] == m}
-                    for s, f in enumerate(files):
-                        take = np.flatnonzero(where[rows, 0] == s)
-                        for name in feats:
-                            feats[name][take] = f[name][where[rows[take], 1]] if len(take) else 0
-                    writer.write(m, rows, feats)
-        finally:
-            for f in files:
-                f.close()
-        if not writer.finish():
-            raise CacheError(f"{out}: the merged cache is not complete (a bug: please report it)")
-    finally:
-        writer.close()
-    return out

@@ -157,7 +157,7 @@ def _summary(source, stats: list[dict], leaks: dict, tokenizer_name: str, max_le
 
 
 def _plots(stats: list[dict], out: Path, tokenizer_name: str, max_length: int) -> None:
-    from .metrics import PLAIN, _plt
+    from .plots import PLAIN, pyplot as _plt
 
     plt = _plt()
     labelled = [s for s in stats if s["labelled"]]

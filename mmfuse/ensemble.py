@@ -22,7 +22,7 @@ from .errors import MmfuseError
 from .grid import REFITS, final_rows, refit, task_metrics
 from .heads import FeatureSet, Head
 from .heads.bagging import load_head
-from .heads.estimator import fit_per_label, linear_arrays, load_linear, save_linear
+from .heads.linear import fit_per_label, linear_arrays, load_linear, save_linear
 from .metrics import task_metrics_of
 from .multilabel import decide, tune_thresholds
 from .outputs import new_folder

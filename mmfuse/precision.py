@@ -1,11 +1,14 @@
 """Precision, in one place: the names, whether this CPU multiplies bf16 natively, the one autocast
-helper, and the ``auto`` rule (as open_clip's training/precision.py). Extraction, the heads and
+helper, and the two choosers: the ``auto`` rule of extraction and fine-tuning (:func:`choose_precision`)
+and the heads' training precision, measured (:func:`fast_precision`), as open_clip's training/precision.py. Extraction, the heads and
 fine-tuning each allow a named subset of ``PRECISIONS``."""
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import MmfuseError
@@ -48,3 +51,31 @@ def choose_precision(requested: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if native_bf16() else "fp32"
+
+
+BF16_SPEEDUP = 1.5  # the median speed-up over fp32 a head-sized matmul needs to train in bf16 (bench/speed/grid.py)
+
+
+def fast_precision() -> tuple[str, str]:
+    """(precision, reason): bf16 only where the CPU has native bf16 (AVX512-BF16 or AMX) and a head-sized
+    matmul, timed in 5 rounds of about 40 ms, runs at least 1.5x faster in bf16 (median); else fp32. A CPU
+    without native bf16 always gets fp32, so the choice cannot flip with a noisy timing there."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    if not native_bf16():
+        return "fp32", f"this CPU has no native bf16 (torch capability {capability})"
+    x, w = torch.randn(64, 1664), torch.randn(1664, 256)
+    ratios = []
+    for _ in range(5):
+        times = {}
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a, b = x.to(dtype), w.to(dtype)
+            a @ b
+            t0 = time.perf_counter()
+            for _ in range(50):
+                a @ b
+            times[name] = time.perf_counter() - t0
+        ratios.append(times["fp32"] / times["bf16"])
+    ratio = float(np.median(ratios))
+    if ratio >= BF16_SPEEDUP:
+        return "bf16", f"native bf16 (torch capability {capability}), measured {ratio:.1f}x fp32's matmul rate"
+    return "fp32", f"native bf16 measured only {ratio:.1f}x fp32's matmul rate here"

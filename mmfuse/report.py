@@ -231,7 +231,7 @@ def _runs_section(runs: list[Path], page: _Page) -> tuple[str, list[tuple]]:
 
 def _ablation(entries: list[tuple[str, float | None, float | None]]) -> str:
     """Text-only vs image-only vs each fusion: the best score per fusion (runs and grid rows)."""
-    from .metrics import _plt
+    from .plots import pyplot as _plt
 
     best: dict[str, tuple[float, float | None]] = {}
     for fusion, value, std in entries:

@@ -17,7 +17,7 @@ import numpy as np
 from .cache import FeatureCache
 from .data import csv_records, guid_tag_rows, split_labels
 from .errors import DataError, MmfuseError
-from .heads.estimator import align_labels
+from .heads.features import align_labels
 from .metrics import classification_metrics, metrics_for, multilabel_metrics
 from .outputs import write_text_atomic
 

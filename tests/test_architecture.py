@@ -210,7 +210,6 @@ def test_import_mmfuse_leaves_the_optional_extras_unimported():
 
 
 # --- (d) file size ------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=False, reason="issue 21: files still being split")
 def test_no_library_file_is_over_the_line_limit():
     sizes = {p.relative_to(ROOT.parent): len(p.read_text().splitlines()) for p in library_files()}
     over = {str(p): n for p, n in sorted(sizes.items()) if n > MAX_LINES}

@@ -11,7 +11,7 @@ import torch
 
 from conftest import synthetic_features, write_feature_cache
 from mmfuse.heads import FeatureSet, Head, HeadConfig, train_head
-from mmfuse.heads.estimator import class_weights
+from mmfuse.heads.train import class_weights
 
 FAST = dict(epochs=30, hidden=32, lr=3e-3)
 

@@ -165,7 +165,7 @@ def test_grid_folder_refuses_a_re_extracted_cache(cache, tmp_path):
 
 
 def test_precision_choice_follows_the_cpus_bf16_support(monkeypatch):
-    from mmfuse.extract import common
+    from mmfuse import precision as common
     from mmfuse.grid import fast_precision
 
     monkeypatch.setattr(common, "native_bf16", lambda: False)
@@ -340,8 +340,8 @@ def test_the_heatmaps_show_lr_against_the_grid_s_other_main_axis():
 
 def test_the_cli_and_run_grid_share_one_set_of_defaults(cache, tmp_path, monkeypatch):
     import mmfuse.grid as grid
+    from mmfuse import precision as common
     from mmfuse.errors import MmfuseError
-    from mmfuse.extract import common
 
     monkeypatch.setattr(common, "native_bf16", lambda: False)  # fp32, with no timing
     seen = {}

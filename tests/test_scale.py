@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import write_course
-from mmfuse.cache import FeatureCache, shard_rows
+from mmfuse.cache import FeatureCache
+from mmfuse.shards import shard_rows
 from mmfuse.cli import app
 from mmfuse.errors import MmfuseError
 

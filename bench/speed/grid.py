@@ -28,7 +28,7 @@ from mmfuse.cache import FeatureCache
 from mmfuse.grid import (config_id, expand_grid, fast_precision, make_folds, run_grid,
                          standard_error)
 from mmfuse.heads import FeatureSet, create_head
-from mmfuse.heads.estimator import class_weights
+from mmfuse.heads.train import class_weights
 from mmfuse.metrics import macro_f1
 
 

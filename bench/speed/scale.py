@@ -27,7 +27,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
 from common import add_data, cpu_line, parser
-from mmfuse.cache import FeatureCache, shard_path
+from mmfuse.cache import FeatureCache
+from mmfuse.shards import shard_path
 
 
 def subset(data: Path, rows: int, root: Path) -> Path:

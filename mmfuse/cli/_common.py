@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..cache import SHARDINGS
+from ..shards import SHARDINGS
 from ..data import CsvFormat, parse_label_names
 from ..errors import MmfuseError
 from ..extract import STORE_DTYPES

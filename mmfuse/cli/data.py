@@ -85,7 +85,7 @@ def merge_cmd(
 ):
     """Merge the shards of a sharded extraction into one cache, in the data set's order. Other files among
     SHARDS (a glob's locks or unfinished .partial files) are named and ignored."""
-    from ..cache import merge_shards, shard_files
+    from ..shards import merge_shards, shard_files
 
     with user_errors("the shards are kept; re-run the same command"):
         path = merge_shards(shards, out, overwrite, log=typer.echo)

@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..cache import CHUNK_ROWS, CacheWriter, feature_identity, shard_path, shard_rows
+from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
+from ..shards import shard_path, shard_rows
 from ..data import CsvFormat, read_data
 from ..errors import DataError
 from ..precision import native_bf16

@@ -6,7 +6,7 @@ import os
 from datetime import timedelta
 from pathlib import Path
 
-from ..cache import merge_shards, shard_path
+from ..shards import merge_shards, shard_path
 from ..errors import MmfuseError
 
 

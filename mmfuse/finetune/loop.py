@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..data import read_course
 from ..errors import DataError
 from ..heads import HeadConfig
-from ..heads.estimator import class_weights, loss_fn, warmup_cosine
+from ..heads.train import class_weights, loss_fn, warmup_cosine
 from ..heads.run import stratified_split
 from ..metrics import classification_metrics
 from ..precision import autocast

@@ -17,7 +17,8 @@ from ..errors import MmfuseError
 from ..extract.common import resolve_device
 from ..heads import HeadConfig
 from ..heads.run import write_history
-from ..metrics import classification_metrics, plot_confusion, plot_history
+from ..metrics import classification_metrics
+from ..plots import plot_confusion, plot_history
 from ..outputs import TargetLock, check_folder_target, swap_into_place
 from ..precision import choose_precision
 from ..safe import load_state, load_tensors, read_json, reading

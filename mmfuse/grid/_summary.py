@@ -84,7 +84,7 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     lr, see heatmap_axis; best macro-F1 over the remaining axes); fusions.png: best per fusion."""
     if not rows:
         return
-    from ..metrics import _plt
+    from ..plots import pyplot as _plt
 
     plt = _plt()
     name = {"macro_f1": "macro-F1", "micro_f1": "micro-F1"}[primary(rows[0])]

@@ -10,7 +10,8 @@ import numpy as np
 from ..errors import MmfuseError
 from ..multilabel import decide
 from ..safe import corrupt, read_json
-from .estimator import FeatureSet, Head
+from .estimator import Head
+from .features import FeatureSet
 
 
 class BaggedHead:

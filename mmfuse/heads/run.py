@@ -9,16 +9,17 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 
 from ..cache import FeatureCache
 from ..errors import MmfuseError
 from ..outputs import new_folder
 from ..safe import number, read_json
-from ..metrics import format_size, metrics_for, plot_confusion, plot_history, plot_label_f1, plot_threshold_curve
+from ..metrics import format_size, metrics_for
+from ..plots import plot_confusion, plot_history, plot_label_f1, plot_threshold_curve
 from ..splits import stratified_split  # its home is mmfuse.splits (imported from here too)
 from .config import HeadConfig
-from .estimator import FeatureSet, Head, check_compatible
+from .estimator import Head
+from .features import FeatureSet, check_compatible
 
 
 def write_history(history: list[dict], path: Path) -> None:
