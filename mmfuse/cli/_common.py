@@ -65,6 +65,13 @@ CSV = {f.name: f.default for f in fields(CsvFormat) if f.name != "images"}  # th
 
 # options that several commands take, declared once
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+# the head's options that train-head and finetune share
+TextVector = Annotated[TextFeature, typer.Option(help="Cached text vector: cls, mean, or auto (the encoder's trained "
+                                                 "pooling where its folder says, else cls).")]
+Hidden = Annotated[int, typer.Option(help="The head's MLP / projection width.")]
+DropoutRate = Annotated[float, typer.Option(help="The head's dropout.")]
+LossKind = Annotated[Loss, typer.Option(help="ce (softmax cross-entropy) or hinge (multiclass SVM).")]
+ClassWeighting = Annotated[ClassWeight, typer.Option(help="balanced (inverse class frequency) or none.")]
 Images = Annotated[Optional[Path], typer.Option(help="CSV data: the folder of the images named by the id column.")]
 IdCol = Annotated[str, typer.Option(help="CSV data: the image id column.")]
 LabelsCol = Annotated[str, typer.Option(help="CSV data: the labels column (absent: an unlabelled file).")]

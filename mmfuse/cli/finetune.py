@@ -9,7 +9,8 @@ import typer
 from ..errors import MmfuseError
 from ..finetune import FineTuneConfig
 from ..heads import HeadConfig, list_heads
-from ._common import D, FT, ClassWeight, Fusion, Loss, TextFeature, _layers, app, user_errors
+from ._common import (D, FT, ClassWeight, ClassWeighting, DropoutRate, Fusion, Hidden, Loss, LossKind, TextFeature,
+                      TextVector, _layers, app, user_errors)
 
 
 @app.command()
@@ -21,8 +22,7 @@ def finetune(
     text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
     image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
     image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
-    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Text vector: cls, mean, or auto (the "
-                                             "encoder's trained pooling where its folder says, else cls)."),
+    text_feature: TextVector = TextFeature(D.text_feature),
     unfreeze_text_layers: str = typer.Option(str(FT.unfreeze_text_layers), help="Train the last N encoder layers, or all."),
     unfreeze_image_blocks: str = typer.Option(str(FT.unfreeze_image_blocks), help="Train the last M image stages (ResNet: layer4 for 1), or all."),
     epochs: int = typer.Option(FT.epochs, help="Maximum epochs (early stopping on validation macro-F1)."),
@@ -40,10 +40,10 @@ def finetune(
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
     overwrite: bool = typer.Option(False, help="Start over: replace a run at --out (kept until the new one is "
                                    "complete) or an unfinished one."),
-    hidden: int = typer.Option(D.hidden, help="Head MLP / projection width."),
-    dropout: float = typer.Option(D.dropout, help="Head dropout."),
-    loss: Loss = typer.Option(Loss(D.loss), help="ce or hinge."),
-    class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced or none."),
+    hidden: Hidden = D.hidden,
+    dropout: DropoutRate = D.dropout,
+    loss: LossKind = Loss(D.loss),
+    class_weight: ClassWeighting = ClassWeight(D.class_weight),
     patience: int = typer.Option(FT.patience, help="Epochs without validation gain before stopping."),
     num_workers: int = typer.Option(FT.num_workers, help="Image decode processes."),
     seed: int = typer.Option(FT.seed, help="Seed."),

@@ -35,7 +35,7 @@ def grid(
     combine: Optional[str] = typer.Option(None, help="Comma list of mean, union (late fusion, multi-label)."),
     thresholds: Optional[str] = typer.Option(None, help="Comma list of per-label, global, fixed (multi-label)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
-                                            "CPU has native bf16 and runs it 1.5x faster than fp32, else fp32]."),
+                                            "CPU has native bf16 and runs it measurably faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
     folds: Optional[int] = typer.Option(None, help="Stratified CV folds [default: 5]."),
     repeats: Optional[int] = typer.Option(None, help="Repeated stratified k-fold: reshuffle and run the folds R "
@@ -92,7 +92,7 @@ def ensemble(
     out: Path = typer.Option(..., help="Run folder for the ensemble (predict/evaluate accept it)."),
     top: int = typer.Option(8, help="Stack this many best configurations."),
     meta: str = typer.Option("mean", help="mean: average the members' probabilities (it beat lr on held-out "
-                             "mvsa rows, +0.006 over 5 splits); lr: logistic regression on their out-of-fold "
+                             "rows: bench/experiments/refit.py); lr: logistic regression on their out-of-fold "
                              "probabilities (C by inner CV)."),
     refit: Refit = typer.Option(Refit("folds"), help="Each member as its k fold models (folds) or one refit on "
                                 "all rows (full)."),

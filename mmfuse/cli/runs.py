@@ -8,8 +8,8 @@ import typer
 
 from ..errors import MmfuseError
 from ..heads import HeadConfig
-from ._common import (D, ClassWeight, Combine, Fusion, Loss, Monitor, TextFeature, Thresholds, Zero, _number_or_auto, app,
-                      user_errors)
+from ._common import (D, ClassWeight, ClassWeighting, Combine, DropoutRate, Fusion, Hidden, Loss, LossKind, Monitor,
+                      TextFeature, TextVector, Thresholds, Zero, _number_or_auto, app, user_errors)
 
 
 @app.command("train-head")
@@ -21,19 +21,18 @@ def train_head(
                                    "complete)."),
     val_split: float = typer.Option(0.2, help="Stratified validation fraction (0: none) when --val is not given."),
     val: Optional[Path] = typer.Option(None, help="A separate labelled validation cache."),
-    text_feature: TextFeature = typer.Option(TextFeature(D.text_feature), help="Cached text vector: cls, mean, or "
-                                             "auto (the encoder's trained pooling where recorded, else cls)."),
+    text_feature: TextVector = TextFeature(D.text_feature),
     epochs: int = typer.Option(D.epochs, help="Maximum epochs."),
     lr: float = typer.Option(D.lr, help="AdamW peak learning rate."),
     weight_decay: float = typer.Option(D.weight_decay, help="AdamW weight decay."),
-    hidden: int = typer.Option(D.hidden, help="MLP / projection width."),
-    dropout: float = typer.Option(D.dropout, help="Dropout."),
+    hidden: Hidden = D.hidden,
+    dropout: DropoutRate = D.dropout,
     batch_size: int = typer.Option(D.batch_size, help="Rows per step."),
-    loss: Loss = typer.Option(Loss(D.loss), help="ce (softmax cross-entropy) or hinge (multiclass SVM)."),
-    class_weight: ClassWeight = typer.Option(ClassWeight(D.class_weight), help="balanced: inverse class frequency."),
+    loss: LossKind = Loss(D.loss),
+    class_weight: ClassWeighting = ClassWeight(D.class_weight),
     label_smoothing: float = typer.Option(D.label_smoothing, help="Cross-entropy label smoothing."),
     ema: float = typer.Option(D.ema, help="Decay per step of a moving average of the weights, which validation "
-                              "scores and the run keeps (0: off; 0.99 tied the default on mvsa at 1.2x the time)."),
+                              "scores and the run keeps (0: off; bench/experiments/defaults.py)."),
     patience: int = typer.Option(D.patience, help="Early stopping patience (epochs) on the --monitor score."),
     align_weight: float = typer.Option(D.align_weight, help="Contrastive loss weight (aligned)."),
     c: str = typer.Option(str(D.C), "--C", help="Inverse regularisation (logreg), or auto: searched by CV."),
