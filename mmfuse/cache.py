@@ -155,6 +155,8 @@ class CacheWriter:
         lock = acquire_writer_lock(path)
         try:
             creating.unlink(missing_ok=True)  # a kill while creating the layout left it; we hold the lock
+            if partial.exists() and cls._held(partial, identity)[0]:  # this very extraction, interrupted (with or
+                return cls(_open(partial, "r+", locked=True), partial, lock, path)  # without --overwrite): resume
             if os.path.lexists(path) and not overwrite:
                 same, held = cls._held(path, identity)
                 if same:  # finished (nothing to do), or a version 3 cache resumed in place
@@ -164,9 +166,7 @@ class CacheWriter:
             if os.path.lexists(path) and (path.is_dir() or path.is_symlink()):
                 raise CacheError(f"{path} is a folder or a link, not a cache: it is never replaced; choose another --out")
             if partial.exists() and not overwrite:
-                same, held = cls._held(partial, identity)
-                if same:
-                    return cls(_open(partial, "r+", locked=True), partial, lock, path)
+                _, held = cls._held(partial, identity)
                 raise CacheError(f"{partial} holds the unfinished extraction of {held}: re-run that command to "
                                  "finish it, or pass --overwrite to start this one in its place.")
             f = _open(creating, "w", locked=True)
@@ -391,8 +391,8 @@ class FeatureCache:
         writer, when the caller has already asked ``lock_holder``."""
         path = Path(path)
         holder = holder or lock_holder(path)
-        if not path.is_file() and partial_path(path).is_file():
-            path = partial_path(path)
+        if partial_path(path).is_file() and (holder or not path.is_file()):  # the cache being written (an
+            path = partial_path(path)  # --overwrite run writes beside the finished one)
         with _open(path, "r", locking=False) if holder else _open(path, "r") as f:
             skipped = f["skipped"][:]
             return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": _is_complete(f),

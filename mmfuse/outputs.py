@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -174,7 +175,8 @@ def check_file_target(target: Path, overwrite: bool, option: str = "--out") -> N
 
 # --- renaming into place ------------------------------------------------------------------------------------
 def _partials(target: Path, tag: str) -> list[Path]:
-    return [p for p in target.parent.glob(f".{target.name}.{tag}-*") if p.name.rsplit("-", 1)[-1].isdigit()]
+    pattern = f".{glob.escape(target.name)}.{tag}-*"  # a name with [ ] * ? matches only itself
+    return [p for p in target.parent.glob(pattern) if p.name.rsplit("-", 1)[-1].isdigit()]
 
 
 def _tidy(target: Path) -> None:
@@ -224,14 +226,24 @@ def swap_into_place(new: Path, target: Path) -> None:
     """Put the complete ``new`` at ``target``; an old ``target`` goes only once ``new`` is in its place."""
     if not os.path.lexists(target) or (target.is_dir() and not target.is_symlink() and not any(target.iterdir())):
         os.replace(new, target)  # rename(2) replaces an empty folder too
-    elif _exchange(new, target):
-        _remove(new)  # ``new`` now names the old output
-    else:  # two renames; a kill between them leaves the old one at .{name}.old-{pid}, put back by _tidy
+    else:
         old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.rename(target, old)
-        os.rename(new, target)
+        if _exchange(new, target):  # ``new`` now names the old output: set aside under a name _tidy removes
+            os.rename(new, old)
+        else:  # two renames; a kill between them leaves the old one at .{name}.old-{pid}, put back by _tidy
+            os.rename(target, old)
+            try:
+                os.rename(new, target)
+            except OSError:
+                os.rename(old, target)  # the old output back under its name: an error leaves the target as it was
+                raise
         _remove(old)
     _fsync_dir(target.parent)
+
+
+def tidy(target: str | Path) -> None:
+    """What a killed writer left beside ``target`` (call it holding ``target``'s lock)."""
+    _tidy(_absolute(target))
 
 
 @contextlib.contextmanager
@@ -288,6 +300,10 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write a small file by a temporary sibling and a rename: a reader sees the old text or the new, whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

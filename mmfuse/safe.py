@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import pickle
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -28,7 +29,7 @@ class CorruptFileError(MmfuseError):
 
 # what reading a damaged file raises, from json, numpy's zip reader, torch's loader and plain Python
 _READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, EOFError, RuntimeError, AttributeError,
-                pickle.UnpicklingError, zipfile.BadZipFile, zlib.error)
+                pickle.UnpicklingError, zipfile.BadZipFile, zlib.error, struct.error)
 
 
 def _reason(e: BaseException) -> str:

@@ -19,7 +19,7 @@ from ..heads import HeadConfig
 from ..heads.run import write_history
 from ..metrics import classification_metrics
 from ..plots import plot_confusion, plot_history
-from ..outputs import TargetLock, check_folder_target, swap_into_place
+from ..outputs import TargetLock, check_folder_target, swap_into_place, tidy
 from ..precision import choose_precision
 from ..safe import load_state, load_tensors, read_json, reading
 from .config import FineTuneConfig
@@ -46,6 +46,7 @@ def finetune(data_dir: str | Path, out: str | Path, cfg: FineTuneConfig | None =
                           "features; fine-tuning keeps the best epoch's weights: set ema=0")
     final = Path(out)
     with TargetLock(final, "fine-tune").acquire("wait for it to finish, or choose another --out"):
+        tidy(final)  # a replacement killed midway: the old run back, or its half-removed copy gone
         work = _work_folder(final, resume, overwrite)
         model, metrics = _finetune(data_dir, work, cfg, head_cfg, split, val, device, resume, progress, log)
         if work != final:

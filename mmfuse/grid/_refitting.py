@@ -3,6 +3,7 @@ models averaged, which are what CV scored, or one head refit on all rows."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,9 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
     cfg = row_config(row)
     data = _features(cache, cfg.text_feature)
     out = Path(out)
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
+        raise MmfuseError(f"{out} is a file or a link, not a folder a grid wrote: it is not replaced; move it away "
+                          "and re-run the same command (the grid's results are kept)")
     if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in ("grid-pick.json", "bagged.json")):
         raise MmfuseError(f"{out} holds files a grid did not write (a run saved there?): it is not replaced; move it "
                           "away and re-run the same command (the grid's results are kept)")

@@ -281,6 +281,12 @@ OUTPUT_FAULTS = [
      "test_a_kill_between_the_two_renames_of_a_replacement_puts_the_old_output_back"),
     ("a truncated, empty or non-number `metrics.json` given to `compare`", "one line naming the file",
      "test_compare_names_a_damaged_metrics_json_in_one_line"),
+    ("an `extract --overwrite` interrupted, then the same command again", "it resumes the new cache from "
+     "`CACHE.partial` (the finished rows are not computed again) while the old cache stays; `info` shows the new "
+     "one's progress", "test_an_interrupted_overwrite_resumes_and_info_shows_the_new_cache_being_written"),
+    ("a target whose name holds `[`, `*` or `?`; a regular file named `best` in a grid folder", "another "
+     "target's temporary files are never taken for its own; the file is kept and the grid stops with one line",
+     "test_temporary_names_of_one_target_never_match_another_and_a_file_at_best_is_kept"),
 ]
 
 
@@ -307,3 +313,44 @@ def test_compare_names_a_damaged_metrics_json_in_one_line(damage, tmp_path):
     assert runner.invoke(app, ["train-head", str(cache), "--out", str(run), "--fusion", "logreg"]).exit_code == 0
     (run / "metrics.json").write_text(damage)
     assert str(run / "metrics.json") in one_line_error(runner.invoke(app, ["compare", str(run)]))
+
+
+def test_an_interrupted_overwrite_resumes_and_info_shows_the_new_cache_being_written(clean_course_dir, extract_args,
+                                                                                     tmp_path, monkeypatch):
+    import importlib
+
+    out = tmp_path / "train.h5"
+    assert runner.invoke(app, extract_args(clean_course_dir, out)).exit_code == 0
+    old = FeatureCache(out).identity
+    extract_package = importlib.import_module("mmfuse.extract")
+    real = extract_package.encode_images
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(extract_package, "encode_images", interrupted)
+    new = extract_args(clean_course_dir, out, "--max-length", "16", "--overwrite")
+    assert runner.invoke(app, new).exit_code == 130
+    assert FeatureCache(out).identity == old and FeatureCache.progress(out, {"pid": 1})["complete"] is False
+    monkeypatch.setattr(extract_package, "encode_images", real)
+    result = runner.invoke(app, new)  # the same command again: it resumes the new cache
+    assert result.exit_code == 0 and "text 0 in" in result.output, result.output  # the texts are not redone
+    assert FeatureCache(out).provenance["text"]["max_length"] == 16 and not partial_path(out).exists()
+
+
+def test_temporary_names_of_one_target_never_match_another_and_a_file_at_best_is_kept(tmp_path):
+    from mmfuse.outputs import new_folder
+
+    other = tmp_path / ".exp1.partial-999"  # another writer's folder in progress
+    other.mkdir()
+    with new_folder(tmp_path / "exp[1]", "head run") as tmp:
+        (tmp / "head.json").write_text("{}")
+    assert other.is_dir() and (tmp_path / "exp[1]" / "head.json").is_file()
+    cache, out = make_cache(tmp_path), tmp_path / "g"
+    assert runner.invoke(app, ["grid", str(cache), "--out", str(out), *GRID]).exit_code == 0
+    import shutil
+    shutil.rmtree(out / "best")
+    (out / "best").write_text("user data")
+    assert "is a file or a link" in one_line_error(runner.invoke(app, ["grid", str(cache), "--out", str(out), *GRID]))
+    assert (out / "best").read_text() == "user data"
