@@ -248,9 +248,11 @@ def tidy(target: str | Path) -> None:
 
 @contextlib.contextmanager
 def new_folder(target: str | Path, kind: str, overwrite: bool = False, what: str | None = None,
-               option: str = "--out", check: bool = True):
+               option: str = "--out", check=check_folder_target):
     """Yield an empty hidden sibling of ``target`` to write a ``kind`` folder into; when the block ends
     without an error it replaces ``target`` in one rename, else it is removed and ``target`` is untouched.
+    ``check(target, kind, overwrite, option)`` decides, under the lock, whether ``target`` may be replaced
+    (default :func:`check_folder_target`).
 
     >>> with new_folder("runs/concat", "head run", overwrite=False) as tmp:
     ...     head.save(tmp)
@@ -260,8 +262,7 @@ def new_folder(target: str | Path, kind: str, overwrite: bool = False, what: str
         "wait for it to finish, or choose another " + option)
     try:
         _tidy(target)
-        if check:
-            check_folder_target(target, kind, overwrite, option)
+        check(target, kind, overwrite, option)  # under the lock: nobody changes the target meanwhile
         tmp = target.with_name(f".{target.name}.partial-{os.getpid()}")
         tmp.mkdir(parents=True)
         try:

@@ -13,7 +13,7 @@ from ..heads import BaggedHead, FeatureSet, Head, HeadConfig
 from ..heads.registry import head_info
 from ..heads.run import write_history
 from ..multilabel import tune_thresholds
-from ..outputs import new_folder, write_text_atomic
+from ..outputs import folder_kind, new_folder, write_text_atomic
 from ..splits import splits, stratified_split
 from ._fit import VAL_FRACTION, _features, fold_fits
 from ._spec import row_config
@@ -36,22 +36,30 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
     cfg = row_config(row)
     data = _features(cache, cfg.text_feature)
     out = Path(out)
-    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
-        raise MmfuseError(f"{out} is a file or a link, not a folder a grid wrote: it is not replaced; move it away "
-                          "and re-run the same command (the grid's results are kept)")
-    if out.is_dir() and any(out.iterdir()) and not any((out / m).is_file() for m in ("grid-pick.json", "bagged.json")):
-        raise MmfuseError(f"{out} holds files a grid did not write (a run saved there?): it is not replaced; move it "
-                          "away and re-run the same command (the grid's results are kept)")
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CV fits ran: the same numbers, so the shipped folds are the scored ones
     try:  # written beside and renamed into place: a failed refit leaves the previous one whole
-        with new_folder(out, "grid best/", overwrite=True, check=False) as tmp:
+        with new_folder(out, GRID_BEST, overwrite=True, check=_only_a_grids_best) as tmp:
             _refit(data, cfg, row, tmp, fold, mode, oof)
             write_text_atomic(tmp / "grid-pick.json", json.dumps({"config_id": row.get("config_id"), "refit": mode,
                                                                   "fusion": cfg.fusion}, indent=2) + "\n")
         return out
     finally:
         torch.set_num_threads(before)
+
+
+GRID_BEST = "grid best/"
+GRID_BEST_KINDS = ("grid best/", "grid best/ (fold models)")  # outputs.FOLDER_KINDS of what refit writes
+
+
+def _only_a_grids_best(out: Path, kind: str, overwrite: bool, option: str) -> None:
+    """best/ is replaced only when a grid wrote it (a run saved there by hand is kept)."""
+    if os.path.lexists(out) and (out.is_symlink() or not out.is_dir()):
+        raise MmfuseError(f"{out} is a file or a link, not a folder a grid wrote: it is not replaced; move it away "
+                          "and re-run the same command (the grid's results are kept)")
+    if out.is_dir() and any(out.iterdir()) and folder_kind(out) not in GRID_BEST_KINDS:
+        raise MmfuseError(f"{out} holds files a grid did not write (a run saved there?): it is not replaced; move it "
+                          "away and re-run the same command (the grid's results are kept)")
 
 
 def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.ndarray, mode: str,
