@@ -155,8 +155,9 @@ class CacheWriter:
         lock = acquire_writer_lock(path)
         try:
             creating.unlink(missing_ok=True)  # a kill while creating the layout left it; we hold the lock
-            if partial.exists() and cls._held(partial, identity)[0]:  # this very extraction, interrupted (with or
-                return cls(_open(partial, "r+", locked=True), partial, lock, path)  # without --overwrite): resume
+            unfinished = cls._held(partial, identity) if partial.exists() else None  # (same identity, what it holds)
+            if unfinished and unfinished[0]:  # this very extraction, interrupted (with or without --overwrite): resume
+                return cls(_open(partial, "r+", locked=True), partial, lock, path)
             if os.path.lexists(path) and not overwrite:
                 same, held = cls._held(path, identity)
                 if same:  # finished (nothing to do), or a version 3 cache resumed in place
@@ -165,9 +166,8 @@ class CacheWriter:
                                  "the new cache is complete) or choose another --out.")
             if os.path.lexists(path) and (path.is_dir() or path.is_symlink()):
                 raise CacheError(f"{path} is a folder or a link, not a cache: it is never replaced; choose another --out")
-            if partial.exists() and not overwrite:
-                _, held = cls._held(partial, identity)
-                raise CacheError(f"{partial} holds the unfinished extraction of {held}: re-run that command to "
+            if unfinished and not overwrite:
+                raise CacheError(f"{partial} holds the unfinished extraction of {unfinished[1]}: re-run that command to "
                                  "finish it, or pass --overwrite to start this one in its place.")
             f = _open(creating, "w", locked=True)
             try:
