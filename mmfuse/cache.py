@@ -7,6 +7,9 @@ Layout (N = rows of the split file, in file order, skipped rows included and fla
     text/cls        (N, Dt) last layer's [CLS] vector
     text/mean       (N, Dt) attention-masked mean of the last layer
     image/pooled    (N, Di) pooled features before the classifier
+    text/..., image/...     further vectors where the backbone has them (text/pooled, text/proj,
+                    image/cls, image/mean, image/proj; provenance's text/image "pooling" says what each is)
+    zeroshot/text   (C, Dp) the class prompts' projected text embeddings (extract --class-prompts)
     done/text       (N,)    bool, row's text features written
     done/image      (N,)    bool, row's image features written
     skipped         (N,)    bool, row left out (reason in skip_reason)
@@ -46,6 +49,7 @@ FORMAT = "mmfuse-cache"
 VERSION = 3  # 3: space allocated at creation, fixed-length skip reasons, ``complete`` a dataset
 REASON_BYTES = 512  # a skip reason longer than this is cut (at a character boundary)
 MODALITIES = ("text", "image")
+EXTRAS = ("zeroshot/text",)  # datasets that are not per row, copied as they are by merges
 CHUNK_ROWS = 256  # rows per HDF5 chunk; also the unit of buffered writes
 _str = h5py.string_dtype()
 
@@ -141,7 +145,8 @@ class CacheWriter:
     @classmethod
     def open(cls, path: str | Path, *, guids: list[str], labels: np.ndarray, label_names: tuple[str, ...],
              multilabel: bool, skipped: dict[int, str], dims: dict[str, int], store_dtype: str,
-             provenance: dict, identity: str, overwrite: bool = False, shard: dict | None = None) -> "CacheWriter":
+             provenance: dict, identity: str, overwrite: bool = False, shard: dict | None = None,
+             extras: dict[str, np.ndarray] | None = None) -> "CacheWriter":
         """Resume ``path`` (or its ``.partial``) if it was started with the same identity, else create it.
 
         ``dims`` maps feature names ("text/cls", ...) to widths; ``skipped`` maps row -> reason for
@@ -149,6 +154,7 @@ class CacheWriter:
         ``overwrite`` (and then kept until the new cache is complete); a cache another process is
         writing is refused in any case. ``shard``: this file holds one shard of a larger extraction (its
         "rows" in the whole, as an array, and JSON-able rank, world, how, total and whole identity).
+        ``extras``: datasets that are not per row (``zeroshot/text``), written with the layout.
         """
         path = Path(path)
         partial, creating = partial_path(path), path.with_name(path.name + ".creating")
@@ -173,6 +179,8 @@ class CacheWriter:
             try:
                 cls._create(f, guids, labels, label_names, multilabel, skipped, dims, store_dtype, provenance,
                             identity, shard)
+                for name, value in (extras or {}).items():
+                    f.create_dataset(name, data=value)
             except BaseException as e:
                 f.close()
                 creating.unlink(missing_ok=True)
@@ -372,6 +380,7 @@ class FeatureCache:
                      if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and name.split("/")[0] in MODALITIES
                      else None)
         self.dims = {n: f[n].shape[1] for n in self.feature_names}
+        self.extras = {n: f[n][:] for n in EXTRAS if n in f}  # not per row: zeroshot/text (C, D)
         self.dtypes = {n: str(f[n].dtype) for n in self.feature_names}
         for n in self.feature_names:
             if f[n].shape[0] != len(all_guids):

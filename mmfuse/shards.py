@@ -126,7 +126,7 @@ def _write_merged(shards, out: Path, spec: dict, overwrite: bool) -> Path:
     store_dtype = c0.dtypes["image/pooled"]
     writer = CacheWriter.open(out, guids=guids, labels=labels, label_names=c0.label_names, multilabel=c0.multilabel,
                               skipped=skipped, dims=c0.dims, store_dtype=store_dtype, provenance=provenance,
-                              identity=spec["identity"], overwrite=overwrite)
+                              identity=spec["identity"], overwrite=overwrite, extras=c0.extras)
     try:
         files = [_open(cache.path, "r") for _, cache in shards]
         try:

@@ -152,9 +152,9 @@ def test_decoding_in_worker_processes(clean_course_dir, extract_args, tmp_path):
 
 
 def test_offline_text_model_error_says_how_to_pass_a_local_folder(monkeypatch):
-    from mmfuse.extract import text
+    from mmfuse.extract import hub, text
 
-    monkeypatch.setattr(text, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(BackboneError, match="not in the local Hugging Face cache.*local model folder.*minilm"):
         text.load_text_encoder(text.TextExtractorConfig("some-org/not-cached-model"))
     with pytest.raises(BackboneError, match="text model folder not found"):
@@ -203,10 +203,10 @@ def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extrac
 
 
 def test_hub_ids_with_dots_are_not_taken_for_folders(monkeypatch):
-    from mmfuse.extract import text
+    from mmfuse.extract import hub, text
 
     assert text.resolve_text_model("BAAI/bge-small-en-v1.5") == ("BAAI/bge-small-en-v1.5", False)
-    monkeypatch.setattr(text, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(BackboneError, match="'BAAI/bge-small-en-v1.5' is not in the local Hugging Face cache"):
         text.load_text_encoder(text.TextExtractorConfig("BAAI/bge-small-en-v1.5"))
 

@@ -58,9 +58,9 @@ def naive_images(paths, model, mean, std, bs=32):
 
 def mmfuse_images(paths, model, prep, cfg, precision):
     parts = {}
-    for pos, pooled, errors in encode_images(paths, model, prep, cfg, torch.device("cpu"), precision):
+    for pos, feats, errors in encode_images(paths, model, prep, cfg, torch.device("cpu"), precision):
         assert not errors, errors
-        parts.update(zip(pos.tolist(), pooled))
+        parts.update(zip(pos.tolist(), feats["pooled"]))
     return np.stack([parts[i] for i in range(len(paths))])
 
 

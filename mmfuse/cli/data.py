@@ -21,9 +21,17 @@ def extract(
                                     "or a multi-label CSV (ImageID,Labels,Caption) with --images."),
     split: str = typer.Option("train", help="train or test (course format)."),
     out: Optional[Path] = typer.Option(None, help="Cache file to write [default: features/{split}.h5]."),
-    text_model: str = typer.Option(T.model, help="HF hub id, local folder, or 'minilm' (offline)."),
-    image_model: str = typer.Option(I.model, help="torchvision model name or efficientnet-lite0/1/2."),
-    image_weights: str = typer.Option(I.weights, help="DEFAULT, a weights name, none (seeded init) or a file."),
+    text_model: str = typer.Option(T.model, help="HF hub id or local folder (BERT-family, sentence-transformers, "
+                                   "or a CLIP/SigLIP checkpoint's text tower), or 'minilm' (offline)."),
+    image_model: str = typer.Option(I.model, help="torchvision name, efficientnet-lite0/1/2, timm:NAME, or a HF "
+                                    "vision / CLIP / SigLIP checkpoint (hub id or local folder)."),
+    model: Optional[str] = typer.Option(None, help="One two-tower checkpoint (CLIP, SigLIP: hub id or folder) for "
+                                        "both towers; replaces --text-model and --image-model."),
+    class_prompts: Optional[str] = typer.Option(None, help="Two-tower text model: store one prompt per class for "
+                                                "the zeroshot head: a template ('a photo that feels {}') or a "
+                                                "file with one prompt per line, in label order."),
+    image_weights: str = typer.Option(I.weights, help="DEFAULT, a weights name, none (seeded init) or a file "
+                                      "(torchvision and timm)."),
     batch_size: int = typer.Option(0, help="Texts and images per forward pass [default: texts 64; images 8 on "
                                    "CPU, 64 on CUDA]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -60,8 +68,10 @@ def extract(
         parts = parse_shard(shard)
         if merge and parts is None:
             raise MmfuseError("--merge merges the shards of a sharded run: give --shard or start it with torchrun")
+        if model:
+            text_model = image_model = model
         report = run_extract(
-            data_dir, split, out, device=device, precision=precision.value, store_dtype=store_dtype.value,
+            data_dir, split, out, class_prompts=class_prompts, device=device, precision=precision.value, store_dtype=store_dtype.value,
             on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo, csv_format=csv,
             text=TextExtractorConfig(text_model, max_length, batch_size or T.batch_size),
             image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize),

@@ -43,7 +43,8 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             device: str = "auto", precision: str = "fp32", store_dtype: str = "float32",
             on_error: str = "raise", overwrite: bool = False, progress: bool = True,
             csv_format: CsvFormat | None = None, shard: tuple[int, int] | None = None,
-            sharding: str = "round-robin", log: Callable[[str], None] = print) -> ExtractReport:
+            sharding: str = "round-robin", class_prompts: str | None = None,
+            log: Callable[[str], None] = print) -> ExtractReport:
     """Extract text and image features of one split into ``out`` (default features/{split}.h5).
 
     ``data_dir``: a course-format folder (``split`` names the split), or a multi-label CSV file read
@@ -56,6 +57,10 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     into ``{out stem}.shard-RANK-of-WORLD.h5``, resumable on its own; ``mmfuse.cache.merge_shards``
     joins the shards. On a GPU the shard takes ``cuda:$LOCAL_RANK`` (torchrun's); on CPU each of the
     machine's shard processes ($LOCAL_WORLD_SIZE, else ``world``) gets an equal share of the cores.
+
+    ``text``/``image`` may name one two-tower checkpoint (CLIP, SigLIP): both towers' projected, aligned
+    vectors are stored (``text/proj``, ``image/proj``) beside their pooled outputs. ``class_prompts`` (a
+    template with ``{}`` or a file, one prompt per class) stores the prompts' embeddings for the zero-shot head.
     """
     text, image = text or TextExtractorConfig(), image or ImageExtractorConfig()
     if store_dtype not in STORE_DTYPES:
@@ -83,6 +88,9 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
+    extras = {}
+    if class_prompts:
+        zeroshot, extras["zeroshot/text"] = _prompts(class_prompts, ds.label_names, tokenizer, text_model, text)
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
                  "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),
@@ -93,23 +101,26 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     # numerics of this run that change features slightly without changing what they are: resuming
     # under other ones would mix rows computed two ways, so they are part of the resume identity
     numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"
-                and precision == "fp32" else "eager", "channels_last": image.channels_last}
+                and precision == "fp32" and image_prov["family"] == "torchvision" else "eager",
+                "channels_last": image.channels_last}
     provenance = {"text": text_prov, "image": image_prov, "data": data_prov, "precision": precision,
                   "store_dtype": store_dtype, "numerics": numerics, "versions": library_versions(),
                   "text_config": asdict(text), "image_config": asdict(image), "on_error": on_error,
-                  "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    identity_src = {"features": feature_identity(provenance), "data": data_prov, "numerics": numerics}
+                  "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                  **({"zeroshot": zeroshot} if class_prompts else {})}
+    identity_src = {"features": feature_identity(provenance), "data": data_prov, "numerics": numerics,
+                    **({"zeroshot": zeroshot} if class_prompts else {})}
     identity = hashlib.sha256(json.dumps(identity_src, sort_keys=True, default=str).encode()).hexdigest()
     spec = None
     if shard is not None:  # the shard's own identity (its resume key), and the whole's, which merge checks
         spec = {"rank": shard[0], "world": shard[1], "how": sharding, "total": len(ds.records), "identity": identity}
         identity = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
-    dims = {"text/cls": text_prov["hidden_size"], "text/mean": text_prov["hidden_size"],
-            "image/pooled": image_prov["dim"]}
+    dims = {**text_prov["dims"], **image_prov["dims"]}
     writer = CacheWriter.open(out, guids=[r.guid for r in records], labels=ds.label_array()[whole],
                               label_names=ds.label_names, multilabel=ds.multilabel, skipped=skipped,
                               dims=dims, store_dtype=store_dtype, provenance=provenance,
-                              identity=identity, overwrite=overwrite, shard=spec and {**spec, "rows": whole})
+                              identity=identity, overwrite=overwrite, shard=spec and {**spec, "rows": whole},
+                              extras=extras)
     report = ExtractReport(out, len(records), [], dict(ds.encodings), False, whole=whole_out if shard else None)
     threads = torch.get_num_threads()
     try:
@@ -123,16 +134,16 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             # buffered features stay bounded and each block fills whole cache chunks
             for block in np.unique(pending // TEXT_BLOCK):
                 rows = pending[pending // TEXT_BLOCK == block]
-                for pos, cls, mean in encode_texts([records[i].text for i in rows], tokenizer, text_model,
-                                                   text, dev, precision, log):
-                    writer.write("text", rows[pos], {"text/cls": cls, "text/mean": mean})
+                for pos, feats in encode_texts([records[i].text for i in rows], tokenizer, text_model,
+                                               text, dev, precision, log):
+                    writer.write("text", rows[pos], {f"text/{k}": v for k, v in feats.items()})
                     bar.update(len(pos))
         report.seconds["text"], report.computed["text"] = time.perf_counter() - t0, len(pending)
 
         rows = writer.pending("image")
         t0 = time.perf_counter()
         with tqdm(total=len(rows), desc=f"image {image.model}", unit="img", disable=not progress) as bar:
-            for pos, pooled, errors in encode_images([records[i].image_path for i in rows], image_model,
+            for pos, feats, errors in encode_images([records[i].image_path for i in rows], image_model,
                                                      prep, image, dev, precision, log):
                 for p, err in errors.items():
                     r = records[rows[p]]
@@ -144,7 +155,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                     log(f"skipping guid {r.guid}: image unreadable: {r.image_path}: {err}")
                 ok = np.array([p not in errors for p in pos], bool)
                 if ok.any():
-                    writer.write("image", rows[pos[ok]], {"image/pooled": pooled[ok]})
+                    writer.write("image", rows[pos[ok]], {f"image/{k}": v[ok] for k, v in feats.items()})
                 bar.update(len(pos))
         report.seconds["image"], report.computed["image"] = time.perf_counter() - t0, len(rows)
         report.complete = writer.finish()
@@ -157,6 +168,20 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         writer.close()
         torch.set_num_threads(threads)
     return report
+
+
+def _prompts(spec: str, label_names, tokenizer, text_model, text: TextExtractorConfig):
+    """(provenance entry, (C, D) embeddings) of the class prompts, by the two-tower text tower (fp32, CPU)."""
+    from .towers import class_prompts, encode_prompts, logit_scale
+
+    if not hasattr(text_model, "features"):
+        raise DataError(f"--class-prompts needs a two-tower text model (a CLIP or SigLIP checkpoint); {text.model} "
+                        "is a text encoder only")
+    prompts = class_prompts(spec, label_names)
+    emb = encode_prompts(prompts, tokenizer, text_model, text_model.max_length, text_model.pad_to_max_length)
+    scale, bias = logit_scale(text_model.model)
+    return {"prompts": prompts, "label_names": list(label_names), "logit_scale": scale, "logit_bias": bias,
+            "model": text.model, "feature": "text/proj"}, emb
 
 
 __all__ = ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig"]

