@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def options(tiny_bert, **changes) -> FineTuneConfig:
-    base = dict(text_model=str(tiny_bert), image_model="resnet18", image_weights="none", max_length=32,
+    base = dict(text=TextExtractorConfig(str(tiny_bert), 32), image=ImageExtractorConfig("resnet18", "none"),
                 unfreeze_text_layers=1, unfreeze_image_blocks=1, epochs=2, batch_size=8, grad_accum=2,
                 lr_backbone=1e-3, lr_head=3e-3, patience=5, precision="fp32")
     return FineTuneConfig(**{**base, **changes})
@@ -55,6 +56,9 @@ def test_cli_runs_an_epoch_and_writes_a_run_that_predicts_from_raw_data(data, ti
                  "text/tokenizer.json", "metrics.json", "history.csv", "curves.png", "confusion.png", "checkpoint.pt"):
         assert (out / name).exists(), name
     assert json.loads((out / "config.json").read_text())["fusion"] == "weighted"
+    spec = json.loads((out / "finetune.json").read_text())["finetune"]  # the backbones nested, extract's defaults
+    assert spec["text"] == asdict(TextExtractorConfig(str(tiny_bert), 32))
+    assert spec["image"] == asdict(ImageExtractorConfig("resnet18", "none"))
     pred = runner.invoke(app, ["predict", str(out), str(data), "--split", "test", "--out", str(tmp_path / "p.txt")])
     assert pred.exit_code == 0, pred.output
     lines = (tmp_path / "p.txt").read_text().splitlines()
@@ -139,7 +143,8 @@ def test_tuned_backbones_feed_extract_with_the_in_memory_features(run, data, tmp
     cache = tmp_path / "tuned.h5"
     result = runner.invoke(app, ["extract", str(data), "--out", str(cache), "--text-model", str(out / "text"),
                                  "--image-model", "resnet18", "--image-weights", str(out / "image.pt"),
-                                 "--max-length", "32", "--batch-size", "8", "--num-workers", "0", "--no-progress"])
+                                 "--max-length", "32", "--batch-size", "8", "--num-workers", "0", "--no-progress",
+                                 "--precision", "fp32"])  # compared with the in-memory fp32 features below
     assert result.exit_code == 0, result.output
     c = FeatureCache(cache)
     assert c.provenance["image"]["finetune_run"]["run"] == str(out.resolve())
@@ -150,16 +155,16 @@ def test_tuned_backbones_feed_extract_with_the_in_memory_features(run, data, tmp
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(out / "text")
     cls = np.zeros((len(records), model.text.config.hidden_size), np.float32)
-    for pos, c_, _ in encode_texts([r.text for r in records], tokenizer, model.text.eval(), text_cfg,
+    for pos, feats in encode_texts([r.text for r in records], tokenizer, model.text.eval(), text_cfg,
                                    torch.device("cpu")):
-        cls[pos] = c_
+        cls[pos] = feats["cls"]
     np.testing.assert_allclose(c.features("text/cls"), cls, rtol=1e-4, atol=1e-5)
     prep = c.provenance["image"]["preprocessing"]
     pooled = np.zeros((len(records), 512), np.float32)
-    for pos, p_, _ in encode_images([r.image_path for r in records], model.image.eval(), prep,
+    for pos, feats, _ in encode_images([r.image_path for r in records], model.image.eval(), prep,
                                     ImageExtractorConfig("resnet18", optimize=False, batch_size=8, num_workers=0),
                                     torch.device("cpu")):
-        pooled[pos] = p_
+        pooled[pos] = feats["pooled"]
     np.testing.assert_allclose(c.features("image/pooled"), pooled, rtol=1e-3, atol=1e-4)
     head = runner.invoke(app, ["train-head", str(cache), "--fusion", "logreg", "--val-split", "0.3",
                                "--out", str(tmp_path / "h")])
@@ -197,7 +202,7 @@ def test_image_stages_of_other_torchvision_families():
 
 def test_frozen_image_blocks_are_deterministic_in_training_mode(tiny_bert):
     """EfficientNet-Lite's traced training graph applies drop-connect in every block; frozen blocks must not."""
-    cfg = options(tiny_bert, image_model="efficientnet-lite0", unfreeze_image_blocks=1)
+    cfg = options(tiny_bert, image=ImageExtractorConfig("efficientnet-lite0", "none"), unfreeze_image_blocks=1)
     model, _, prep, _, image_prov, image_model = ft.build_model(cfg, HeadConfig(fusion="concat", hidden=16), 3)
     parts = ft.freeze(model.text, image_model, model.image, cfg)
     ft._train_mode(model, parts, image_prov["node"])
@@ -216,3 +221,59 @@ def test_a_runs_image_weights_load_with_the_preprocessing_it_trained_with(run, t
     (copy / "finetune.json").write_text(json.dumps(spec))
     _, prep, _ = load_image_model(ImageExtractorConfig("resnet18", str(copy / "image.pt")))
     assert prep["resize"] == 232 and ft.FineTunedRun(copy).prep["resize"] == 232
+
+
+def flat_entry(entry: dict) -> dict:
+    """finetune.json's ``finetune`` entry in the flat shape runs were written in before it nested the extractor
+    configurations (text_model, image_model, image_weights, max_length first, then the other fields)."""
+    e = dict(entry)
+    text, image = e.pop("text"), e.pop("image")
+    return {"text_model": text["model"], "image_model": image["model"], "image_weights": image["weights"],
+            "max_length": text["max_length"], **e}
+
+
+def test_the_config_composes_the_extractor_configs_and_reads_both_shapes(tiny_bert):
+    from dataclasses import replace
+    cfg = options(tiny_bert, seed=3)
+    assert cfg.text == TextExtractorConfig(str(tiny_bert), 32)
+    assert cfg.image == ImageExtractorConfig("resnet18", "none", seed=3)  # the run's seed is the image init's
+    assert replace(cfg, seed=7).image.seed == 7 and FineTuneConfig(seed=5).image.seed == 5
+    entry = json.loads(json.dumps(cfg.to_dict()))  # as finetune.json holds it
+    assert entry["text"]["model"] == str(tiny_bert) and entry["image"]["weights"] == "none"
+    assert not {"text_model", "image_model", "image_weights", "max_length"} & entry.keys()
+    assert FineTuneConfig.from_dict(entry) == cfg
+    assert FineTuneConfig.from_dict(flat_entry(entry)) == cfg  # a run written before the configs were nested
+    assert cfg.text_extractor("run/text") == replace(cfg.text, model="run/text")  # a run's saved backbones
+    assert cfg.image_extractor("run/image.pt") == replace(cfg.image, weights="run/image.pt")
+    knobs = replace(cfg, image=replace(cfg.image, batch_size=4, num_workers=2, draft=False, optimize=False),
+                    text=replace(cfg.text, batch_size=4))
+    assert knobs.identity() == cfg.identity() and knobs != cfg  # extraction-only knobs do not define the run
+    for other in (replace(cfg, image=replace(cfg.image, weights="DEFAULT")),
+                  replace(cfg, text=replace(cfg.text, max_length=64)), replace(cfg, seed=4)):
+        assert other.identity() != cfg.identity()
+    with pytest.raises(KeyError):
+        FineTuneConfig.from_dict({k: v for k, v in flat_entry(entry).items() if k != "image_weights"})
+
+
+def test_an_earlier_runs_flat_finetune_json_loads_and_resumes(run, data, tiny_bert, tmp_path):
+    import shutil
+    out, _, _ = run
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    spec = json.loads((copy / "finetune.json").read_text())
+    assert spec["finetune"] == json.loads(json.dumps(options(tiny_bert).to_dict()))  # written nested
+    (copy / "finetune.json").write_text(json.dumps({**spec, "finetune": flat_entry(spec["finetune"])}))
+    assert ft.FineTunedRun(copy).cfg == options(tiny_bert)
+    head = HeadConfig(fusion="concat", hidden=32)
+    with pytest.raises(MmfuseError, match="other options"):
+        finetune(data, copy, options(tiny_bert, lr_head=1e-2), head, resume=True, progress=False, log=lambda s: None)
+    with pytest.raises(MmfuseError, match="other options"):
+        finetune(data, copy, options(tiny_bert, text=TextExtractorConfig(str(tiny_bert), 16)), head, resume=True,
+                 progress=False, log=lambda s: None)
+    _, metrics = finetune(data, copy, options(tiny_bert), head, resume=True, progress=False, log=lambda s: None)
+    assert metrics["best_epoch"] == run[2]["best_epoch"]
+    # saved extraction-only knobs that differ (another version's defaults) do not refuse a resume either
+    spec["finetune"]["image"].update(batch_size=64, num_workers=8, optimize=False)
+    spec["finetune"]["text"]["batch_size"] = 7
+    (copy / "finetune.json").write_text(json.dumps(spec))
+    finetune(data, copy, options(tiny_bert), head, resume=True, progress=False, log=lambda s: None)

@@ -26,6 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
 from common import add_data, cpu_line, parser
 from mmfuse.extract.common import resolve_device
+from mmfuse.extract.image import ImageExtractorConfig
+from mmfuse.extract.text import TextExtractorConfig
 from mmfuse.finetune import FineTuneConfig, PairLoader, build_model, freeze
 from mmfuse.precision import autocast, choose_precision
 from mmfuse.heads import HeadConfig, create_head
@@ -111,7 +113,7 @@ def cpu_table(args) -> None:
     for image, weights in (("efficientnet-lite0", "DEFAULT"), ("resnet18", "none")):
         for label, nt, ni in (("last 2 text layers + last image stage", 2, 1), ("all", -1, -1)):
             for precision in precisions:
-                cfg = FineTuneConfig(text_model="minilm", image_model=image, image_weights=weights,
+                cfg = FineTuneConfig(text=TextExtractorConfig("minilm"), image=ImageExtractorConfig(image, weights),
                                      unfreeze_text_layers=nt, unfreeze_image_blocks=ni, batch_size=args.batch)
                 model, tok, prep, tp, ip, image_model = build_model(cfg, HeadConfig(fusion="concat"), 3)
                 freeze(model.text, image_model, model.image, cfg)
@@ -138,7 +140,7 @@ def gpu_table(args) -> None:
         for label, nt, ni in (("last 2 text layers + layer4", 2, 1), ("all", -1, -1)):
             for precision in ("bf16", "fp16"):
                 for batch in (16, 32):
-                    cfg = FineTuneConfig(text_model=tmp, image_model="resnet50", image_weights="none",
+                    cfg = FineTuneConfig(text=TextExtractorConfig(tmp), image=ImageExtractorConfig("resnet50", "none"),
                                          unfreeze_text_layers=nt, unfreeze_image_blocks=ni)
                     model, tok, prep, _, _, image_model = build_model(cfg, HeadConfig(fusion="concat"), 3)
                     freeze(model.text, image_model, model.image, cfg)

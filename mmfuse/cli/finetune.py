@@ -1,6 +1,7 @@
 """End-to-end fine-tuning: finetune."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -19,9 +20,9 @@ def finetune(
     out: Path = typer.Option(..., help="Run folder (checkpoint, metrics, plots, text/, image.pt)."),
     fusion: Fusion = typer.Option(Fusion("concat"), help="Any head trained by gradient "
                                   f"({', '.join(list_heads(training='gradient'))})."),
-    text_model: str = typer.Option(FT.text_model, help="HF hub id, local folder, or 'minilm' (offline)."),
-    image_model: str = typer.Option(FT.image_model, help="torchvision model name or efficientnet-lite0/1/2."),
-    image_weights: str = typer.Option(FT.image_weights, help="DEFAULT, a weights name, none, or a state-dict file."),
+    text_model: str = typer.Option(FT.text.model, help="HF hub id, local folder, or 'minilm' (offline)."),
+    image_model: str = typer.Option(FT.image.model, help="torchvision model name or efficientnet-lite0/1/2."),
+    image_weights: str = typer.Option(FT.image.weights, help="DEFAULT, a weights name, none, or a state-dict file."),
     text_feature: TextVector = TextFeature(D.text_feature),
     unfreeze_text_layers: str = typer.Option(str(FT.unfreeze_text_layers), help="Train the last N encoder layers, or all."),
     unfreeze_image_blocks: str = typer.Option(str(FT.unfreeze_image_blocks), help="Train the last M image stages (ResNet: layer4 for 1), or all."),
@@ -30,7 +31,7 @@ def finetune(
     lr_head: float = typer.Option(FT.lr_head, help="AdamW peak lr of the fusion head."),
     batch_size: int = typer.Option(FT.batch_size, help="Rows per forward pass."),
     grad_accum: int = typer.Option(FT.grad_accum, help="Forward passes per optimiser step (effective batch = product)."),
-    max_length: int = typer.Option(FT.max_length, help="Max tokens per text."),
+    max_length: int = typer.Option(FT.text.max_length, help="Max tokens per text."),
     val_split: float = typer.Option(FT.val_split, help="Stratified validation fraction when --val is not given."),
     val: Optional[str] = typer.Option(None, help="Validation data as DATA_DIR:SPLIT (e.g. data/dev:train)."),
     augment: bool = typer.Option(FT.augment, help="Train-only random resized crop, flip, colour jitter."),
@@ -61,8 +62,8 @@ def finetune(
             if not folder:
                 raise MmfuseError(f"--val takes DATA_DIR:SPLIT (e.g. mydata:train), not {val!r}")
             val_pair = (folder, vsplit)
-        cfg = FineTuneConfig(text_model=text_model, image_model=image_model, image_weights=image_weights,
-                             max_length=max_length,
+        cfg = FineTuneConfig(text=replace(FT.text, model=text_model, max_length=max_length),
+                             image=replace(FT.image, model=image_model, weights=image_weights),
                              unfreeze_text_layers=_layers(unfreeze_text_layers, "--unfreeze-text-layers"),
                              unfreeze_image_blocks=_layers(unfreeze_image_blocks, "--unfreeze-image-blocks"),
                              epochs=epochs, lr_backbone=lr_backbone, lr_head=lr_head, batch_size=batch_size,

@@ -63,7 +63,7 @@ class PairLoader:
                  train: bool, device: torch.device):
         self.records = [ds.records[i] for i in rows]
         self.y = ds.label_array()[rows]
-        self.enc = tokenize(tokenizer, [r.text for r in self.records], cfg.max_length)  # long texts cut first
+        self.enc = tokenize(tokenizer, [r.text for r in self.records], cfg.text.max_length)  # long texts cut first
         self.keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in self.enc]
         self.tokenizer, self.device = tokenizer, device
         images = (AugmentedImages if train and cfg.augment else ImageFiles)(

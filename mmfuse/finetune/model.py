@@ -45,8 +45,11 @@ def build_model(cfg: FineTuneConfig, head_cfg: HeadConfig, n_classes: int, *, te
     seeded; the backbones from the extraction loaders (or a run's saved ones)."""
     if getattr(get_head_class(head_cfg.fusion), "kind", "module") != "module":
         raise MmfuseError(f"--fusion {head_cfg.fusion} is not a torch module and cannot be fine-tuned end to end: "
-                          "use one of the torch heads (concat, weighted, attention, gated, aligned, late, text, image)")
+                          f"use one of the torch heads ({', '.join(list_heads(kind='module'))})")
     tokenizer, text_model, text_prov = load_text_encoder(cfg.text_extractor(text_source))
+    if text_prov.get("paired"):
+        raise MmfuseError(f"{cfg.text.model} is a two-tower checkpoint: fine-tuning takes BERT-family text encoders "
+                          "(extract its towers frozen with mmfuse extract --model)")
     image_model, prep, weights = load_image_model(cfg.image_extractor(image_weights))
     features, node = feature_extractor(image_model)
     with torch.no_grad():
@@ -56,7 +59,7 @@ def build_model(cfg: FineTuneConfig, head_cfg: HeadConfig, n_classes: int, *, te
     text_feature = resolve_text_feature(head_cfg.text_feature, text_prov)  # auto: the encoder's own pooling
     model = FineTuneModel(text_model, features, head, text_feature, text_prov["hidden_size"], dim)
     model.head_classes = n_classes
-    image_prov = {"model": cfg.image_model, "weights": weights, "node": node, "dim": int(dim), "preprocessing": prep}
+    image_prov = {"model": cfg.image.model, "weights": weights, "node": node, "dim": int(dim), "preprocessing": prep}
     return model, tokenizer, prep, text_prov, image_prov, image_model
 
 

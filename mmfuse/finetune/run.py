@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -80,14 +80,18 @@ def _finetune(data_dir, out: Path, cfg: FineTuneConfig, head_cfg: HeadConfig, sp
               resume: bool, progress: bool, log) -> tuple[FineTuneModel, dict]:
     dev = resolve_device(device)
     precision = choose_precision(cfg.precision, dev)
-    run_spec = {"finetune": asdict(cfg), "head": asdict(head_cfg), "data": str(Path(data_dir).resolve()),
+    run_spec = {"finetune": cfg.to_dict(), "head": asdict(head_cfg), "data": str(Path(data_dir).resolve()),
                 "split": split, "val": None if val is None else [str(Path(val[0]).resolve()), val[1]]}
     if resume:
         if not (out / "checkpoint.pt").is_file() or not (out / "finetune.json").is_file():
             raise MmfuseError(f"nothing to resume in {out}: it needs checkpoint.pt and finetune.json "
                               "(run without --resume)")
-        saved = read_json(out / "finetune.json")
-        if {k: saved.get(k) for k in run_spec} != run_spec:
+        saved = read_json(out / "finetune.json", ("finetune",))
+        with reading(out / "finetune.json"):  # nested, or the flat entry of a run an earlier version wrote
+            saved_cfg = FineTuneConfig.from_dict(saved["finetune"])
+        # what defines the run: the extractor configurations' extraction-only knobs are left out
+        if saved_cfg.identity() != cfg.identity() or any(saved.get(k) != v for k, v in run_spec.items()
+                                                         if k != "finetune"):
             raise MmfuseError(f"{out} was started with other options: resume with the same command, or choose another --out")
     job = setup(data_dir, cfg, head_cfg, split, val, dev, precision)
     if not resume:
@@ -144,7 +148,7 @@ class FineTunedRun:
                               "resume it with mmfuse finetune ... --resume")
         spec = read_json(folder / "finetune.json", ("finetune", "data", "split"))
         with reading(folder / "finetune.json"):
-            self.cfg = FineTuneConfig(**{f.name: spec["finetune"][f.name] for f in fields(FineTuneConfig)})
+            self.cfg = FineTuneConfig.from_dict(spec["finetune"])  # nested, or an earlier run's flat entry
         with reading(folder / "config.json"):
             self.head_cfg = HeadConfig.from_json(folder / "config.json")
         self.label_names_ = tuple(read_json(folder / "head.json", ("label_names",))["label_names"])

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from mmfuse.demo import make_demo_data
+from mmfuse.extract.image import ImageExtractorConfig
+from mmfuse.extract.text import TextExtractorConfig
 from mmfuse.finetune import FineTuneConfig, finetune
 from mmfuse.heads import HeadConfig
 
@@ -19,6 +21,8 @@ CHILD = textwrap.dedent("""
     import torch
     import mmfuse.finetune as ft
     from mmfuse.finetune import loop
+    from mmfuse.extract.image import ImageExtractorConfig
+    from mmfuse.extract.text import TextExtractorConfig
     from mmfuse.finetune import FineTuneConfig
     from mmfuse.heads import HeadConfig
     data, out, bert, kill = sys.argv[1:5]
@@ -36,7 +40,7 @@ CHILD = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)
 
     loop._save_atomic = save
-    cfg = FineTuneConfig(text_model=bert, image_model="resnet18", image_weights="none", max_length=32,
+    cfg = FineTuneConfig(text=TextExtractorConfig(bert, 32), image=ImageExtractorConfig("resnet18", "none"),
                          unfreeze_text_layers=1, unfreeze_image_blocks=1, epochs=2, batch_size=8, grad_accum=2,
                          lr_backbone=1e-3, lr_head=3e-3, patience=5, precision="fp32")
     ft.finetune(data, out, cfg, HeadConfig(fusion="concat", hidden=32), resume=os.path.exists(out),
@@ -45,7 +49,7 @@ CHILD = textwrap.dedent("""
 
 
 def options(bert) -> FineTuneConfig:
-    return FineTuneConfig(text_model=str(bert), image_model="resnet18", image_weights="none", max_length=32,
+    return FineTuneConfig(text=TextExtractorConfig(str(bert), 32), image=ImageExtractorConfig("resnet18", "none"),
                           unfreeze_text_layers=1, unfreeze_image_blocks=1, epochs=2, batch_size=8, grad_accum=2,
                           lr_backbone=1e-3, lr_head=3e-3, patience=5, precision="fp32")
 
