@@ -13,10 +13,11 @@ import torch
 
 from .errors import MmfuseError
 
-PRECISIONS = ("fp32", "bf16", "fp16")  # what autocast runs in; extract --precision takes all of them
+PRECISIONS = ("fp32", "bf16", "fp16")  # what autocast runs in
 HEAD_PRECISIONS = ("fp32", "bf16")  # heads train on the CPU: bf16 autocast where it is native, no fp16
-AUTO = "auto"  # fine-tune --precision auto: choose_precision's rule
-FINETUNE_PRECISIONS = (AUTO, *PRECISIONS)
+AUTO = "auto"  # extract and fine-tune --precision auto: choose_precision's rule
+AUTO_PRECISIONS = (AUTO, *PRECISIONS)  # what extract --precision takes (auto checked against fp32 first)
+FINETUNE_PRECISIONS = AUTO_PRECISIONS
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 

@@ -9,10 +9,12 @@ import typer
 
 from ..errors import MmfuseError
 from ..extract import ImageExtractorConfig, TextExtractorConfig
-from ._common import (CSV, IdCol, Images, LabelNames, LabelSep, LabelsCol, OnError, Precision, Progress, Sharding,
-                      StoreDtype, TextCol, app, csv_format, user_errors)
+from ..precision import AUTO_PRECISIONS
+from ._common import (CSV, IdCol, Images, LabelNames, LabelSep, LabelsCol, OnError, Progress, Sharding, StoreDtype,
+                      TextCol, app, choices, csv_format, user_errors)
 
 T, I = TextExtractorConfig(), ImageExtractorConfig()  # the CLI's defaults are the configs' defaults
+ExtractPrecision = choices("ExtractPrecision", AUTO_PRECISIONS)
 
 
 @app.command()
@@ -36,7 +38,9 @@ def extract(
                                    "CPU, 64 on CUDA]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     max_length: int = typer.Option(T.max_length, help="Max tokens per text."),
-    precision: Precision = typer.Option(Precision("fp32"), help="Autocast the backbones (bf16 works on CPU too)."),
+    precision: ExtractPrecision = typer.Option(ExtractPrecision("auto"), help="Autocast the backbones: auto = bf16 "
+                                               "where the CPU has native bf16 (AVX512-BF16/AMX) or on CUDA (fp16 on "
+                                               "older GPUs), checked against fp32 on the first rows; else fp32."),
     store_dtype: StoreDtype = typer.Option(StoreDtype("float32"), help="dtype of the stored features."),
     num_workers: int = typer.Option(I.num_workers, help="Image decode processes [default: cores // 4 on CPU, "
                                     "min(8, cores) with CUDA]."),

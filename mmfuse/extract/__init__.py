@@ -19,6 +19,7 @@ from ..data import CsvFormat, read_data
 from ..errors import DataError
 from ..precision import native_bf16
 from .common import library_versions, resolve_device
+from .fidelity import resolve_precision
 from .image import ImageExtractorConfig, encode_images, load_image_encoder
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 
@@ -40,7 +41,7 @@ class ExtractReport:
 
 def extract(data_dir: str | Path, split: str = "train", out: str | Path | None = None, *,
             text: TextExtractorConfig | None = None, image: ImageExtractorConfig | None = None,
-            device: str = "auto", precision: str = "fp32", store_dtype: str = "float32",
+            device: str = "auto", precision: str = "auto", store_dtype: str = "float32",
             on_error: str = "raise", overwrite: bool = False, progress: bool = True,
             csv_format: CsvFormat | None = None, shard: tuple[int, int] | None = None,
             sharding: str = "round-robin", class_prompts: str | None = None,
@@ -88,6 +89,13 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
+    precision, precision_choice = resolve_precision(precision, dev, ds.records, (tokenizer, text_model, text),
+                                                    (image_model, prep, image), log)
+    if precision_choice["requested"] == "auto":
+        log(f"precision auto: {precision} ({precision_choice['reason']}"
+            + (f"; first rows' cosine to fp32 >= {precision_choice['min_cosine_first_rows']:.4f}"
+               if "min_cosine_first_rows" in precision_choice and precision == precision_choice["chosen"] else "")
+            + ")")
     extras = {}
     if class_prompts:
         zeroshot, extras["zeroshot/text"] = _prompts(class_prompts, ds.label_names, tokenizer, text_model, text)
@@ -104,6 +112,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                 and precision == "fp32" and image_prov["family"] == "torchvision" else "eager",
                 "channels_last": image.channels_last}
     provenance = {"text": text_prov, "image": image_prov, "data": data_prov, "precision": precision,
+                  "precision_choice": precision_choice,
                   "store_dtype": store_dtype, "numerics": numerics, "versions": library_versions(),
                   "text_config": asdict(text), "image_config": asdict(image), "on_error": on_error,
                   "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
