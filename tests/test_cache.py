@@ -53,10 +53,13 @@ def test_same_features_other_data_are_accepted(tmp_path):
     assert runner.invoke(app, ["evaluate", str(run), str(other)]).exit_code == 0
 
 
-def test_resume_refuses_another_image_runtime(clean_course_dir, extract_args, tmp_path):
+def test_resume_refuses_another_image_runtime(clean_course_dir, extract_args, tmp_path, monkeypatch):
+    from mmfuse.extract import image
+
+    monkeypatch.setattr(image, "OPTIMIZE_MIN_IMAGES", 1)  # optimised although the split is small
     out = tmp_path / "train.h5"
-    assert runner.invoke(app, extract_args(clean_course_dir, out)).exit_code == 0
-    result = runner.invoke(app, extract_args(clean_course_dir, out, "--no-optimize"))  # eager: other numerics
+    assert runner.invoke(app, extract_args(clean_course_dir, out, "--precision", "fp32")).exit_code == 0
+    result = runner.invoke(app, extract_args(clean_course_dir, out, "--no-optimize", "--precision", "fp32"))
     assert result.exit_code == 1 and "another configuration" in result.output
 
 

@@ -194,12 +194,26 @@ def test_image_weights_from_a_file(clean_course_dir, extract_args, tmp_path):
     assert bad.exit_code == 1 and "do not fit resnet34" in bad.output
 
 
-def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extract_args, tmp_path):
+def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extract_args, tmp_path, monkeypatch):
+    from mmfuse.extract import image
+
+    monkeypatch.setattr(image, "OPTIMIZE_MIN_IMAGES", 1)  # a dozen images: optimised all the same
     fast, eager = tmp_path / "fast.h5", tmp_path / "eager.h5"
-    assert invoke(extract_args(clean_course_dir, fast)).exit_code == 0
-    assert invoke(extract_args(clean_course_dir, eager, "--no-optimize")).exit_code == 0
+    assert invoke(extract_args(clean_course_dir, fast, "--precision", "fp32")).exit_code == 0
+    assert FeatureCache(fast).provenance["numerics"]["image_runtime"] == "torchscript-optimized"
+    assert invoke(extract_args(clean_course_dir, eager, "--no-optimize", "--precision", "fp32")).exit_code == 0
     np.testing.assert_allclose(FeatureCache(fast).features("image/pooled"),
                                FeatureCache(eager).features("image/pooled"), rtol=1e-3, atol=1e-4)
+
+
+def test_the_optimisation_runs_only_where_the_split_pays_for_it(clean_course_dir, extract_args, tmp_path):
+    from mmfuse.extract.image import OPTIMIZE_MIN_IMAGES, optimize_pays
+
+    assert not optimize_pays(OPTIMIZE_MIN_IMAGES - 1) and optimize_pays(OPTIMIZE_MIN_IMAGES)
+    out = tmp_path / "small.h5"
+    assert invoke(extract_args(clean_course_dir, out, "--precision", "fp32")).exit_code == 0
+    prov = FeatureCache(out).provenance
+    assert prov["numerics"]["image_runtime"] == "eager" and prov["image_config"]["optimize"] is False
 
 
 def test_hub_ids_with_dots_are_not_taken_for_folders(monkeypatch):

@@ -10,6 +10,7 @@ when the data set is absent.
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from torchvision import transforms as T
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
 from common import add_data, cpu_line, parser
 from mmfuse.data import open_image, read_course
-from mmfuse.extract.image import ImageExtractorConfig, encode_images, load_image_encoder
+from mmfuse.extract.image import ImageExtractorConfig, encode_images, image_runtime, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
 from mmfuse.precision import native_bf16
 
@@ -106,6 +107,14 @@ def main() -> int:
         f32, t_mm = timed(lambda: mmfuse_images(paths, model, prep, icfg, "fp32"))
         label = f"{name}{' (weights none)' if weights == 'none' else ''}"
         rows.append((f"image {label} fp32 (img/s)", len(paths) / t_naive, len(paths) / t_mm, ""))
+        eager_cfg = dataclasses.replace(icfg, optimize=False)
+        _, t_eager = timed(lambda: mmfuse_images(paths, model, prep, eager_cfg, "fp32"))
+        x = torch.zeros(8, 3, prep["crop"], prep["crop"])
+        _, t_opt = timed(lambda: image_runtime(model, x, icfg, torch.device("cpu"), "fp32"))
+        save = (t_eager - t_mm + t_opt) / len(paths)  # seconds saved per image once optimised
+        rows.append((f"image {label} TorchScript optimisation (one-time s; eager img/s)", len(paths) / t_eager,
+                     len(paths) / t_mm, f"optimising took {t_opt:.1f} s; break-even "
+                     + (f"{t_opt / save:.0f} images" if save > 0 else "never")))
         if bf16:
             b16, t_bf = timed(lambda: mmfuse_images(paths, model, prep, icfg, "bf16"))
             cos = cosine(f32, b16)

@@ -1,6 +1,7 @@
 """Extraction: run the text and image backbones once over a data set split into a feature cache."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from ..errors import DataError
 from ..precision import native_bf16
 from .common import library_versions, resolve_device
 from .fidelity import resolve_precision
-from .image import ImageExtractorConfig, encode_images, load_image_encoder
+from .image import ImageExtractorConfig, encode_images, load_image_encoder, optimize_pays
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 
 STORE_DTYPES = ("float32", "float16")
@@ -108,6 +109,8 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                     if ds.format == "csv" else {})}
     # numerics of this run that change features slightly without changing what they are: resuming
     # under other ones would mix rows computed two ways, so they are part of the resume identity
+    # the one-time TorchScript optimisation only where the split is long enough to pay for it
+    image = dataclasses.replace(image, optimize=image.optimize and optimize_pays(len(records)))
     numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"
                 and precision == "fp32" and image_prov["family"] == "torchvision" else "eager",
                 "channels_last": image.channels_last}

@@ -47,8 +47,9 @@ class ImageExtractorConfig:
     #                        only steal the model's cores), min(8, cores) with CUDA
     draft: bool = True  # decode JPEGs at reduced DCT scale when still >= the resize size
     channels_last: bool = True  # NHWC layout: faster convolutions on CPU and GPU
-    optimize: bool = True  # CPU fp32, torchvision and Lite models: TorchScript optimize_for_inference (conv-BN
-    #                        folding, oneDNN fusion), checked against eager on the first batch; eager when it fails
+    optimize: bool = True  # CPU fp32, torchvision and Lite models, splits of OPTIMIZE_MIN_IMAGES+ images: TorchScript
+    #                        optimize_for_inference (conv-BN folding, oneDNN fusion), checked against eager on the first
+    #                        batch; eager when it fails
     seed: int = 0  # initialisation seed for weights=none, so that a resumed run uses the same model
 
 
@@ -225,7 +226,7 @@ class ImageFiles(Dataset):
             return i, torch.zeros(3, self.crop, self.crop, dtype=torch.uint8), f"{type(e).__name__}: {e}"
 
 
-def _runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, device: torch.device,
+def image_runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, device: torch.device,
              precision: str, log=None):
     """The callable that runs the model (-> {name: tensor}): eager, or a verified TorchScript-optimised copy
     of a torchvision or Lite model on CPU fp32."""
@@ -244,6 +245,16 @@ def _runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, devic
     if not ok:
         return lambda t: model(t.contiguous(memory_format=fmt))
     return traced
+
+
+# bench/speed/extract.py ("TorchScript optimisation" rows): tracing, optimising and checking the copy cost
+# 230-375 images' worth of the time it saves per image (efficientnet-lite0, resnet50, CPU fp32)
+OPTIMIZE_MIN_IMAGES = 512
+
+
+def optimize_pays(images: int) -> bool:
+    """Whether a split of ``images`` images is long enough for the one-time TorchScript optimisation to pay."""
+    return images >= OPTIMIZE_MIN_IMAGES
 
 
 def optimizable(model: nn.Module) -> bool:
@@ -279,7 +290,7 @@ def encode_images(paths: list[Path], model: nn.Module, prep: dict, cfg: ImageExt
     for pos, x, errors in loader:
         x = x.to(device, non_blocking=True)
         x = x if own else x.float().div_(255).sub_(mean).div_(std)  # (B, 3, H, W)
-        run = run or _runtime(model, x, cfg, device, precision)
+        run = run or image_runtime(model, x, cfg, device, precision)
         with torch.inference_mode(), autocast(device, precision):
             feats = halve(lambda t: _named(run(t)), x, len(x), lambda t, lo, hi: t[lo:hi])
         yield pos.numpy(), {k: v.cpu().numpy() for k, v in zip(names, feats)}, \

@@ -2,11 +2,8 @@
 tower of a two-tower checkpoint (its pooled output, masked mean and projected embedding)."""
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import re
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
