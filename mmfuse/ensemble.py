@@ -19,8 +19,9 @@ import numpy as np
 
 from .cache import FeatureCache
 from .errors import MmfuseError
-from .grid import REFITS, final_rows, refit, task_metrics
+from .grid import REFITS, Backbones, final_rows, refit, task_metrics
 from .heads import FeatureSet, Head
+from .heads.features import open_cache, pick_caches
 from .heads.bagging import load_head
 from .heads.linear import fit_per_label, linear_arrays, load_linear, save_linear
 from .metrics import task_metrics_of
@@ -123,15 +124,20 @@ class StackedEnsemble:
         return decide(proba, self.thresholds_, self.min_labels)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
-        cache = cache if isinstance(cache, FeatureCache) else FeatureCache(cache)
-        sets: dict[str, FeatureSet] = {}  # features read once per text vector, not once per member
+        """(features, probabilities) of a cache, or of several caches of the same rows: each member reads
+        each modality from the cache extracted like its own training features (members of a grid over
+        several caches may read other backbones)."""
+        caches = [cache] if isinstance(cache, (str, Path, FeatureCache)) else list(cache)
+        caches = [open_cache(c) for c in caches]
+        sets: dict[tuple, FeatureSet] = {}  # features read once per pair of caches and vectors, not per member
         probas = []
         for head in self.members:
-            tf = head.config.text_feature
-            if tf not in sets:
-                sets[tf] = FeatureSet.from_cache(cache, tf)
-            X = sets[tf]
-            X = head.check_compatible(X)  # a cache lacking a rare label: its labels mapped by name
+            text, image = pick_caches(head.provenance_, caches)
+            vectors = (head.text_feature_ or head.config.text_feature, head.image_feature_ or head.config.image_feature)
+            key = (str(text.path), str(image.path), *vectors)
+            if key not in sets:
+                sets[key] = FeatureSet.from_caches(text, image, *vectors)
+            X = head.check_compatible(sets[key])  # a cache lacking a rare label: its labels mapped by name
             probas.append(head.predict_proba(X, zero))
         p = self.meta_.predict_proba(_meta_features(probas))
         if p.shape[1] < len(self.label_names_):  # the meta-classifier never saw a class: its column is 0
@@ -229,6 +235,9 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     if fc.identity != info.get("identity") or len(fc) != info.get("rows"):
         raise MmfuseError(f"{cache} no longer holds the features grid {grid} was run on (re-extracted?): "
                           "run the grid again")
+    if info.get("backbones"):  # a grid over several caches: the members' backbone pairs are read from them
+        cache = Backbones.from_json(info["backbones"])
+        cache.check(grid)
     y = fc.labels
     folds = load_npy(grid / "folds.npy")  # (N,), or (R, N) for repeated k-fold
     fold = np.atleast_2d(folds)[0]  # the ensembles are scored on the first repeat's folds
@@ -236,8 +245,8 @@ def build_ensemble(grid: str | Path, top: int = 8, out: str | Path | None = None
     for r, o in zip(rows, oofs):
         if len(o) != len(y) or len(fold) != len(y):
             bad = grid / "oof" / f"{r['config_id']}.npy" if len(o) != len(y) else grid / "folds.npy"
-            raise MmfuseError(f"{bad} does not match {cache} ({len(y)} rows): the grid folder is damaged; run the "
-                              "grid again into a new folder")
+            raise MmfuseError(f"{bad} does not match {info['cache']} ({len(y)} rows): the grid folder is damaged; "
+                              "run the grid again into a new folder")
     Z = _meta_features(oofs)
     names = info["label_names"]
     multilabel = y.ndim == 2
@@ -264,7 +273,9 @@ def _save_ensemble(out: Path, grid: Path, cache: Path, rows, folds, Z, y, names,
     multilabel = y.ndim == 2
     members = []
     for r in rows:
-        log(f"saving member {r['config_id']} ({r['fusion']}, {'its fold models' if refit_mode == 'folds' else 'refit on all rows'})")
+        on = f" on {r['backbone']}" if r.get("backbone") else ""
+        kind = "its fold models" if refit_mode == "folds" else "refit on all rows"
+        log(f"saving member {r['config_id']} ({r['fusion']}{on}, {kind})")
         members.append(load_head(refit(cache, r, out / "members" / r["config_id"], folds, refit_mode,
                                        load_npy(grid / "oof" / f"{r['config_id']}.npy"))))
     model = _fit(_meta_model(meta, len(names), info["seed"], multilabel), Z, y)

@@ -210,7 +210,7 @@ def _run(run: Path, page: _Page) -> tuple[float, list, tuple, str]:
         weights = ", ".join(f"{k} {number(w, path, f'modality_weights.{k}'):.2f}"
                             for k, w in (m.get("modality_weights") or {}).items())
         row = [name, "grid best/ (fold models)" if (run / "bagged.json").is_file() else "train-head", fusion,
-               m.get("text_feature", cfg.get("text_feature")), metric.replace("_f1", "-F1"),
+               _vectors(m, cfg), metric.replace("_f1", "-F1"),
                _f(value) + (f" ± {_f(std)}" if std is not None else ""), _f(acc),
                _f(_num(m.get("fit_seconds"), path, "fit_seconds"), 2), weights]
     plots = "".join(page.img(run, p, f"{name}: {alt}", 520) for p, alt in (
@@ -219,11 +219,19 @@ def _run(run: Path, page: _Page) -> tuple[float, list, tuple, str]:
     return value or 0.0, row, (fusion, value, std), _card(f"{name} ({fusion})", _figs(plots)) if plots else ""
 
 
+def _vectors(metrics: dict, cfg: dict) -> str:
+    """The cached vectors a run read, "text, image" (a run from before image vectors were chosen: image/pooled)."""
+    text = metrics.get("text_feature", cfg.get("text_feature"))
+    image = metrics.get("image_feature") or ("pooled" if "text_feature" in metrics
+                                             else cfg.get("image_feature", "pooled"))
+    return f"{text}, {image}"
+
+
 def _runs_section(runs: list[Path], page: _Page) -> tuple[str, list[tuple]]:
     built = page.each(runs, _run)
     if not built:
         return "<p>No head runs could be read.</p>", []
-    table = _table(["run", "kind", "fusion", "text vector", "metric", "score", "accuracy", "fit (s)",
+    table = _table(["run", "kind", "fusion", "text, image vectors", "metric", "score", "accuracy", "fit (s)",
                     "learned modality weights"], [b[1] for b in sorted(built, key=lambda b: -b[0])], {5, 6, 7},
                    "validation scores of train-head runs; CV mean ± fold std of grid picks. Best first.")
     return table + "".join(b[3] for b in built), [b[2] for b in built]
@@ -277,9 +285,12 @@ def _grid(g: Path, page: _Page) -> tuple[str, list[tuple]]:
     table = _table(["rank", *axes, metric.replace("_f1", "-F1"), "s/fit"], top, {0, len(axes) + 1, len(axes) + 2},
                    f"top 10 of {len(rows)} configurations, {info['folds']}-fold CV"
                    + (f" ({len(stopped)} more stopped early by successive halving, on fewer folds)" if stopped else ""))
-    about = (f'<p>cache {html.escape(str(info["cache"]))}, {html.escape(str(info["rows"]))} rows, precision '
-             f'{html.escape(precision)}</p>')
+    with reading(g / "grid.json"):
+        caches = ", ".join(map(str, (info.get("backbones") or {}).get("caches") or [info["cache"]]))
+    about = (f'<p>{"caches" if "," in caches else "cache"} {html.escape(caches)}, {html.escape(str(info["rows"]))} '
+             f'rows, precision {html.escape(precision)}</p>')
     return _card(page.name(g), about + table + _figs(
+        page.img(g, "backbones.png", "backbone pair (text + image) x fusion: the best score of each", 620),
         page.img(g, "heatmaps.png", "heatmaps: learning rate x the grid's other main axis, per fusion"),
         page.img(g, "fusions.png", "best configuration per fusion", 520))), entries
 

@@ -49,14 +49,31 @@ def decide(model, proba: np.ndarray) -> np.ndarray:
     return model.decide(proba) if hasattr(model, "decide") else proba.argmax(1)
 
 
+def _sources(source) -> list:
+    """A cache, a data folder, or several caches of the same rows (a list): as a list."""
+    return list(source) if isinstance(source, (list, tuple)) else [source]
+
+
 def _is_data_folder(source) -> bool:
     return not isinstance(source, FeatureCache) and Path(source).is_dir()
 
 
+def _name(source) -> str:
+    return str(getattr(source, "path", source))
+
+
 def _predict(model, source, split: str, zero: str | None):
-    """(guids, probabilities, labels or None, name) of a cache, or of a data folder's split for a fine-tune run."""
+    """(guids, probabilities, labels or None, name) of a cache (or several caches of the same rows, each modality
+    read from the one extracted like the run's), or of a data folder's split for a fine-tune run."""
+    sources = _sources(source)
+    if not sources:
+        raise MmfuseError("give a feature cache (or a data folder for a fine-tune run)")
     raw = hasattr(model, "predict_data")
-    is_dir = _is_data_folder(source)
+    if len(sources) > 1 and (raw or any(_is_data_folder(s) for s in sources)):
+        raise MmfuseError(f"{', '.join(map(_name, sources))}: give one data folder (a fine-tune run, with --split), "
+                          "or one or more feature caches of the same rows (a run of heads)")
+    source = sources[0] if len(sources) == 1 else sources
+    is_dir = len(sources) == 1 and _is_data_folder(source)
     if raw and not is_dir:
         raise MmfuseError("a fine-tune run predicts from raw data: pass a data folder and --split, not "
                           f"{getattr(source, 'path', source)}")
@@ -70,22 +87,23 @@ def _predict(model, source, split: str, zero: str | None):
         return guids, proba, (None if (y < 0).any() else y), f"{Path(source).name}-{split}"
     X, proba = model.predict_cache(source, zero)
     X = align_labels(X, model.label_names_)  # a no-op where predict_cache aligned them; a stacking ensemble does not
-    return X.guids, proba, X.y, Path(X.source).stem
+    return X.guids, proba, X.y, "+".join(Path(_name(s)).stem for s in sources)
 
 
-def evaluate_run(run: str | Path, source: str | Path | FeatureCache, zero: str | None = None,
+def evaluate_run(run: str | Path, source, zero: str | None = None,
                  save: bool = True, split: str = "train", log=print) -> dict:
-    """Metrics of a saved run on a labelled cache (a fine-tune run: a data folder's ``split``), saved as
-    ``eval-{name}[-zero-{modality}].json``."""
+    """Metrics of a saved run on a labelled cache, or several caches of the same rows (a list; see
+    :func:`predict_run`), or for a fine-tune run a data folder's ``split``; saved as
+    ``eval-{name}[-zero-{modality}].json`` (name: the caches' file stems)."""
     model = load_run(run)
     trained_on = getattr(model, "trained_on", None)
-    if trained_on and trained_on == (str(Path(str(source)).resolve()), split):
+    if trained_on and not isinstance(source, (list, tuple)) and trained_on == (str(Path(str(source)).resolve()), split):
         log(f"warning: {run} was trained and validated on {source} split {split}: these metrics are in-sample")
     _, proba, y, name = _predict(model, source, split, zero)
     if y is None:
         raise MmfuseError(f"{source} has unlabelled rows: evaluate needs labels (use predict)")
     metrics = metrics_for(y, proba, model.label_names_, lambda p: decide(model, p))
-    metrics.update(source=str(getattr(source, "path", source)), zero=zero)
+    metrics.update(source=", ".join(map(_name, _sources(source))), zero=zero)
     if save:
         write_text_atomic(Path(run) / f"eval-{name}{f'-zero-{zero}' if zero else ''}.json",
                           json.dumps(metrics, indent=2) + "\n")
@@ -112,20 +130,26 @@ def predict_run(run: str | Path, source: str | Path | FeatureCache, out: str | P
                 split: str = "test") -> Path:
     """Write ``guid,tag`` rows in the source's order (the course format), tag names not numbers;
     multi-label: ``ImageID,Labels`` rows (the CSV's own column names), label names space-separated.
-    ``source``: a feature cache, or for a fine-tune run a data folder (its ``split``).
+    ``source``: a feature cache, or several caches of the same rows (a list: a run trained on text from one
+    cache and images from another reads each modality from the cache extracted like its own), or for a
+    fine-tune run a data folder (its ``split``).
 
     Rows skipped at extraction have no features and so no prediction; ``log`` names them."""
     model = load_run(run)
-    if not hasattr(model, "predict_data") and not _is_data_folder(source):
-        source = source if isinstance(source, FeatureCache) else FeatureCache(source)
-        if source.skipped:
-            shown = "; ".join(f"{g} ({reason})" for g, reason in source.skipped[:5])
-            log(f"warning: {len(source.skipped)} row(s) of {source.path} were skipped at extraction and get no "
-                f"prediction: {shown}{' ...' if len(source.skipped) > 5 else ''}")
+    sources = _sources(source)
+    if not hasattr(model, "predict_data") and sources and not any(_is_data_folder(s) for s in sources):
+        sources = [s if isinstance(s, FeatureCache) else FeatureCache(s) for s in sources]
+        for s in sources[:1]:  # several caches hold the same rows (else predict refuses them)
+            if s.skipped:
+                shown = "; ".join(f"{g} ({reason})" for g, reason in s.skipped[:5])
+                log(f"warning: {len(s.skipped)} row(s) of {s.path} were skipped at extraction and get no "
+                    f"prediction: {shown}{' ...' if len(s.skipped) > 5 else ''}")
+        source = sources[0] if len(sources) == 1 else sources
     guids, proba, _, _ = _predict(model, source, split, None)
     pred = decide(model, proba)
     if pred.ndim == 2:
-        cols = (source.provenance.get("data", {}).get("columns") or {}) if isinstance(source, FeatureCache) else {}
+        first = sources[0] if sources else None
+        cols = (first.provenance.get("data", {}).get("columns") or {}) if isinstance(first, FeatureCache) else {}
         names = np.array(model.label_names_)
         return write_label_sets(out, guids, [list(names[row > 0]) for row in pred],
                                 (cols.get("id", "ImageID"), cols.get("labels", "Labels")))

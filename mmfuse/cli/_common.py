@@ -17,7 +17,7 @@ from ..extract import STORE_DTYPES
 from ..finetune import FineTuneConfig
 from ..grid import PICKS, REFITS, SEARCHES
 from ..heads import HeadConfig, list_heads
-from ..heads.config import CLASS_WEIGHTS, COMBINES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
+from ..heads.config import CLASS_WEIGHTS, COMBINES, IMAGE_FEATURES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
 from ..precision import PRECISIONS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
@@ -49,6 +49,7 @@ StoreDtype = choices("StoreDtype", STORE_DTYPES)
 Loss = choices("Loss", LOSSES)
 ClassWeight = choices("ClassWeight", CLASS_WEIGHTS)
 TextFeature = choices("TextFeature", TEXT_FEATURES)
+ImageFeature = choices("ImageFeature", IMAGE_FEATURES)
 Zero = choices("Zero", ("text", "image"))
 Refit = choices("Refit", REFITS)
 Pick = choices("Pick", PICKS)
@@ -66,8 +67,13 @@ CSV = {f.name: f.default for f in fields(CsvFormat) if f.name != "images"}  # th
 # options that several commands take, declared once
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 # the head's options that train-head and finetune share
-TextVector = Annotated[TextFeature, typer.Option(help="Cached text vector: cls, mean, or auto (the encoder's trained "
-                                                 "pooling where its folder says, else cls).")]
+TextVector = Annotated[TextFeature, typer.Option(help="Cached text vector: cls, mean, pooled, proj (a two-tower "
+                                                 "model's projected embedding), or auto (proj where the cache has "
+                                                 "it, else the encoder's trained pooling where its folder says, "
+                                                 "else cls).")]
+ImageVector = Annotated[ImageFeature, typer.Option(help="Cached image vector: pooled, cls, mean (ViT-like models), "
+                                                   "proj (a two-tower model's projected embedding), or auto (proj "
+                                                   "where the cache has it, else pooled).")]
 Hidden = Annotated[int, typer.Option(help="The head's MLP / projection width.")]
 DropoutRate = Annotated[float, typer.Option(help="The head's dropout.")]
 LossKind = Annotated[Loss, typer.Option(help="ce (softmax cross-entropy) or hinge (multiclass SVM).")]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -12,7 +12,9 @@ from ._common import Pick, Refit, Search, app, user_errors
 
 @app.command()
 def grid(
-    cache: Path = typer.Argument(..., help="Labelled training feature cache (.h5)."),
+    cache: List[Path] = typer.Argument(..., help="Labelled training feature cache (.h5), or several of the same "
+                                       "rows extracted with other backbones: a grid over backbones, every "
+                                       "configuration on every (text cache, image cache) pair (--pairs)."),
     out: Path = typer.Option(..., help="Grid folder (results.csv, summary.md, PNGs, best/)."),
     fusion: Optional[str] = typer.Option(None, help=f"Comma list of {', '.join(list_heads())} [default: "
                                          "concat,weighted,gated,late]."),
@@ -22,7 +24,10 @@ def grid(
     dropout: Optional[str] = typer.Option(None, help="Comma list [default: 0.2]."),
     loss: Optional[str] = typer.Option(None, help="Comma list of ce, hinge."),
     class_weight: Optional[str] = typer.Option(None, help="Comma list of balanced, none."),
-    text_feature: Optional[str] = typer.Option(None, help="Comma list of auto, cls, mean [default: auto]."),
+    text_feature: Optional[str] = typer.Option(None, help="Comma list of auto, cls, mean, pooled, proj "
+                                               "[default: auto]."),
+    image_feature: Optional[str] = typer.Option(None, help="Comma list of auto, pooled, cls, mean, proj "
+                                                "[default: auto: proj where the cache has it, else pooled]."),
     label_smoothing: Optional[str] = typer.Option(None, help="Comma list."),
     ema: Optional[str] = typer.Option(None, help="Comma list of weight-average decays (0: off) [default: 0]."),
     batch_size: Optional[str] = typer.Option(None, help="Comma list."),
@@ -54,23 +59,29 @@ def grid(
     pick: Pick = typer.Option(Pick("top"), help="What best/ holds: top (best mean CV macro-F1; it predicted "
                               "held-out rows better) or one-se (the simplest configuration within one standard "
                               "error of the top)."),
+    pairs: Optional[str] = typer.Option(None, help="Several caches: the backbone pairs, all (every cache's text "
+                                        "with every cache's images), same (each cache's own), or a comma list of "
+                                        "TEXT:IMAGE cache file stems (or positions 1, 2, ..) [default: all]."),
     progress: bool = typer.Option(True, help="Show the progress bar."),
 ):
     """Score a grid of head configurations by stratified k-fold CV, in parallel; save the best."""
-    from ..grid import GridConfig, grid_configs, run_grid
+    from ..grid import GridConfig, grid_configs, open_backbones, run_grid
 
     with user_errors(f"every finished fit is kept in {out}; re-run the same command to resume"):
         axes = {"fusion": fusion, "lr": lr, "weight_decay": weight_decay, "hidden": hidden, "dropout": dropout,
                 "loss": loss, "class_weight": class_weight, "text_feature": text_feature,
+                "image_feature": image_feature,
                 "label_smoothing": label_smoothing, "ema": ema, "batch_size": batch_size, "epochs": epochs,
                 "patience": patience, "C": c, "align_weight": align_weight, "precision": precision,
                 "combine": combine, "thresholds": thresholds}
         setup = GridConfig.from_options(config, axes, folds=folds, repeats=repeats, seed=seed, jobs=jobs,
                                         backend=backend, scheduler=scheduler, refit_mode=refit.value,
-                                        pick=pick.value, search=search.value)
+                                        pick=pick.value, search=search.value, pairs=pairs)
+        n_pairs = len(open_backbones(cache, setup.pairs)[0].pairs) if len(cache) > 1 else 0  # the rows checked first
         configs = grid_configs(setup.axes, out, log=typer.echo)
-        typer.echo(setup.describe(len(configs)))
-        result = run_grid(cache, configs, out, setup, progress=progress, log=typer.echo)
+        typer.echo(setup.describe(len(configs), n_pairs))
+        result = run_grid(cache[0] if len(cache) == 1 else cache, configs, out, setup, progress=progress,
+                          log=typer.echo)
     for line in result.lines(setup):
         typer.echo(line)
     name = result.metric_name

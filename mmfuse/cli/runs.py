@@ -8,8 +8,9 @@ import typer
 
 from ..errors import MmfuseError
 from ..heads import HeadConfig
-from ._common import (D, ClassWeight, ClassWeighting, Combine, DropoutRate, Fusion, Hidden, Loss, LossKind, Monitor,
-                      TextFeature, TextVector, Thresholds, Zero, _number_or_auto, app, user_errors)
+from ._common import (D, ClassWeight, ClassWeighting, Combine, DropoutRate, Fusion, Hidden, ImageFeature, ImageVector,
+                      Loss, LossKind, Monitor, TextFeature, TextVector, Thresholds, Zero, _number_or_auto, app,
+                      user_errors)
 
 
 @app.command("train-head")
@@ -22,6 +23,7 @@ def train_head(
     val_split: float = typer.Option(0.2, help="Stratified validation fraction (0: none) when --val is not given."),
     val: Optional[Path] = typer.Option(None, help="A separate labelled validation cache."),
     text_feature: TextVector = TextFeature(D.text_feature),
+    image_feature: ImageVector = ImageFeature(D.image_feature),
     epochs: int = typer.Option(D.epochs, help="Maximum epochs."),
     lr: float = typer.Option(D.lr, help="AdamW peak learning rate."),
     weight_decay: float = typer.Option(D.weight_decay, help="AdamW weight decay."),
@@ -52,14 +54,16 @@ def train_head(
     from ..metrics import format_metrics, format_size
 
     with user_errors():
-        cfg = HeadConfig(fusion=fusion.value, text_feature=text_feature.value, hidden=hidden, dropout=dropout,
+        cfg = HeadConfig(fusion=fusion.value, text_feature=text_feature.value, image_feature=image_feature.value,
+                         hidden=hidden, dropout=dropout,
                          align_weight=align_weight, epochs=epochs, lr=lr, weight_decay=weight_decay,
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
                          label_smoothing=label_smoothing, ema=ema, patience=patience, C=_number_or_auto(c, "--C"),
                          seed=seed, monitor=monitor.value, thresholds=thresholds.value, min_labels=min_labels,
                          combine=combine.value)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out, overwrite=overwrite)
-    typer.echo(f"{fusion.value} on text/{metrics['text_feature']}: trained in {metrics['fit_seconds']:.1f} s "
+    typer.echo(f"{fusion.value} on text/{metrics['text_feature']} and image/{metrics['image_feature']}: trained in "
+               f"{metrics['fit_seconds']:.1f} s "
                f"({metrics['epochs_run']} epochs, best {metrics['best_epoch']})")
     if metrics.get("modality_weights"):
         typer.echo("modality weights: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["modality_weights"].items()))
@@ -73,7 +77,9 @@ def train_head(
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="A run folder (train-head, grid best/, ensemble, finetune)."),
-    source: Path = typer.Argument(..., help="A labelled feature cache; for a fine-tune run, a data folder."),
+    source: List[Path] = typer.Argument(..., help="A labelled feature cache, or several of the same rows (a run "
+                                        "trained on text from one cache and images from another: one for each); "
+                                        "for a fine-tune run, a data folder."),
     split: str = typer.Option("train", help="Fine-tune runs: the data folder's split to score."),
     zero: Optional[Zero] = typer.Option(None, help="Score with this modality's features set to zero (ablation)."),
 ):
@@ -82,15 +88,18 @@ def evaluate(
     from ..runs import evaluate_run
 
     with user_errors():
-        metrics = evaluate_run(run, source, zero=zero.value if zero else None, split=split,
-                               log=lambda s: typer.secho(s, fg="yellow", err=True))
-    typer.echo(f"{run} on {source}{f' (zero {zero.value})' if zero else ''}: " + format_metrics(metrics))
+        metrics = evaluate_run(run, source[0] if len(source) == 1 else source, zero=zero.value if zero else None,
+                               split=split, log=lambda s: typer.secho(s, fg="yellow", err=True))
+    typer.echo(f"{run} on {' + '.join(map(str, source))}{f' (zero {zero.value})' if zero else ''}: "
+               + format_metrics(metrics))
 
 
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="A run folder (train-head, grid best/, ensemble, finetune)."),
-    source: Path = typer.Argument(..., help="Feature cache to predict; for a fine-tune run, a data folder."),
+    source: List[Path] = typer.Argument(..., help="Feature cache to predict, or several of the same rows (a run "
+                                        "trained on text from one cache and images from another: one for each); "
+                                        "for a fine-tune run, a data folder."),
     out: Path = typer.Option(..., help="Predictions file, guid,tag rows in the course format."),
     split: str = typer.Option("test", help="Fine-tune runs: the data folder's split to predict."),
 ):
@@ -98,7 +107,8 @@ def predict(
     from ..runs import predict_run
 
     with user_errors():
-        path = predict_run(run, source, out, log=lambda s: typer.secho(s, fg="yellow", err=True), split=split)
+        path = predict_run(run, source[0] if len(source) == 1 else source, out,
+                           log=lambda s: typer.secho(s, fg="yellow", err=True), split=split)
     typer.echo(f"wrote {path}")
 
 

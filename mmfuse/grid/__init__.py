@@ -10,7 +10,9 @@ stacking). Re-running the same grid skips finished splits and configurations, an
 
 One file per job, as scikit-learn's ``model_selection``; import from ``mmfuse.grid``, not from them:
 
-- ``_spec``: the axes, their defaults (DEFAULT_GRID), parsing, a grid file, expansion into configurations
+- ``_spec``: the axes, their defaults (DEFAULT_GRID), parsing, a grid file, expansion into configurations,
+  their ids (config_id), and GridCell (a configuration on a backbone pair)
+- ``_backbones``: a grid over several caches of the same rows: its (text cache, image cache) pairs, their names
 - ``_precision``: the training precision chosen when none is given
 - ``_store``: the grid folder (grid.json, configs.json, folds, splits/, results.csv, oof/) and reading it back
 - ``_fit``: one configuration on one split, the workers that run fits, a batch of fits into the folder
@@ -25,6 +27,7 @@ The folds themselves live in :mod:`mmfuse.splits`.
 from __future__ import annotations
 
 from ..splits import fold_fingerprint, make_folds, splits
+from ._backbones import PAIRS, Backbones, open_backbones, pair_dims
 from ._fit import VAL_FRACTION, Workers, evaluate_split, fit_split, fold_fits
 from ._fit import _DATA, _evaluate, _features, _sigint_ignored  # noqa: F401 - imported from here by tests
 from ._precision import BF16_SPEEDUP, default_precision, fast_precision
@@ -34,28 +37,34 @@ from ._search import BACKENDS, FILE_OPTIONS, SEARCHES, GridConfig, GridResult, g
 from ._search import _run_grid  # noqa: F401
 from ._select import (PICKS, final_rows, n_parameters, one_se_pick, primary, ranked, score, standard_error,
                       stopped_rows)
-from ._spec import (CASTS, DEFAULT_GRID, METRICS, MULTILABEL_METRICS, MULTILABEL_ONLY, config_id, expand_grid,
-                    for_task, load_grid_file, parse_values, row_config, task_metrics)
+from ._spec import (CASTS, DEFAULT_GRID, LATER_FIELDS, METRICS, MULTILABEL_METRICS, MULTILABEL_ONLY, GridCell,
+                    config_id, expand_grid, for_task, load_grid_file, parse_values, row_cell, row_config,
+                    task_metrics)
 from ._spec import _float_or_auto  # noqa: F401
-from ._store import GRID_FILES, SplitState, read_results, record_configs, repair_results, result_columns
+from ._store import (GRID_FILES, SplitState, read_results, record_configs, repair_results, result_columns,
+                     results_header, writable_columns)
 from ._store import _check_folder, _halving, _state, _write_json  # noqa: F401
 from ._successive_halving import HALVING_FACTOR, halving_note, halving_plan, rungs
 from ._successive_halving import _rung_score  # noqa: F401
-from ._summary import heatmap_axis, plot_grid, varied_fields, write_summary
+from ._summary import backbones_note, heatmap_axis, plot_backbones, plot_grid, varied_fields, write_summary
 from ._summary import _uses, _varied  # noqa: F401 - _varied: varied_fields' former name
 
 __all__ = [
     # the search
     "GridConfig", "GridResult", "grid_configs", "run_grid", "SEARCHES", "BACKENDS", "FILE_OPTIONS",
     # the spec
-    "DEFAULT_GRID", "CASTS", "METRICS", "MULTILABEL_METRICS", "MULTILABEL_ONLY", "config_id", "expand_grid",
-    "for_task", "load_grid_file", "parse_values", "row_config", "task_metrics",
+    "DEFAULT_GRID", "CASTS", "LATER_FIELDS", "METRICS", "MULTILABEL_METRICS", "MULTILABEL_ONLY", "GridCell",
+    "config_id", "expand_grid", "for_task", "load_grid_file", "parse_values", "row_cell", "row_config",
+    "task_metrics",
+    # a grid over several caches
+    "PAIRS", "Backbones", "open_backbones", "pair_dims",
     # precision
     "BF16_SPEEDUP", "default_precision", "fast_precision",
     # folds (their home: mmfuse.splits)
     "fold_fingerprint", "make_folds", "splits",
     # the folder
     "GRID_FILES", "SplitState", "read_results", "record_configs", "repair_results", "result_columns",
+    "results_header", "writable_columns",
     # fits
     "VAL_FRACTION", "Workers", "evaluate_split", "fit_split", "fold_fits",
     # successive halving
@@ -66,5 +75,5 @@ __all__ = [
     # refit
     "REFITS", "refit",
     # summary and plots
-    "heatmap_axis", "plot_grid", "varied_fields", "write_summary",
+    "backbones_note", "heatmap_axis", "plot_backbones", "plot_grid", "varied_fields", "write_summary",
 ]

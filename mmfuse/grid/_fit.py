@@ -21,30 +21,39 @@ from ..errors import MmfuseError, write_failed
 from ..heads import FeatureSet, Head, HeadConfig
 from ..metrics import metrics_for
 from ..splits import fold_fingerprint, splits, stratified_split
+from ._backbones import Backbones
 from ._select import score
-from ._spec import config_id, task_metrics
-from ._store import _state, read_results, result_columns
+from ._spec import config_id, row_cell, task_metrics
+from ._store import _state, read_results, writable_columns
 
 VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
 
-_DATA: dict[tuple[str, str, str], FeatureSet] = {}  # per process: features loaded once, not once per fit
+_DATA: dict[tuple, FeatureSet] = {}  # per process: features loaded once, not once per fit
 
 
-def _features(source, text_feature: str, identity: str | None = None) -> FeatureSet:
-    """The features of ``source`` (a FeatureSet, or a cache path read once per process). Keyed by the
-    cache's identity too, so a cache re-extracted to the same path is read again, never served stale."""
+def _features(source, text_feature: str = "auto", identity: str | None = None, image_feature: str = "auto",
+              backbone: str = "") -> FeatureSet:
+    """The features of ``source`` (a FeatureSet; a cache path read once per process; or a grid's Backbones,
+    of which the pair named ``backbone`` is read: text from one cache, images from another). Keyed by the
+    caches' identities too, so a cache re-extracted to the same path is read again, never served stale."""
     if isinstance(source, FeatureSet):
         return source
-    cache = None if identity else FeatureCache(source)
-    identity = identity or cache.identity
-    key = (str(source), identity, text_feature)
+    sides = source.sides(backbone) if isinstance(source, Backbones) else ((str(source), identity),) * 2
+    opened: dict[str, FeatureCache] = {}
+    for path, known in sides:
+        if not known and path not in opened:
+            opened[path] = FeatureCache(path)
+    (tp, tid), (ip, iid) = ((p, known or opened[p].identity) for p, known in sides)
+    key = (tp, tid, ip, iid, text_feature, image_feature)
     if key not in _DATA:
-        cache = cache or FeatureCache(source)
-        if cache.identity != identity:
-            raise MmfuseError(f"{source} was re-extracted while the grid ran: run the grid again")
-        for old in [k for k in _DATA if k[0] == key[0]]:  # an older extraction of this path
-            del _DATA[old]
-        _DATA[key] = FeatureSet.from_cache(cache, text_feature)
+        for path, known in ((tp, tid), (ip, iid)):
+            if path not in opened:
+                opened[path] = FeatureCache(path)
+            if opened[path].identity != known:
+                raise MmfuseError(f"{path} was re-extracted while the grid ran: run the grid again")
+        for old in [k for k in _DATA if (k[0], k[2]) == (tp, ip) and (k[1], k[3]) != (tid, iid)]:
+            del _DATA[old]  # an older extraction of these paths
+        _DATA[key] = FeatureSet.from_caches(opened[tp], opened[ip], text_feature, image_feature)
     return _DATA[key]
 
 
@@ -58,7 +67,9 @@ def evaluate_split(source, cfg: dict, fold: np.ndarray, split: int, threads: int
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
     try:
-        data, config = _features(source, cfg["text_feature"], identity), HeadConfig(**cfg)
+        data = _features(source, cfg["text_feature"], identity, cfg.get("image_feature", "auto"),
+                         cfg.get("backbone", ""))
+        config = row_cell(cfg)  # a HeadConfig, or a GridCell (a configuration on a backbone pair)
         head, test, seconds = fit_split(data, config, fold, split)
         part = data.subset(test)
         proba = head.predict_proba(part)
@@ -106,10 +117,11 @@ def _sigint_ignored():
 class Workers:
     """Where a grid's fits run, kept for the whole run (every rung of successive halving): this process
     (jobs 1), a pool of ``jobs`` spawned processes (one torch thread each, the features loaded once per
-    process), or a Dask cluster (the features broadcast to its workers once per text vector)."""
+    process), or a Dask cluster (the features broadcast to its workers once per pair and vectors). ``cache``:
+    a cache path, or a grid's :class:`Backbones` (``identity`` None: they carry their own)."""
 
-    def __init__(self, cache: Path, identity: str, fold: np.ndarray, jobs: int, backend: str = "local",
-                 scheduler: str | None = None):
+    def __init__(self, cache: Path | Backbones, identity: str | None, fold: np.ndarray, jobs: int,
+                 backend: str = "local", scheduler: str | None = None):
         self.cache, self.identity, self.fold, self.jobs = cache, identity, fold, jobs
         self.backend, self.scheduler = backend, scheduler
         self.pool = self.client = None
@@ -139,7 +151,8 @@ class Workers:
             with _sigint_ignored():  # workers start (on submit) ignoring Ctrl-C: this process handles it alone
                 if self.pool is None:
                     self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
-                futures = [self.pool.submit(evaluate_split, str(self.cache), asdict(cfg), self.fold, split, 1,
+                source = self.cache if isinstance(self.cache, Backbones) else str(self.cache)
+                futures = [self.pool.submit(evaluate_split, source, asdict(cfg), self.fold, split, 1,
                                             self.identity) for cfg, split in todo]
             try:
                 for fut in as_completed(futures):
@@ -156,10 +169,14 @@ class Workers:
         if self.client is None:
             self.client = (Client(self.scheduler) if self.scheduler
                            else Client(processes=True, threads_per_worker=1))
-        for tf in sorted({c.text_feature for c, _ in todo} - set(self.data)):
+        def key(c: HeadConfig) -> tuple[str, str, str]:
+            return getattr(c, "backbone", ""), c.text_feature, c.image_feature
+
+        for k in sorted({key(c) for c, _ in todo} - set(self.data)):
             # the features travel once to every worker, so no shared filesystem is needed
-            self.data[tf] = self.client.scatter(FeatureSet.from_cache(self.cache, tf), broadcast=True)
-        futures = [self.client.submit(evaluate_split, self.data[c.text_feature], asdict(c), self.fold, split,
+            data = _features(self.cache, k[1], self.identity, k[2], k[0])
+            self.data[k] = self.client.scatter(data, broadcast=True)
+        futures = [self.client.submit(evaluate_split, self.data[key(c)], asdict(c), self.fold, split,
                                       pure=False) for c, split in todo]
         for fut in dask_completed(futures):
             yield fut.result()
@@ -191,12 +208,13 @@ def _evaluate(fc, configs, n_use, out, fold, workers: Workers, progress, log, re
         return 0
     by_id = {config_id(c): c for c in configs}
     new_file = not (out / "results.csv").is_file() or (out / "results.csv").stat().st_size == 0
+    columns = writable_columns(out, configs, fc.multilabel)  # an older grid's results.csv: its own columns
     results = workers.run(todo)
     metric = task_metrics(fc.multilabel)[0]
     best = max((score(r) for r in read_results(out)), default=float("nan"))
     with open(out / "results.csv", "a", newline="") as f, \
             tqdm(total=len(todo), desc="grid", unit="fit", disable=not progress) as bar:
-        writer = csv.DictWriter(f, fieldnames=result_columns(fc.multilabel))
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         if new_file:
             writer.writeheader()
             f.flush()

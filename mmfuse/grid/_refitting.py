@@ -22,8 +22,9 @@ from ._spec import row_config
 REFITS = ("folds", "full")
 
 
-def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "folds", oof: np.ndarray | None = None) -> Path:
-    """Save the model to ship for a grid row into ``out``.
+def refit(cache, row: dict, out: Path, fold: np.ndarray, mode: str = "folds", oof: np.ndarray | None = None) -> Path:
+    """Save the model to ship for a grid row into ``out``. ``cache``: the grid's cache path, or its Backbones
+    (a grid over several caches: the row's backbone pair is read, and its heads record both provenances).
 
     ``folds`` (default): the row's k fold heads, refit exactly as CV fit them (same rows, seed and
     early stopping), averaged (a BaggedHead): the models whose out-of-fold predictions were scored.
@@ -34,15 +35,16 @@ def refit(cache: Path, row: dict, out: Path, fold: np.ndarray, mode: str = "fold
     import torch
 
     cfg = row_config(row)
-    data = _features(cache, cfg.text_feature)
+    data = _features(cache, cfg.text_feature, None, cfg.image_feature, row.get("backbone") or "")
     out = Path(out)
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # as the CV fits ran: the same numbers, so the shipped folds are the scored ones
     try:  # written beside and renamed into place: a failed refit leaves the previous one whole
         with new_folder(out, GRID_BEST, overwrite=True, check=_only_a_grids_best) as tmp:
             _refit(data, cfg, row, tmp, fold, mode, oof)
-            write_text_atomic(tmp / "grid-pick.json", json.dumps({"config_id": row.get("config_id"), "refit": mode,
-                                                                  "fusion": cfg.fusion}, indent=2) + "\n")
+            pick = {"config_id": row.get("config_id"), "refit": mode, "fusion": cfg.fusion,
+                    **({"backbone": row["backbone"]} if row.get("backbone") else {})}
+            write_text_atomic(tmp / "grid-pick.json", json.dumps(pick, indent=2) + "\n")
         return out
     finally:
         torch.set_num_threads(before)
@@ -84,6 +86,8 @@ def _refit(data: FeatureSet, cfg: HeadConfig, row: dict, out: Path, fold: np.nda
             write_history(head.history_, out / "history.csv")
         metrics = {"fusion": cfg.fusion, "refit": "full", "train_rows": len(data), "schedule_steps": schedule[0],
                    "steps": schedule[1], "modality_weights": head.modality_weights()}
+    metrics.update(text_feature=data.text_feature, image_feature=data.image_feature,
+                   **({"backbone": row["backbone"]} if row.get("backbone") else {}))
     metrics["cv"] = {k: row[k] for k in row if k.endswith(("_mean", "_std"))}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return out

@@ -12,8 +12,9 @@ from typing import Callable
 from ..cache import FeatureCache, acquire_writer_lock, release_writer_lock
 from ..errors import MmfuseError
 from ..heads import HeadConfig
-from ..safe import load_npy
+from ..safe import load_npy, read_json
 from ..splits import splits
+from ._backbones import Backbones, open_backbones, pair_dims
 from ._fit import Workers, _evaluate
 from ._precision import default_precision, fast_precision
 from ._refitting import REFITS, refit
@@ -21,7 +22,7 @@ from ._select import PICKS, final_rows, n_parameters, one_se_pick, primary, stop
 from ._spec import DEFAULT_GRID, expand_grid, for_task, load_grid_file, parse_values, row_config
 from ._store import _check_folder, record_configs, repair_results
 from ._successive_halving import halving_note, halving_plan, rungs
-from ._summary import plot_grid, write_summary
+from ._summary import backbones_note, plot_grid, write_summary
 
 # full, the default; halving for grids too large to run in full (bench/experiments/selection.py)
 SEARCHES = ("full", "halving")
@@ -49,6 +50,8 @@ class GridConfig:
     refit_mode: str = "folds"  # best/: the fold models averaged, or one full refit (bench/experiments/refit.py)
     pick: str = "top"  # the top by mean, or one-se: the simplest within one standard error (bench/experiments/refit.py)
     search: str = "full"  # or halving over folds (bench/experiments/selection.py, halving_folds.py)
+    pairs: str = "all"  # a grid over several caches: all (text cache, image cache) pairs, same (each cache's
+    #                     own), or TEXT:IMAGE,... by cache stem or position (mmfuse.grid._backbones)
 
     @classmethod
     def from_options(cls, file: str | Path | None = None, axes: dict[str, str | None] | None = None,
@@ -69,10 +72,13 @@ class GridConfig:
         values.update({k: v for k, v in options.items() if v is not None})
         return cls(**values)
 
-    def describe(self, n_configs: int) -> str:
-        """The line ``mmfuse grid`` prints before it starts: configurations x splits, and the fits."""
+    def describe(self, n_configs: int, n_pairs: int = 0) -> str:
+        """The line ``mmfuse grid`` prints before it starts: configurations (x backbone pairs, a grid over
+        several caches) x splits, and the fits."""
         split = f"{self.folds} folds" + (f" x {self.repeats} repeats" if self.repeats > 1 else "")
-        total = n_configs * self.folds * self.repeats
+        if n_pairs:
+            split = f"{n_pairs} backbone pair{'s' if n_pairs > 1 else ''} x {split}"
+        total = n_configs * max(1, n_pairs) * self.folds * self.repeats
         return (f"{n_configs} configurations x {split} = {total} fits" if self.search == "full" else
                 f"{n_configs} configurations x {split}, successive halving over folds (a full search: {total} fits)")
 
@@ -111,21 +117,36 @@ class GridResult:
         out, fits, best, chosen = self.out, self.fits, self.rows[0], self.pick
         metric, name = primary(best), self.metric_name
         rule = "one-standard-error rule: the simplest tied one" if config.pick == "one-se" else "the top by mean"
+        pairs = f", {out}/backbones.png" if best.get("backbone") else ""
+        size = f", {chosen['parameters']:,} parameters"
         return [f"{fits} fits in {self.seconds:.1f} s ({fits / max(self.seconds, 1e-9):.2f} fits/s); "
-                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png",
-                f"top: {best['fusion']} ({best['config_id']}) CV {name} {best[metric + '_mean']:.3f} ± "
+                f"results in {out}/results.csv, {out}/summary.md, {out}/heatmaps.png, {out}/fusions.png{pairs}",
+                f"top: {_what(best)} CV {name} {best[metric + '_mean']:.3f} ± "
                 f"{best[metric + '_std']:.3f}; {len(self.tied)} configuration(s) within one standard error of it",
-                f"picked ({rule}): {chosen['fusion']} ({chosen['config_id']}, {chosen['parameters']:,} parameters) "
+                f"picked ({rule}): {_what(chosen, size)} "
                 f"CV {name} {chosen[metric + '_mean']:.3f}; saved ({config.refit_mode}) in {self.best_run}"]
 
 
-def run_grid(cache: str | Path, configs: list[HeadConfig] | None, out: str | Path, config: GridConfig | None = None,
-             *, progress: bool = True, log: Callable[[str], None] = print, **options) -> GridResult:
+def _what(row: dict, more: str = "") -> str:
+    """A result row as the command prints it: its fusion (on its backbone pair) and id."""
+    on = f" on {row['backbone']}" if row.get("backbone") else ""
+    return f"{row['fusion']}{on} ({row['config_id']}{more})"
+
+
+def _paths(cache) -> list[Path]:
+    return [Path(c) for c in cache] if isinstance(cache, (list, tuple)) else [Path(cache)]
+
+
+def run_grid(cache: str | Path | list[str | Path], configs: list[HeadConfig] | None, out: str | Path,
+             config: GridConfig | None = None, *, progress: bool = True, log: Callable[[str], None] = print,
+             **options) -> GridResult:
     """Score every configuration by stratified k-fold CV; write results, summary, plots and the best run.
 
-    ``configs``: the configurations (:func:`expand_grid`), or None for :func:`grid_configs` of
-    ``config.axes``. ``config``: the options (:class:`GridConfig`; None: its defaults), any of which a
-    keyword overrides (``folds=3, jobs=1``).
+    ``cache``: a labelled cache, or several caches of the same rows (a grid over backbones: each configuration
+    on each backbone pair, text from one cache and images from another, ``config.pairs``; see
+    :mod:`mmfuse.grid._backbones`). ``configs``: the configurations (:func:`expand_grid`), or None for
+    :func:`grid_configs` of ``config.axes``. ``config``: the options (:class:`GridConfig`; None: its defaults),
+    any of which a keyword overrides (``folds=3, jobs=1``).
 
     ``search="halving"``: successive halving over folds (see :mod:`mmfuse.grid._successive_halving`; 5 folds: rungs
     of 1, 2, 5). ``"full"``: every configuration on every split.
@@ -133,30 +154,41 @@ def run_grid(cache: str | Path, configs: list[HeadConfig] | None, out: str | Pat
     ``repeats`` > 1: repeated stratified k-fold (``folds`` x ``repeats`` fits per configuration, each
     repeat reshuffled); scores are over all the splits, out-of-fold probabilities the mean over repeats."""
     config = replace(config or GridConfig(), **options)
-    out, cache_path = Path(out), Path(cache)
-    fc = FeatureCache(cache_path)
+    out, paths = Path(out), _paths(cache)
+    if not paths:
+        raise MmfuseError("give at least one feature cache")
+    fc = FeatureCache(paths[0])
     if not fc.labelled:
-        raise MmfuseError(f"{cache_path} must be a labelled cache to run a grid on")
+        raise MmfuseError(f"{paths[0]} must be a labelled cache to run a grid on")
+    backbones = open_backbones(paths, config.pairs)[0] if len(paths) > 1 else None
     if configs is None:
         configs = grid_configs(config.axes, out, log)
     if not configs:
         raise MmfuseError("the grid is empty: give at least one value per parameter")
     configs = for_task(configs, fc.multilabel)
+    if backbones is not None:
+        log(f"{len(backbones.pairs)} backbone pairs (text + image): {'; '.join(backbones.names)}")
+        configs = backbones.cells(configs)
     if config.search not in SEARCHES:
         raise MmfuseError(f"unknown search {config.search!r}: choose {', '.join(SEARCHES)}")
     plan = halving_plan(config.folds * config.repeats, len(configs)) if config.search == "halving" else None
     lock = acquire_writer_lock(out / "grid", "grid run", "wait for it, or choose another --out")
     try:
-        return _run_grid(fc, cache_path, configs, out, config, plan, progress, log)
+        return _run_grid(fc, backbones or paths[0], configs, out, config, plan, progress, log)
     finally:
         release_writer_lock(out / "grid", lock)
 
 
-def _run_grid(fc: FeatureCache, cache_path: Path, configs: list[HeadConfig], out: Path, config: GridConfig,
+def _run_grid(fc: FeatureCache, source: Path | Backbones, configs: list[HeadConfig], out: Path, config: GridConfig,
               plan: list[int] | None, progress: bool, log: Callable[[str], None]) -> GridResult:
     repair_results(out, log)
-    fold = _check_folder(out, fc, config.folds, config.seed, sorted({c.precision for c in configs}), config.repeats)
-    record_configs(out, configs, plan)
+    backbones = source if isinstance(source, Backbones) else None
+    fold = _check_folder(out, fc, config.folds, config.seed, sorted({c.precision for c in configs}), config.repeats,
+                         backbones)
+    record_configs(out, configs, plan, backbones)
+    if backbones is not None:  # the pairs of this folder's earlier runs too (other --pairs): rows may name them
+        pairs = read_json(out / "grid.json")["backbones"]["pairs"]
+        source = backbones = replace(backbones, pairs=tuple((name, t, i) for name, (t, i) in pairs.items()))
     jobs = (os.cpu_count() or 1) if config.jobs <= 0 else config.jobs
     if config.backend not in BACKENDS:
         raise MmfuseError(f"unknown backend {config.backend!r}: local or dask")
@@ -165,24 +197,27 @@ def _run_grid(fc: FeatureCache, cache_path: Path, configs: list[HeadConfig], out
     if config.pick not in PICKS:
         raise MmfuseError(f"unknown pick {config.pick!r}: choose {', '.join(PICKS)}")
     t0, n_splits = time.perf_counter(), len(splits(fold))
-    with Workers(cache_path, fc.identity, fold, jobs, config.backend, config.scheduler) as workers:
+    with Workers(source, None if backbones else fc.identity, fold, jobs, config.backend, config.scheduler) as workers:
         if plan:  # successive halving over splits; each rung's finished splits are kept for the next
             fits = rungs(fc, configs, plan, out, fold, workers, progress, log)
         else:
             fits = _evaluate(fc, configs, n_splits, out, fold, workers, progress, log)
     seconds = time.perf_counter() - t0
     rows = final_rows(out)
-    for r in rows:
-        r["parameters"] = n_parameters(row_config(r), fc.dims["text/cls"], fc.dims["image/pooled"], len(fc.label_names))
+    opened = {str(fc.path): fc}
+    for r in rows:  # the widths of the vectors each row's head read (its backbone pair's, in a grid over several)
+        r["parameters"] = n_parameters(row_config(r), *pair_dims(source, r, opened), len(fc.label_names))
     simplest, tied = one_se_pick(rows, config.folds) if rows else (None, [])
     chosen = (simplest if config.pick == "one-se" else rows[0]) if rows else None
     stopped = stopped_rows(out) if plan else None
     note = "" if not plan else halving_note(plan, n_splits, len(rows), len(stopped))
+    if backbones is not None:
+        note = backbones_note(backbones) + note
     write_summary(out, rows, config.folds, pick=chosen, tied=tied, rule=config.pick, extra=note,
                   repeats=config.repeats, stopped=stopped)
     plot_grid(out, rows)
     best_run = None
     if config.refit_best and chosen:
-        best_run = refit(cache_path, chosen, out / "best", fold, config.refit_mode,
+        best_run = refit(source, chosen, out / "best", fold, config.refit_mode,
                          load_npy(out / "oof" / f"{chosen['config_id']}.npy"))
     return GridResult(out, rows, fits, seconds, best_run, chosen, tied, stopped or [])

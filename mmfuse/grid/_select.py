@@ -9,7 +9,7 @@ from ..heads import HeadConfig
 from ..heads.registry import head_info
 from ..safe import load_npy, read_json
 from ..splits import fold_fingerprint
-from ._spec import task_metrics
+from ._spec import row_cell, task_metrics
 from ._store import SplitState, _halving, read_results
 
 # what best/ holds: the top configuration by mean CV macro-F1, or the simplest within one standard error
@@ -88,7 +88,7 @@ def stopped_rows(out: Path) -> list[dict]:
         state = SplitState(out, cid, fold, names, fingerprint)
         if not state.done.any():
             continue
-        row = state.row(HeadConfig(**configs[cid]))
+        row = state.row(row_cell(configs[cid]))
         row["splits"] = int(state.done.sum())
         row["rung"] = max([i for i, n in enumerate(plan) if n <= row["splits"]], default=0)
         rows.append(row)

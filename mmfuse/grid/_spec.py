@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ..errors import MmfuseError
@@ -33,9 +33,37 @@ _float_or_auto.__name__ = "number or auto"
 CASTS = {"int": int, "float": float, "str": str, "float | str": _float_or_auto}  # by HeadConfig field type
 
 
+# Fields added after grid folders were first saved, with their defaults: config_id leaves each out while it holds
+# its default, so a configuration keeps the id an older grid folder knows it by (and that folder resumes).
+# Add a new HeadConfig field here, never remove one.
+LATER_FIELDS = {
+    "image_feature": "auto",  # HeadConfig: the image vector (before it, heads read image/pooled: auto there)
+    "backbone": "",  # GridCell: the backbone pair of a grid over several caches ("": a grid over one cache)
+}
+
+
+@dataclass(frozen=True)
+class GridCell(HeadConfig):
+    """One cell of a grid over several caches (``mmfuse grid A.h5 B.h5``): a head configuration on a backbone
+    pair, text from one cache and images from another, named in ``backbone`` (see :mod:`mmfuse.grid._backbones`).
+    A Head built from it reads HeadConfig's fields only; :func:`config_id` includes the pair."""
+
+    backbone: str = ""
+
+    @property
+    def head(self) -> HeadConfig:
+        """The head's own configuration (the pair left out)."""
+        return HeadConfig(**{f.name: getattr(self, f.name) for f in fields(HeadConfig)})
+
+
 def config_id(cfg: HeadConfig) -> str:
-    """A configuration's id: the first 12 hex digits of the SHA-1 of its fields as sorted JSON."""
-    return hashlib.sha1(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    """A configuration's id: the first 12 hex digits of the SHA-1 of its fields as sorted JSON (those of
+    LATER_FIELDS holding their default left out); a GridCell's includes its backbone pair."""
+    data = asdict(cfg)
+    for name, default in LATER_FIELDS.items():
+        if name in data and data[name] == default:
+            del data[name]
+    return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def parse_values(name: str, text: str) -> list:
@@ -111,3 +139,11 @@ def for_task(configs: list[HeadConfig], multilabel: bool) -> list[HeadConfig]:
 def row_config(row: dict) -> HeadConfig:
     """The HeadConfig of a result row; fields an older grid did not have take their defaults."""
     return HeadConfig(**{f.name: row[f.name] for f in fields(HeadConfig) if f.name in row})
+
+
+def row_cell(row: dict) -> HeadConfig:
+    """The configuration of a result row or a configs.json entry as the grid ran it: a GridCell where it names
+    a backbone pair (a grid over several caches), else a HeadConfig (:func:`row_config`)."""
+    if not row.get("backbone"):
+        return row_config(row)
+    return GridCell(**{f.name: row[f.name] for f in fields(GridCell) if f.name in row})

@@ -23,7 +23,7 @@ from ..errors import MmfuseError
 from ..heads import HeadConfig
 from ..safe import load_npy, read_json
 from ..splits import fold_fingerprint, make_folds, splits
-from ._spec import CASTS, config_id, task_metrics
+from ._spec import CASTS, LATER_FIELDS, GridCell, config_id, task_metrics
 
 GRID_FILES = ("configs.json", "results.csv", "folds.npy", "splits", "oof")  # a grid folder's, beside grid.json
 
@@ -106,10 +106,33 @@ def _state(out: Path, fc: FeatureCache, cfg: HeadConfig, fold: np.ndarray, finge
     return SplitState(out, config_id(cfg), fold, task_metrics(fc.multilabel), fingerprint)
 
 
-def result_columns(multilabel: bool) -> list[str]:
-    return (["config_id"] + [f.name for f in fields(HeadConfig)]
+def result_columns(multilabel: bool, backbone: bool = False) -> list[str]:
+    """results.csv's columns; ``backbone``: a grid over several caches (the backbone pair of each row)."""
+    return (["config_id"] + (["backbone"] if backbone else []) + [f.name for f in fields(HeadConfig)]
             + [f"{m}_{s}" for m in task_metrics(multilabel) for s in ("mean", "std")]
             + ["seconds_per_fit", "best_epoch_mean"])
+
+
+def results_header(out: Path) -> list[str] | None:
+    """The columns of a grid folder's results.csv, None before its first row."""
+    path = Path(out) / "results.csv"
+    if not path.is_file() or not path.stat().st_size:
+        return None
+    with open(path, newline="") as f:
+        return next(csv.reader(f), [])
+
+
+def writable_columns(out: Path, configs: list[HeadConfig], multilabel: bool) -> list[str]:
+    """The columns new rows are written with: results.csv's own (an older grid's lacks the fields added since,
+    LATER_FIELDS: its configurations, holding their defaults there, are written without them), else today's."""
+    header = results_header(out) or result_columns(multilabel, any(isinstance(c, GridCell) for c in configs))
+    for c in configs:
+        lost = [f for f, default in LATER_FIELDS.items() if f not in header and getattr(c, f, default) != default]
+        if lost:
+            option, default = lost[0].replace("_", "-"), LATER_FIELDS[lost[0]]
+            raise MmfuseError(f"{out}/results.csv was written by an older mmfuse, without the {lost[0]} column: a "
+                              f"grid with --{option} other than {default} needs a new --out")
+    return header
 
 
 def read_results(out: Path) -> list[dict]:
@@ -117,7 +140,7 @@ def read_results(out: Path) -> list[dict]:
     path = Path(out) / "results.csv"
     if not path.is_file():
         return []
-    types = {f.name: f.type for f in fields(HeadConfig)}
+    types = {f.name: f.type for f in fields(GridCell)}  # HeadConfig's fields, and a grid cell's backbone pair
     rows = []
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         for line, row in enumerate(csv.DictReader(f), start=2):
@@ -164,23 +187,30 @@ def repair_results(out: Path, log: Callable[[str], None] = print) -> None:
 
 
 def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precision: list[str],
-                  repeats: int = 1) -> np.ndarray:
+                  repeats: int = 1, backbones=None) -> np.ndarray:
     """Create or reopen a grid folder; refuse one made from other features (another extraction of the
-    same path included) or other folds."""
+    same path included) or other folds. ``backbones``: a grid over several caches (grid.Backbones; ``cache``
+    is the first), whose caches must be the same, in the same order (the pairs of every run are kept)."""
     meta = {"cache": str(cache.path), "identity": cache.identity, "feature_identity": cache.feature_identity,
             "rows": len(cache), "folds": folds, "seed": seed, "repeats": repeats}
+    if backbones is not None:
+        meta["backbones"] = backbones.to_json()
     fold = make_folds(cache.labels, folds, seed, repeats)
     results = out / "results.csv"
-    if results.is_file() and results.stat().st_size:
-        with open(results, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != result_columns(cache.multilabel):
-            raise MmfuseError(f"{results} was written by another version of mmfuse (other columns): "
-                              "choose another --out")
+    header = results_header(out)
+    if header is not None:
+        current = result_columns(cache.multilabel, backbones is not None)
+        if header not in (current, [c for c in current if c not in LATER_FIELDS]):
+            other = ("backbone" in header) != (backbones is not None)
+            by = f"a grid over {'several caches' if 'backbone' in header else 'one cache'}" if other else \
+                "another version of mmfuse"
+            raise MmfuseError(f"{results} was written by {by} (other columns): choose another --out")
     if (out / "grid.json").is_file():
         old = read_json(out / "grid.json")
         same = all(old.get(k, 1 if k == "repeats" else None) == meta[k]
                    for k in ("identity", "rows", "folds", "seed", "repeats"))
+        caches = [(m.get("backbones") or {}).get("identities") for m in (old, meta)]
+        same = same and caches[0] == caches[1]  # a grid over several caches: the same ones, in the same order
         if not same or not np.array_equal(load_npy(out / "folds.npy"), fold):
             raise MmfuseError(f"{out} holds a grid of another cache or other folds ({old.get('cache')}, "
                               f"{old.get('folds')} folds x {old.get('repeats', 1)} repeats, seed {old.get('seed')}): "
@@ -198,11 +228,15 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     return fold
 
 
-def record_configs(out: Path, configs: list[HeadConfig], plan: list[int] | None) -> None:
+def record_configs(out: Path, configs: list[HeadConfig], plan: list[int] | None, backbones=None) -> None:
     """Record this run in its folder: grid.json's successive-halving plan and ids (None for a full search),
-    and every configuration by id in configs.json (those of earlier runs kept)."""
+    and every configuration by id in configs.json (those of earlier runs kept); a grid over several caches,
+    its backbone pairs in grid.json (those of earlier runs kept)."""
     meta = read_json(out / "grid.json")
     meta.pop("halving", None)  # an older version's halving over epochs
+    if backbones is not None:
+        pairs = backbones.to_json()["pairs"]
+        meta["backbones"] = {**meta["backbones"], "pairs": {**meta["backbones"].get("pairs", {}), **pairs}}
     _write_json(out / "grid.json", {**meta, "halving_splits": plan,
                                     "halving_ids": [config_id(c) for c in configs] if plan else None})
     known = read_json(out / "configs.json") if (out / "configs.json").is_file() else {}

@@ -1,6 +1,7 @@
 """The summary of a grid folder: summary.md (the top configurations, the tied set and the pick; successive
-halving's early stops below them), heatmaps.png (lr against the grid's other main axis, per fusion) and
-fusions.png (the best configuration per fusion)."""
+halving's early stops below them; a grid over several caches, its backbone pairs), heatmaps.png (lr against
+the grid's other main axis, per fusion), fusions.png (the best configuration per fusion) and, in a grid over
+several caches, backbones.png (the best score of each backbone pair and fusion)."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -15,14 +16,22 @@ from ._spec import task_metrics
 
 
 def _uses(fusion: str, field: str) -> bool:
-    """Whether ``field`` changes the model of ``fusion`` (what the head declares in the registry)."""
-    return head_info(fusion).uses_field(field)
+    """Whether ``field`` changes the model of ``fusion`` (what the head declares in the registry); the backbone
+    pair of a grid over several caches changes every head."""
+    return field == "backbone" or head_info(fusion).uses_field(field)
 
 
 def varied_fields(rows: list[dict]) -> list[str]:
-    """The HeadConfig fields that differ between rows (the grid's axes); a field an older grid's rows
-    lack is not an axis."""
-    return [f.name for f in fields(HeadConfig) if len({r.get(f.name) for r in rows}) > 1]
+    """The HeadConfig fields that differ between rows (the grid's axes), after ``backbone`` in a grid over
+    several caches (always shown there: it names the pair); a field an older grid's rows lack is not an axis."""
+    pairs = ["backbone"] if any(r.get("backbone") for r in rows) else []
+    return pairs + [f.name for f in fields(HeadConfig) if len({r.get(f.name) for r in rows}) > 1]
+
+
+def backbones_note(backbones) -> str:
+    """The paragraph summary.md gives a grid over several caches (``backbones``: grid.Backbones): its pairs."""
+    return ("\nBackbone pairs (the `backbone` column; text from one cache, images from another; `backbones.png`: "
+            "the best score of each pair and fusion):\n\n" + backbones.describe() + "\n")
 
 
 _varied = varied_fields  # its former name (mmfuse.report imports it)
@@ -41,7 +50,9 @@ def write_summary(out: Path, rows: list[dict], folds: int, top: int = 10, extra:
               "balanced_accuracy": "balanced acc.", "micro_f1": "micro-F1", "samples_f1": "samples-F1", "map": "mAP"}
     halving = stopped is not None
     n_splits = folds * repeats
-    lines = [f"# Grid {out}: {len(rows) + len(stopped or [])} configurations, {folds}-fold stratified CV"
+    pairs = {r["backbone"] for r in rows + (stopped or []) if r.get("backbone")}
+    lines = [f"# Grid {out}: {len(rows) + len(stopped or [])} configurations"
+             + (f" ({len(pairs)} backbone pairs)" if pairs else "") + f", {folds}-fold stratified CV"
              + (f" repeated {repeats} times" if repeats > 1 else "")
              + (", successive halving" if halving else "")
              + (" (multi-label: iterative stratification; ranked by micro-F1)" if metrics[0] == "micro_f1" else "") + "\n",
@@ -102,6 +113,8 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(out / "fusions.png", dpi=110)
     plt.close(fig)
+    if any(r.get("backbone") for r in rows):
+        plot_backbones(out, rows, plt, name)
 
     torch_fusions = [f for f in fusions if head_info(f).training == "gradient"]  # the heads lr changes
     if not torch_fusions:
@@ -140,4 +153,31 @@ def plot_grid(out: Path, rows: list[dict]) -> None:
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label=f"CV {name}")
     fig.suptitle(f"CV {name} by learning rate and {label} (best over other axes)")
     fig.savefig(out / "heatmaps.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_backbones(out: Path, rows: list[dict], plt, name: str) -> None:
+    """backbones.png: backbone pair x fusion, the best CV score of each (over the other axes)."""
+    fusions = sorted({r["fusion"] for r in rows}, key=lambda f: -max(score(r) for r in rows if r["fusion"] == f))
+    pairs = sorted({r["backbone"] for r in rows}, key=lambda b: -max(score(r) for r in rows if r["backbone"] == b))
+    grid = np.full((len(pairs), len(fusions)), np.nan)
+    for r in rows:
+        i, j = pairs.index(r["backbone"]), fusions.index(r["fusion"])
+        grid[i, j] = np.nanmax([grid[i, j], score(r)])
+    fig, ax = plt.subplots(figsize=(1.0 * len(fusions) + 4.5, 0.5 * len(pairs) + 2), constrained_layout=True)
+    im = ax.imshow(grid, cmap="viridis", aspect="auto")
+    middle = (np.nanmin(grid) + np.nanmax(grid)) / 2
+    for i in range(len(pairs)):
+        for j in range(len(fusions)):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.3f}", ha="center", va="center", fontsize=8,
+                        color="white" if grid[i, j] < middle else "black")
+    ax.set_xticks(range(len(fusions)), fusions, rotation=30, ha="right")
+    # a "$" in a name read from a cache would start matplotlib's mathtext
+    ax.set_yticks(range(len(pairs)), [p.replace("$", r"\$") for p in pairs])
+    ax.set_xlabel("fusion")
+    ax.set_ylabel("backbone pair (text + image)")
+    fig.colorbar(im, ax=ax, label=f"CV {name}")
+    ax.set_title(f"CV {name} by backbone pair and fusion (best over other axes)")
+    fig.savefig(out / "backbones.png", dpi=110)
     plt.close(fig)

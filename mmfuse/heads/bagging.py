@@ -11,7 +11,7 @@ from ..errors import MmfuseError
 from ..multilabel import decide
 from ..safe import corrupt, read_json
 from .estimator import Head
-from .features import FeatureSet
+from .features import FeatureSet, features_for
 
 
 class BaggedHead:
@@ -25,6 +25,7 @@ class BaggedHead:
         self.config, self.label_names_, self.classes_ = first.config, first.label_names_, first.classes_
         self.provenance_, self.dims_ = first.provenance_, first.dims_
         self.multilabel_ = first.multilabel_
+        self.text_feature_, self.image_feature_ = first.text_feature_, first.image_feature_  # the vectors read
         # multi-label: the members' thresholds (each tuned on its own validation rows), averaged
         self.thresholds_ = np.mean([m.thresholds_ for m in members], axis=0) if self.multilabel_ else None
 
@@ -48,7 +49,8 @@ class BaggedHead:
         return self.members[0].check_compatible(X)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
-        X = self.check_compatible(FeatureSet.from_cache(cache, self.config.text_feature))
+        X = self.check_compatible(features_for(cache, self.provenance_, self.text_feature_ or self.config.text_feature,
+                                               self.image_feature_ or self.config.image_feature))
         return X, self.predict_proba(X, zero)
 
     def save(self, folder: str | Path) -> Path:

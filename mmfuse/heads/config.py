@@ -10,7 +10,10 @@ from ..multilabel import THRESHOLDS
 
 LOSSES = ("ce", "hinge")
 CLASS_WEIGHTS = ("none", "balanced")
-TEXT_FEATURES = ("auto", "cls", "mean")
+# the cached vectors a head may read: text/{cls,mean} (BERT-family), text/{pooled,proj} (a two-tower text tower);
+# image/pooled (every cache), image/{cls,mean} (ViT-like), image/proj (two-tower); auto: heads.features.resolve_feature
+TEXT_FEATURES = ("auto", "cls", "mean", "pooled", "proj")
+IMAGE_FEATURES = ("auto", "pooled", "cls", "mean", "proj")
 MONITORS = ("auto", "macro_f1", "micro_f1", "samples_f1", "map")
 COMBINES = ("mean", "union")
 from ..precision import HEAD_PRECISIONS as PRECISIONS  # noqa: E402 - heads train in fp32 or bf16
@@ -22,7 +25,12 @@ class HeadConfig:
     # unless noted; the numbers are in docs/heads.md ("Where each default comes from").
     fusion: str = "concat"  # a registered head (mmfuse.heads.list_heads())
     text_feature: str = "auto"  # cached text vector: cls ([CLS] token), mean (masked mean), or auto: the pooling
-    #                             the encoder was trained with where its folder says (sentence-transformers), else cls
+    #                             the encoder was trained with where its folder says (sentence-transformers), else cls;
+    #                             pooled / proj (a two-tower text tower's pooled output / its projected, aligned
+    #                             embedding); auto takes proj where the cache has it (heads.features.resolve_feature)
+    image_feature: str = "auto"  # cached image vector: pooled, cls / mean (ViT-like: CLS token, mean of patch tokens),
+    #                              proj (two-tower projected embedding), or auto: proj where the cache has it, else
+    #                              pooled
     hidden: int = 256  # width of the MLP / common projection space (128 and 512 tie; 512 is slower)
     dropout: float = 0.2  # dropout on inputs and hidden layers
     heads: int = 4  # attention heads (attention fusion)
@@ -58,8 +66,8 @@ class HeadConfig:
     def __post_init__(self):
         from .registry import list_heads
         checks = {"fusion": list_heads(), "loss": LOSSES, "class_weight": CLASS_WEIGHTS,
-                  "text_feature": TEXT_FEATURES, "precision": PRECISIONS, "monitor": MONITORS,
-                  "thresholds": THRESHOLDS, "combine": COMBINES, "min_labels": (0, 1)}
+                  "text_feature": TEXT_FEATURES, "image_feature": IMAGE_FEATURES, "precision": PRECISIONS,
+                  "monitor": MONITORS, "thresholds": THRESHOLDS, "combine": COMBINES, "min_labels": (0, 1)}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise MmfuseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

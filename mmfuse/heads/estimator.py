@@ -28,7 +28,7 @@ from ..multilabel import decide, tune_thresholds
 from ..safe import load_state, load_tensors, reading
 from . import linear  # noqa: F401  (registers logreg, which Head builds by name)
 from .config import HeadConfig
-from .features import FeatureSet, check_compatible
+from .features import FeatureSet, check_compatible, features_for
 from .files import load_config, read_meta, read_scalers
 from .registry import create_head
 from .train import class_weights, train_module
@@ -79,7 +79,8 @@ class Head(ClassifierMixin, BaseEstimator):
             y = y if y.ndim == 2 and y.shape[1] > 1 else column_or_1d(y, warn=True)  # (N, 1): a column
             if len(y) != len(fs):
                 raise InputError(f"X has {len(fs)} rows but y has {len(y)} labels")
-            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source, fs.text_feature)
+            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source, fs.text_feature,
+                            fs.image_feature)
         for name, a in (("text", fs.text), ("image", fs.image)):
             if not np.all(np.isfinite(a)):
                 raise InputError(f"{fs.source or 'X'}: {name} features hold NaN or infinite values")
@@ -155,6 +156,7 @@ class Head(ClassifierMixin, BaseEstimator):
         self.n_features_in_ = sum(self.dims_.values())
         self.provenance_ = train.provenance
         self.text_feature_ = train.text_feature  # the resolved text vector (cfg may say auto)
+        self.image_feature_ = train.image_feature  # the resolved image vector
         weight = class_weights(y_idx, len(self.classes_), cfg.class_weight)
         self.thresholds_ = np.full(len(self.classes_), 0.5) if self.multilabel_ else None
         # nn.Module init and dropout draw from torch's global generator: seed it inside fork_rng, so the
@@ -230,6 +232,7 @@ class Head(ClassifierMixin, BaseEstimator):
                  image_mean=self.image_scaler_.mean_, image_std=self.image_scaler_.scale_)
         meta = {"label_names": list(self.label_names_), "classes": np.asarray(self.classes_).tolist(),
                 "dims": self.dims_, "best_epoch": self.best_epoch_, "text_feature": self.text_feature_,
+                "image_feature": self.image_feature_,
                 "modality_weights": self.modality_weights(), "provenance": self.provenance_,
                 "multilabel": self.multilabel_,
                 "thresholds": None if self.thresholds_ is None else [float(t) for t in self.thresholds_]}
@@ -257,6 +260,8 @@ class Head(ClassifierMixin, BaseEstimator):
         head.dims_, head.best_epoch_, head.provenance_ = meta["dims"], meta["best_epoch"], meta["provenance"]
         head.n_features_in_ = sum(head.dims_.values())
         head.text_feature_ = meta.get("text_feature") or head.config.text_feature
+        # a head.json from before image_feature existed: its head read image/pooled, the only image vector then
+        head.image_feature_ = meta.get("image_feature", "pooled") or head.config.image_feature
         head.multilabel_ = bool(meta.get("multilabel", False))
         head.thresholds_ = None if meta.get("thresholds") is None else np.array(meta["thresholds"])
         head.text_scaler_, head.image_scaler_ = read_scalers(folder / "scaler.npz", head.dims_, folder / "head.json")
@@ -277,8 +282,11 @@ class Head(ClassifierMixin, BaseEstimator):
         return check_compatible(self.provenance_, self.dims_, self.label_names_, X, subset=True)
 
     def predict_cache(self, cache, zero: str | None = None) -> tuple[FeatureSet, np.ndarray]:
-        """(features, probabilities) of a cache, after checking it was extracted like the training one."""
-        X = self.check_compatible(FeatureSet.from_cache(cache, self.text_feature_ or self.config.text_feature))
+        """(features, probabilities) of a cache, after checking it was extracted like the training one.
+        ``cache``: one cache, or several of the same rows, each modality read from the one extracted like
+        the head's (a head trained on text from one cache and images from another needs both)."""
+        X = self.check_compatible(features_for(cache, self.provenance_, self.text_feature_ or self.config.text_feature,
+                                               self.image_feature_ or self.config.image_feature))
         return X, self.predict_proba(X, zero)
 
 

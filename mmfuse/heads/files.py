@@ -11,7 +11,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import MmfuseError
 from ..safe import CorruptFileError, corrupt, load_npz, read_json, reading
-from .config import TEXT_FEATURES, HeadConfig
+from .config import IMAGE_FEATURES, TEXT_FEATURES, HeadConfig
 
 
 def _scaler(mean: np.ndarray, scale: np.ndarray) -> StandardScaler:
@@ -53,6 +53,7 @@ def read_meta(path: Path) -> dict:
         "best_epoch": (type(m["best_epoch"]) is int, "a whole number"),
         "provenance": (isinstance(m["provenance"], (dict, type(None))), "an object"),
         "text_feature": (m.get("text_feature") in (None, "", *TEXT_FEATURES), " or ".join(TEXT_FEATURES)),
+        "image_feature": (m.get("image_feature") in (None, "", *IMAGE_FEATURES), " or ".join(IMAGE_FEATURES)),
     }
     for name, (ok, what) in expect.items():
         if not ok:

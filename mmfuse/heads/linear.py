@@ -14,7 +14,8 @@ from .registry import register_head
 
 
 @register_head("logreg", training="closed-form", own=("C",),
-               uses=("fusion", "text_feature", "class_weight", "C", "seed", "thresholds", "min_labels"))
+               uses=("fusion", "text_feature", "image_feature", "class_weight", "C", "seed", "thresholds",
+                     "min_labels"))
 class LogRegHead:
     """scikit-learn LogisticRegression on the standardised [text; image] features. Saved as plain arrays
     (``logreg.npz``), never pickled."""

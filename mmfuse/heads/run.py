@@ -49,9 +49,9 @@ def train_head(cache: str | Path | FeatureCache, config: HeadConfig | None = Non
 
 def _train_head(cache, config: HeadConfig | None, val_split: float, val, out: Path | None) -> tuple[Head, dict]:
     cfg = config or HeadConfig()
-    data = FeatureSet.from_cache(cache, cfg.text_feature)
-    if val is not None:
-        train, valid = data, FeatureSet.from_cache(val, cfg.text_feature)
+    data = FeatureSet.from_cache(cache, cfg.text_feature, cfg.image_feature)
+    if val is not None:  # the vectors the training cache resolved to (auto may name others in another cache)
+        train, valid = data, FeatureSet.from_cache(val, data.text_feature, data.image_feature)
         check_compatible(data.provenance, {"text": data.text.shape[1], "image": data.image.shape[1]},
                          data.label_names, valid)
     elif val_split > 0:
@@ -64,7 +64,8 @@ def _train_head(cache, config: HeadConfig | None, val_split: float, val, out: Pa
     t0 = time.perf_counter()
     head = Head(cfg).fit(train, val=valid)
     seconds = time.perf_counter() - t0
-    metrics = {"fusion": cfg.fusion, "text_feature": head.text_feature_, "fit_seconds": seconds,
+    metrics = {"fusion": cfg.fusion, "text_feature": head.text_feature_, "image_feature": head.image_feature_,
+               "fit_seconds": seconds,
                "best_epoch": head.best_epoch_,
                "epochs_run": len(head.history_), "train_rows": len(train),
                "modality_weights": head.modality_weights()}
