@@ -9,7 +9,8 @@ FEATURES ?= features
 MVSA ?= ../shared/datasets/mvsa
 DEMO ?= demo
 OFFLINE := --text-model minilm --image-model efficientnet-lite0
-HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*list_heads())")  # every registered head
+HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*list_heads(trained=True))")  # every head that
+# learns (zeroshot needs a two-tower cache with class prompts: the demo's offline backbones have none)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving clean

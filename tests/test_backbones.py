@@ -220,3 +220,35 @@ def test_a_timm_name_without_timm_says_how_to_install_it(clean_course_dir, tmp_p
     result = extract(clean_course_dir, tmp_path / "x.h5", "--text-model", str(tiny_bert), "--image-model",
                      "timm:resnet10t", "--image-weights", "none", expect_ok=False)
     assert result.exit_code == 1 and "pip install" in result.output and "mmfuse[backbones]" in result.output
+
+
+def test_zeroshot_head_scores_the_prompts_without_training(tmp_path, tiny_clip, tiny_bert):
+    """Labels that follow the prompts: each text is its label's prompt, so text-to-prompt similarity is exact."""
+    import json
+
+    from conftest import TAGS, write_course
+    from mmfuse.heads import FeatureSet, Head
+
+    data = write_course(tmp_path / "course", corrupt=False)
+    for i in range(12):
+        (data / "data" / f"{100 + i}.txt").write_text(f"a photo that feels {TAGS[i]}\n")
+    cache = tmp_path / "clip.h5"
+    extract(data, cache, "--model", str(tiny_clip), "--class-prompts", "a photo that feels {}")
+    result = runner.invoke(app, ["train-head", str(cache), "--fusion", "zeroshot", "--zeroshot-from", "text",
+                                 "--val-split", "0", "--out", str(tmp_path / "zs")])
+    assert result.exit_code == 0, result.output
+    head = Head.load(tmp_path / "zs")
+    X = FeatureSet.from_cache(cache)
+    assert (head.predict(X) == X.y).mean() == 1.0  # chance is 1/3
+    assert json.loads((tmp_path / "zs" / "metrics.json").read_text())["text_feature"] == "proj"
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "zs"), str(cache)])
+    assert evaluated.exit_code == 0 and "accuracy 1.000" in evaluated.output, evaluated.output
+    for source in ("image", "both"):  # random towers: any score, but every row gets one
+        run = tmp_path / f"zs-{source}"
+        assert runner.invoke(app, ["train-head", str(cache), "--fusion", "zeroshot", "--zeroshot-from", source,
+                                   "--val-split", "0", "--out", str(run)]).exit_code == 0
+        assert Head.load(run).predict_proba(X).shape == (12, 3)
+    plain = tmp_path / "plain.h5"
+    extract(data, plain, "--text-model", str(tiny_bert), "--image-model", "resnet18", "--image-weights", "none")
+    result = runner.invoke(app, ["train-head", str(plain), "--fusion", "zeroshot", "--out", str(tmp_path / "no")])
+    assert result.exit_code == 1 and "--class-prompts" in result.output and "Traceback" not in result.output

@@ -72,7 +72,7 @@ def main() -> int:
     add_cache(ap)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--heads", default=",".join(list_heads()))
+    ap.add_argument("--heads", default=",".join(list_heads(trained=True)))
     ap.add_argument("--text-feature", default="mean", help="cls or mean (mean suits MiniLM, a mean-pooled model)")
     args = ap.parse_args()
     cache = ensure_cache(args.cache, args.data)

@@ -17,7 +17,8 @@ from ..extract import STORE_DTYPES
 from ..finetune import FineTuneConfig
 from ..grid import PICKS, REFITS, SEARCHES
 from ..heads import HeadConfig, list_heads
-from ..heads.config import CLASS_WEIGHTS, COMBINES, IMAGE_FEATURES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS
+from ..heads.config import (CLASS_WEIGHTS, COMBINES, IMAGE_FEATURES, LOSSES, MONITORS, TEXT_FEATURES, THRESHOLDS,
+                             ZEROSHOT_FROM)
 from ..precision import PRECISIONS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
@@ -57,6 +58,7 @@ Search = choices("Search", SEARCHES)
 Monitor = choices("Monitor", MONITORS)
 Thresholds = choices("Thresholds", THRESHOLDS)
 Combine = choices("Combine", COMBINES)
+ZeroshotFrom = choices("ZeroshotFrom", ZEROSHOT_FROM)
 Sharding = choices("Sharding", SHARDINGS)
 Fusion = choices("Fusion", list_heads())  # the registry's heads
 

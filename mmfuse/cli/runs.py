@@ -9,7 +9,8 @@ import typer
 from ..errors import MmfuseError
 from ..heads import HeadConfig
 from ._common import (D, ClassWeight, ClassWeighting, Combine, DropoutRate, Fusion, Hidden, ImageFeature, ImageVector,
-                      Loss, LossKind, Monitor, TextFeature, TextVector, Thresholds, Zero, _number_or_auto, app,
+                      Loss, LossKind, Monitor, TextFeature, TextVector, Thresholds, Zero, ZeroshotFrom, _number_or_auto,
+                      app,
                       user_errors)
 
 
@@ -47,6 +48,8 @@ def train_head(
                                    "label; 0 allows none."),
     combine: Combine = typer.Option(Combine(D.combine), help="Late fusion, multi-label: mean of the two heads' "
                                     "probabilities, or union (a label either head predicts)."),
+    zeroshot_from: ZeroshotFrom = typer.Option(ZeroshotFrom(D.zeroshot_from), help="zeroshot: the embedding compared "
+                                               "with the class prompts: image, text or both."),
     seed: int = typer.Option(D.seed, help="Seed: same seed, same result."),
 ):
     """Train a fusion head on cached features in seconds; save a reusable run folder."""
@@ -60,7 +63,7 @@ def train_head(
                          batch_size=batch_size, loss=loss.value, class_weight=class_weight.value,
                          label_smoothing=label_smoothing, ema=ema, patience=patience, C=_number_or_auto(c, "--C"),
                          seed=seed, monitor=monitor.value, thresholds=thresholds.value, min_labels=min_labels,
-                         combine=combine.value)
+                         combine=combine.value, zeroshot_from=zeroshot_from.value)
         head, metrics = run_train(cache, cfg, val_split=val_split, val=val, out=out, overwrite=overwrite)
     typer.echo(f"{fusion.value} on text/{metrics['text_feature']} and image/{metrics['image_feature']}: trained in "
                f"{metrics['fit_seconds']:.1f} s "

@@ -19,9 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from ..data import open_image
 from ..errors import BackboneError
@@ -140,6 +137,8 @@ def _pooled_node(model: nn.Module) -> str:
         raise BackboneError(f"{type(model).__name__} has no Linear classifier to take features before")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # train/eval graph differences (dropout)
+        from torchvision.models.feature_extraction import get_graph_node_names  # (imports every model: lazily)
+
         _, nodes = get_graph_node_names(model)
     if linears[-1] not in nodes or nodes.index(linears[-1]) == 0:
         raise BackboneError(f"cannot locate the classifier input of {type(model).__name__}")
@@ -165,6 +164,8 @@ def feature_extractor(model: nn.Module) -> tuple[nn.Module, str]:
     node = _pooled_node(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
+        from torchvision.models.feature_extraction import create_feature_extractor
+
         return create_feature_extractor(model, return_nodes={node: "pooled"}), node
 
 
@@ -217,6 +218,9 @@ class ImageFiles(Dataset):
                 return i, self.transform(open_image(self.paths[i], self.resize if self.draft else None)), ""
             except Exception as e:  # noqa: BLE001 - reported per file by the caller
                 return i, torch.zeros(*self.shape), f"{type(e).__name__}: {e}"
+        from torchvision.transforms import InterpolationMode  # torchvision loads every model: imported when used
+        from torchvision.transforms.v2 import functional as TF
+
         try:
             img = open_image(self.paths[i], self.resize if self.draft else None)
             img = TF.resize(img, [self.resize], interpolation=InterpolationMode.BILINEAR, antialias=True)

@@ -57,6 +57,9 @@ def build_model(cfg: FineTuneConfig, head_cfg: HeadConfig, n_classes: int, *, te
     torch.manual_seed(cfg.seed)
     head = create_head(head_cfg.fusion, text_prov["hidden_size"], dim, n_classes, head_cfg)
     text_feature = resolve_text_feature(head_cfg.text_feature, text_prov)  # auto: the encoder's own pooling
+    if text_feature not in ("cls", "mean") or head_cfg.image_feature not in ("auto", "pooled"):
+        raise MmfuseError(f"fine-tuning trains on text/cls or text/mean and image/pooled, not --text-feature "
+                          f"{head_cfg.text_feature} --image-feature {head_cfg.image_feature}")
     model = FineTuneModel(text_model, features, head, text_feature, text_prov["hidden_size"], dim)
     model.head_classes = n_classes
     image_prov = {"model": cfg.image.model, "weights": weights, "node": node, "dim": int(dim), "preprocessing": prep}

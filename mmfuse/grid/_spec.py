@@ -38,6 +38,7 @@ CASTS = {"int": int, "float": float, "str": str, "float | str": _float_or_auto} 
 # Add a new HeadConfig field here, never remove one.
 LATER_FIELDS = {
     "image_feature": "auto",  # HeadConfig: the image vector (before it, heads read image/pooled: auto there)
+    "zeroshot_from": "image",  # HeadConfig: the zeroshot head's embedding (added with it)
     "backbone": "",  # GridCell: the backbone pair of a grid over several caches ("": a grid over one cache)
 }
 

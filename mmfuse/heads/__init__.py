@@ -2,10 +2,12 @@
 
 By job: ``registry`` (register_head, create_head), ``config`` (HeadConfig), ``modules`` (the torch
 fusion modules), ``linear`` (logreg and saved linear models), ``features`` (FeatureSet from a cache),
-``train`` (the training loop), ``estimator`` (Head), ``files`` (run files read back), ``bagging``
+``zeroshot`` (the class-prompt head), ``train`` (the training loop), ``estimator`` (Head), ``files`` (run
+files read back), ``bagging``
 (the k fold models of a CV), ``run`` (train-head's run folders)."""
 from . import modules  # noqa: F401  (registers the torch heads)
 from . import linear  # noqa: F401  (registers logreg)
+from . import zeroshot  # noqa: F401  (registers zeroshot)
 from .bagging import BaggedHead
 from .config import HeadConfig
 from .estimator import Head

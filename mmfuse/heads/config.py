@@ -16,6 +16,7 @@ TEXT_FEATURES = ("auto", "cls", "mean", "pooled", "proj")
 IMAGE_FEATURES = ("auto", "pooled", "cls", "mean", "proj")
 MONITORS = ("auto", "macro_f1", "micro_f1", "samples_f1", "map")
 COMBINES = ("mean", "union")
+ZEROSHOT_FROM = ("image", "text", "both")
 from ..precision import HEAD_PRECISIONS as PRECISIONS  # noqa: E402 - heads train in fp32 or bf16
 
 
@@ -62,12 +63,14 @@ class HeadConfig:
     precision: str = "fp32"  # fp32, or bf16: autocast the training matmuls (weights, optimiser and predictions stay
     #                          fp32); grids choose by the CPU's capability (native bf16 is faster, emulated slower)
     seed: int = 0  # seeds initialisation, batch order and the validation split
+    zeroshot_from: str = "image"  # zeroshot head: the embedding compared with the class prompts: image, text, or
+    #                               both (the mean of the two cosines)
 
     def __post_init__(self):
         from .registry import list_heads
         checks = {"fusion": list_heads(), "loss": LOSSES, "class_weight": CLASS_WEIGHTS,
                   "text_feature": TEXT_FEATURES, "image_feature": IMAGE_FEATURES, "precision": PRECISIONS,
-                  "monitor": MONITORS, "thresholds": THRESHOLDS, "combine": COMBINES, "min_labels": (0, 1)}
+                  "monitor": MONITORS, "thresholds": THRESHOLDS, "combine": COMBINES, "zeroshot_from": ZEROSHOT_FROM, "min_labels": (0, 1)}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise MmfuseError(f"{name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")

@@ -11,6 +11,8 @@ training loop), ``files`` (the run files read back), ``linear`` (logreg, saved l
 """
 from __future__ import annotations
 
+import dataclasses
+
 import inspect
 import json
 from dataclasses import fields
@@ -79,8 +81,7 @@ class Head(ClassifierMixin, BaseEstimator):
             y = y if y.ndim == 2 and y.shape[1] > 1 else column_or_1d(y, warn=True)  # (N, 1): a column
             if len(y) != len(fs):
                 raise InputError(f"X has {len(fs)} rows but y has {len(y)} labels")
-            fs = FeatureSet(fs.text, fs.image, y, fs.guids, fs.label_names, fs.provenance, fs.source, fs.text_feature,
-                            fs.image_feature)
+            fs = dataclasses.replace(fs, y=y)
         for name, a in (("text", fs.text), ("image", fs.image)):
             if not np.all(np.isfinite(a)):
                 raise InputError(f"{fs.source or 'X'}: {name} features hold NaN or infinite values")
@@ -94,6 +95,8 @@ class Head(ClassifierMixin, BaseEstimator):
             raise InputError(f"X has {sum(dims.values())} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input (text, image: {dims} vs {self.dims_}"
                              f"{', ' + X.source if X.source else ''})")
+        if getattr(self.model_, "raw_features", False):  # zeroshot: cosines of the embeddings as extracted
+            return torch.from_numpy(X.text.astype(np.float32)), torch.from_numpy(X.image.astype(np.float32))
         t = self.text_scaler_.transform(X.text).astype(np.float32)
         i = self.image_scaler_.transform(X.image).astype(np.float32)
         return torch.from_numpy(t), torch.from_numpy(i)  # (N, Dt), (N, Di)
@@ -166,7 +169,8 @@ class Head(ClassifierMixin, BaseEstimator):
             self.model_ = create_head(cfg.fusion, self.dims_["text"], self.dims_["image"], len(self.classes_), cfg,
                                       "multilabel" if self.multilabel_ else "single")
             if getattr(self.model_, "kind", "module") == "sklearn":
-                self.model_.fit(*self._standardise(train), y_idx, weight)
+                extra = {"prompts": train.prompts} if getattr(self.model_, "raw_features", False) else {}
+                self.model_.fit(*self._standardise(train), y_idx, weight, **extra)
                 self.history_, self.best_epoch_ = [], 0
             else:
                 vt = None if valid is None else (*self._standardise(valid), torch.from_numpy(self._encode(valid)))
@@ -248,7 +252,7 @@ class Head(ClassifierMixin, BaseEstimator):
         """A saved run folder; a damaged or inconsistent file is one CorruptFileError naming it."""
         folder = Path(folder)
         missing = [n for n in ("config.json", "head.json", "scaler.npz") if not (folder / n).is_file()]
-        if not (folder / "model.pt").is_file() and not (folder / "logreg.npz").is_file():
+        if not any((folder / n).is_file() for n in ("model.pt", "logreg.npz", "zeroshot.npz")):
             missing.append("model.pt")
         if missing:
             raise MmfuseError(f"{folder} is not a complete head run folder ({', '.join(missing)} missing): "

@@ -73,6 +73,8 @@ class FeatureSet:
     source: str = ""
     text_feature: str = ""  # which text vector (cls, mean, pooled or proj; ``auto`` resolved)
     image_feature: str = ""  # which image vector (pooled, cls, mean or proj; ``auto`` resolved)
+    prompts: dict | None = None  # the class prompts a two-tower cache holds (extract --class-prompts): their
+    #                              "embeddings" (C, D), "logit_scale" and "logit_bias", for the zeroshot head
 
     @classmethod
     def from_cache(cls, cache: FeatureCache | str | Path, text_feature: str = "auto",
@@ -82,7 +84,7 @@ class FeatureSet:
         y = cache.labels if cache.labelled else None
         tname, iname = resolve_feature(cache, "text", text_feature), resolve_feature(cache, "image", image_feature)
         return cls(cache.features(f"text/{tname}"), cache.features(f"image/{iname}"), y, list(cache.guids),
-                   cache.label_names, cache.provenance, str(cache.path), tname, iname)
+                   cache.label_names, cache.provenance, str(cache.path), tname, iname, prompts_of(cache))
 
     @classmethod
     def from_caches(cls, text_cache: FeatureCache | str | Path, image_cache: FeatureCache | str | Path,
@@ -98,7 +100,7 @@ class FeatureSet:
         tname, iname = resolve_feature(t, "text", text_feature), resolve_feature(i, "image", image_feature)
         return cls(t.features(f"text/{tname}"), i.features(f"image/{iname}"), t.labels if t.labelled else None,
                    list(t.guids), t.label_names, compose_provenance(t.provenance, i.provenance),
-                   f"{t.path} + {i.path}", tname, iname)
+                   f"{t.path} + {i.path}", tname, iname, prompts_of(t))
 
     def __len__(self) -> int:
         return len(self.guids)
@@ -116,6 +118,15 @@ class FeatureSet:
     def subset(self, idx: np.ndarray) -> "FeatureSet":
         return dataclasses.replace(self, text=self.text[idx], image=self.image[idx],
                                    y=None if self.y is None else self.y[idx], guids=[self.guids[i] for i in idx])
+
+
+def prompts_of(cache: FeatureCache) -> dict | None:
+    """The class prompts' embeddings and logit scale a cache holds, or None."""
+    zs = cache.provenance.get("zeroshot")
+    if not zs or "zeroshot/text" not in cache.extras:
+        return None
+    return {"embeddings": cache.extras["zeroshot/text"], "prompts": zs["prompts"], "logit_scale": zs["logit_scale"],
+            "logit_bias": zs["logit_bias"]}
 
 
 def _few(names, k: int = 6) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-TRAINING = ("gradient", "closed-form")  # a torch module trained by the loop, or an estimator fit in one call
+TRAINING = ("gradient", "closed-form", "none")  # a torch module trained by the loop, an estimator fit in one
+#                                                 call, or nothing to train (zeroshot: the class prompts)
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,14 @@ def register_head(name: str, *, training: str = "gradient", modalities: tuple[st
     return add
 
 
-def list_heads(kind: str | None = None, training: str | None = None) -> list[str]:
+def list_heads(kind: str | None = None, training: str | None = None, trained: bool | None = None) -> list[str]:
     """Registered names, sorted; ``kind="module"`` keeps the torch modules (not logreg); ``training``
-    keeps the heads trained that way."""
+    keeps the heads trained that way; ``trained=True`` those that learn from the features (not zeroshot,
+    which needs a cache with class prompts)."""
     return sorted(n for n, info in _HEADS.items()
                   if (kind is None or getattr(info.cls, "kind", "module") == kind)
-                  and (training is None or info.training == training))
+                  and (training is None or info.training == training)
+                  and (trained is None or (info.training != "none") == trained))
 
 
 def head_info(name: str) -> HeadInfo:
