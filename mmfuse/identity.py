@@ -20,8 +20,8 @@ def feature_identity(provenance: dict) -> dict[str, str]:
     t, i, v = provenance.get("text", {}), provenance.get("image", {}), provenance.get("versions", {})
 
     def weights(w):
-        if isinstance(w, dict):
-            return str(w.get("sha256") or w.get("name") or w.get("file"))
+        if isinstance(w, dict):  # a Hugging Face hub id without local files: its source at its revision
+            return str(w.get("sha256") or w.get("name") or w.get("file") or f"{w.get('source')}@{w.get('revision')}")
         return str(w)
 
     return {
@@ -36,13 +36,14 @@ def feature_identity(provenance: dict) -> dict[str, str]:
         "precision": str(provenance.get("precision")),
         "store dtype": str(provenance.get("store_dtype", "float32")),
         **{f"{lib} version": _minor(v.get(lib)) for lib in ("torch", "torchvision", "transformers")},
+        **({"timm version": _minor(v.get("timm"))} if str(i.get("model", "")).startswith(("timm:", "timm/")) else {}),
     }
 
 
 def feature_mismatch(a: dict, b: dict) -> list[str]:
     """'field: X vs Y' for each feature-identity field where provenances ``a`` and ``b`` differ."""
     fa, fb = feature_identity(a or {}), feature_identity(b or {})
-    return [f"{k}: {fa[k]!r} vs {fb[k]!r}" for k in fa if fa[k] != fb[k]]
+    return [f"{k}: {fa.get(k)!r} vs {fb.get(k)!r}" for k in {**fa, **fb} if fa.get(k) != fb.get(k)]
 
 
 def describe(prov: dict) -> str:

@@ -66,8 +66,8 @@ def vision_model(kind: str, folder: Path) -> Path:
     import transformers as tf
 
     torch.manual_seed(0)
-    if kind == "vit":
-        model = tf.ViTModel(tf.ViTConfig(**TOWER, image_size=32, patch_size=8))
+    if kind.startswith("vit"):  # vit-classifier: a checkpoint without pooler weights, as ViTForImageClassification's
+        model = tf.ViTModel(tf.ViTConfig(**TOWER, image_size=32, patch_size=8), add_pooling_layer=kind == "vit")
         proc = tf.ViTImageProcessor(size={"height": 32, "width": 32})
     elif kind == "dinov2":
         model = tf.Dinov2Model(tf.Dinov2Config(**TOWER, image_size=32, patch_size=8))
@@ -130,7 +130,7 @@ def test_two_tower_checkpoint_extracts_both_towers_like_the_model_itself(family,
     np.testing.assert_allclose(cache.features("image/pooled"), ref_pooled.numpy(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["vit", "dinov2", "convnext"])
+@pytest.mark.parametrize("kind", ["vit", "vit-classifier", "dinov2", "convnext"])
 def test_hugging_face_vision_encoder_stores_its_pooled_output(kind, clean_course_dir, tmp_path, tiny_bert):
     from transformers import AutoModel
 
@@ -139,12 +139,12 @@ def test_hugging_face_vision_encoder_stores_its_pooled_output(kind, clean_course
     extract(clean_course_dir, out, "--text-model", str(tiny_bert), "--image-model", str(folder))
     cache = FeatureCache(out)
     images, _ = images_and_texts(clean_course_dir, cache)
-    model = AutoModel.from_pretrained(folder).eval()
+    model = AutoModel.from_pretrained(folder, **({"add_pooling_layer": False} if kind == "vit-classifier" else {}))
     with torch.inference_mode():
-        ref = model(pixel_values=pixel_values(folder, images))
-    np.testing.assert_allclose(cache.features("image/pooled"), ref.pooler_output.flatten(1).numpy(), atol=1e-5,
-                               rtol=1e-5)
-    if kind in ("vit", "dinov2"):  # token models: the class token and the mean of the patch tokens too
+        ref = model.eval()(pixel_values=pixel_values(folder, images))
+    pooled = ref.pooler_output if kind != "vit-classifier" else ref.last_hidden_state[:, 0]  # no random pooler
+    np.testing.assert_allclose(cache.features("image/pooled"), pooled.flatten(1).numpy(), atol=1e-5, rtol=1e-5)
+    if kind.startswith("vit") or kind == "dinov2":  # token models: the class token and the mean of the patch tokens too
         np.testing.assert_allclose(cache.features("image/cls"), ref.last_hidden_state[:, 0].numpy(), atol=1e-5)
         np.testing.assert_allclose(cache.features("image/mean"), ref.last_hidden_state[:, 1:].mean(1).numpy(),
                                    atol=1e-5)
@@ -229,9 +229,9 @@ def test_zeroshot_head_scores_the_prompts_without_training(tmp_path, tiny_clip, 
     from conftest import TAGS, write_course
     from mmfuse.heads import FeatureSet, Head
 
-    data = write_course(tmp_path / "course", corrupt=False)
-    for i in range(12):
-        (data / "data" / f"{100 + i}.txt").write_text(f"a photo that feels {TAGS[i]}\n")
+    data = write_course(tmp_path / "course", n=36, corrupt=False)  # 36 rows: enough for a 2-fold grid
+    for i in range(36):
+        (data / "data" / f"{100 + i}.txt").write_text(f"a photo that feels {TAGS[i % len(TAGS)]}\n")
     cache = tmp_path / "clip.h5"
     extract(data, cache, "--model", str(tiny_clip), "--class-prompts", "a photo that feels {}")
     result = runner.invoke(app, ["train-head", str(cache), "--fusion", "zeroshot", "--zeroshot-from", "text",
@@ -247,7 +247,10 @@ def test_zeroshot_head_scores_the_prompts_without_training(tmp_path, tiny_clip, 
         run = tmp_path / f"zs-{source}"
         assert runner.invoke(app, ["train-head", str(cache), "--fusion", "zeroshot", "--zeroshot-from", source,
                                    "--val-split", "0", "--out", str(run)]).exit_code == 0
-        assert Head.load(run).predict_proba(X).shape == (12, 3)
+        assert Head.load(run).predict_proba(X).shape == (36, 3)
+    grid = runner.invoke(app, ["grid", str(cache), "--fusion", "zeroshot,logreg", "--folds", "2", "--zeroshot-from",
+                               "text", "--out", str(tmp_path / "grid"), "--no-progress"])
+    assert grid.exit_code == 0 and "zeroshot" in (tmp_path / "grid" / "summary.md").read_text(), grid.output
     plain = tmp_path / "plain.h5"
     extract(data, plain, "--text-model", str(tiny_bert), "--image-model", "resnet18", "--image-weights", "none")
     result = runner.invoke(app, ["train-head", str(plain), "--fusion", "zeroshot", "--out", str(tmp_path / "no")])

@@ -39,6 +39,7 @@ def grid(
     align_weight: Optional[str] = typer.Option(None, help="Comma list (aligned)."),
     combine: Optional[str] = typer.Option(None, help="Comma list of mean, union (late fusion, multi-label)."),
     thresholds: Optional[str] = typer.Option(None, help="Comma list of per-label, global, fixed (multi-label)."),
+    zeroshot_from: Optional[str] = typer.Option(None, help="Comma list of image, text, both (zeroshot)."),
     precision: Optional[str] = typer.Option(None, help="fp32 or bf16 training matmuls [default: bf16 where this "
                                             "CPU has native bf16 and runs it measurably faster than fp32, else fp32]."),
     config: Optional[Path] = typer.Option(None, help="TOML/YAML file with a [grid] table (options here override it)."),
@@ -73,7 +74,7 @@ def grid(
                 "image_feature": image_feature,
                 "label_smoothing": label_smoothing, "ema": ema, "batch_size": batch_size, "epochs": epochs,
                 "patience": patience, "C": c, "align_weight": align_weight, "precision": precision,
-                "combine": combine, "thresholds": thresholds}
+                "combine": combine, "thresholds": thresholds, "zeroshot_from": zeroshot_from}
         setup = GridConfig.from_options(config, axes, folds=folds, repeats=repeats, seed=seed, jobs=jobs,
                                         backend=backend, scheduler=scheduler, refit_mode=refit.value,
                                         pick=pick.value, search=search.value, pairs=pairs)

@@ -88,8 +88,12 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     if precision == "bf16" and dev.type == "cpu" and not native_bf16():
         log("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and slower than "
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
+    prompts = _class_prompts(class_prompts, ds.label_names) if class_prompts else None  # checked before any load
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
+    extras = {}
+    if prompts:  # on the CPU in fp32, before the precision check moves the model
+        zeroshot, extras["zeroshot/text"] = _prompts(prompts, tokenizer, text_model, text, text_prov)
     precision, precision_choice = resolve_precision(precision, dev, ds.records, (tokenizer, text_model, text),
                                                     (image_model, prep, image), log)
     if precision_choice["requested"] == "auto":
@@ -97,9 +101,6 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             + (f"; first rows' cosine to fp32 >= {precision_choice['min_cosine_first_rows']:.4f}"
                if "min_cosine_first_rows" in precision_choice and precision == precision_choice["chosen"] else "")
             + ")")
-    extras = {}
-    if class_prompts:
-        zeroshot, extras["zeroshot/text"] = _prompts(class_prompts, ds.label_names, tokenizer, text_model, text)
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
                  "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),
@@ -182,18 +183,24 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     return report
 
 
-def _prompts(spec: str, label_names, tokenizer, text_model, text: TextExtractorConfig):
+def _class_prompts(spec: str, label_names) -> list[str]:
+    from .towers import class_prompts
+
+    return class_prompts(spec, label_names)
+
+
+def _prompts(prompts: list[str], tokenizer, text_model, text: TextExtractorConfig, text_prov: dict):
     """(provenance entry, (C, D) embeddings) of the class prompts, by the two-tower text tower (fp32, CPU)."""
-    from .towers import class_prompts, encode_prompts, logit_scale
+    from .towers import encode_prompts, logit_scale
 
     if not hasattr(text_model, "features"):
         raise DataError(f"--class-prompts needs a two-tower text model (a CLIP or SigLIP checkpoint); {text.model} "
                         "is a text encoder only")
-    prompts = class_prompts(spec, label_names)
     emb = encode_prompts(prompts, tokenizer, text_model, text_model.max_length, text_model.pad_to_max_length)
     scale, bias = logit_scale(text_model.model)
-    return {"prompts": prompts, "label_names": list(label_names), "logit_scale": scale, "logit_bias": bias,
-            "model": text.model, "feature": "text/proj"}, emb
+    return {"prompts": prompts, "logit_scale": scale, "logit_bias": bias, "model": text.model,
+            "weights_sha256": text_prov.get("weights_sha256"), "source": text_prov.get("source"),
+            "feature": "text/proj"}, emb
 
 
 __all__ = ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig"]

@@ -34,7 +34,7 @@ def sha256_files(paths: list[Path]) -> str:
 
 def library_versions() -> dict[str, str]:
     out = {}
-    for name in ("mmfuse", "torch", "torchvision", "transformers", "h5py", "numpy", "pillow"):
+    for name in ("mmfuse", "torch", "torchvision", "transformers", "timm", "h5py", "numpy", "pillow"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -27,8 +27,10 @@ def _cosines(a: dict, b: dict) -> float:
     worst = 1.0
     for k in a:
         x, y = a[k].astype(np.float64), b[k].astype(np.float64)
-        keep = np.isfinite(x).all(1) & np.isfinite(y).all(1)  # an image that did not decode is not compared
+        keep = np.isfinite(x).all(1)  # an image that did not decode (NaN in both) is not compared
         x, y = x[keep], y[keep]
+        if not np.isfinite(y).all():  # an overflow in the lower precision fails the check
+            return -1.0
         cos = (x * y).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1) + 1e-12)
         worst = min(worst, float(cos.min()) if len(cos) else 1.0)
     return worst

@@ -41,7 +41,7 @@ def load_paired(name: str):
                                 "a two-tower model needs both")
         _LOADED.clear()  # keep one: a later run in this process with another checkpoint frees this one
         _LOADED[source] = model.eval()
-    model = _LOADED[source]
+    model = _LOADED[source].cpu()  # a run before may have left it on a GPU: every run starts on the CPU
     files = weight_files(source, local)
     base = {"model": name, "source": source, "revision": getattr(config, "_commit_hash", None),
             "weights_sha256": sha256_files(files) if files else None, "architecture": type(model).__name__,
@@ -148,7 +148,7 @@ def class_prompts(spec: str, label_names) -> list[str]:
     if not names:
         raise BackboneError("--class-prompts needs the label names: this data set names none (give --label-names)")
     if "{}" in spec:
-        return [spec.format(n) for n in names]
+        return [spec.replace("{}", n) for n in names]
     path = Path(spec).expanduser()
     if not path.is_file():
         raise BackboneError(f"--class-prompts {spec!r} is neither a template with {{}} nor a file of prompts")
@@ -163,6 +163,7 @@ def encode_prompts(prompts: list[str], tokenizer, tower: PairedText, max_length:
     """The prompts' projected text embeddings (C, D), in fp32."""
     enc = tokenizer(prompts, truncation=True, max_length=max_length,
                     padding="max_length" if pad_max else True, return_tensors="pt")
-    batch = {k: v for k, v in enc.items() if k in tokenizer.model_input_names}
+    device = next(tower.parameters()).device
+    batch = {k: v.to(device) for k, v in enc.items() if k in tokenizer.model_input_names}
     with torch.inference_mode():
-        return tower.features(batch)["proj"].float().numpy()
+        return tower.features(batch)["proj"].float().cpu().numpy()

@@ -64,8 +64,10 @@ class TimmFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.model.forward_features(x)  # (B, C, H, W) or (B, prefix + P, D)
         out = {"pooled": self.model.forward_head(h, pre_logits=True)}
-        if h.ndim == 3 and self.prefix:
-            out["cls"], out["mean"] = h[:, 0], h[:, self.prefix:].mean(1)
+        if h.ndim == 3:  # (B, prefix + P, D) tokens
+            if getattr(self.model, "cls_token", None) is not None:  # not a register-only model
+                out["cls"] = h[:, 0]
+            out["mean"] = h[:, self.prefix:].mean(1)
         return out
 
 
@@ -110,9 +112,9 @@ def load_timm(cfg) -> tuple[nn.Module, dict, dict]:
 
 
 class HFVisionFeatures(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, trained_pooler: bool = True):
         super().__init__()
-        self.model = model
+        self.model, self.trained_pooler = model, trained_pooler
         emb = getattr(model, "embeddings", None)
         has_cls = emb is not None and (hasattr(emb, "cls_token") or hasattr(emb, "class_embedding"))
         self.prefix = (1 + int(hasattr(emb, "distillation_token"))
@@ -121,6 +123,7 @@ class HFVisionFeatures(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(pixel_values=x)
         h, pooled, d = out.last_hidden_state, getattr(out, "pooler_output", None), {}
+        pooled = pooled if self.trained_pooler else None  # a pooler the checkpoint has no weights for is random
         if h.ndim == 3:  # (B, prefix + P, D) tokens
             if self.prefix:
                 d["cls"] = h[:, 0]
@@ -167,10 +170,14 @@ def load_hf_vision(cfg) -> tuple[nn.Module, dict, dict]:
         return features, prep, {"weights": weights, "node": "vision_model pooler_output; proj: get_image_features",
                                 "family": "paired", "architecture": type(model).__name__}
     quiet_transformers()
-    model = from_pretrained(lambda **kw: AutoModel.from_pretrained(source, **kw), cfg.model, source, local,
-                            "image model", HF_HINT)
-    return HFVisionFeatures(model.eval()), prep, {"weights": weights, "node": "pooler_output",
-                                                  "family": "transformers", "architecture": type(model).__name__}
+    model, info = from_pretrained(lambda **kw: AutoModel.from_pretrained(source, output_loading_info=True, **kw),
+                                  cfg.model, source, local, "image model", HF_HINT)
+    # a classification checkpoint (ViTForImageClassification, ...) has no pooler weights: AutoModel would add
+    # a randomly initialised one; its class token (or mean) is the pooled vector then
+    trained = not any(k.split(".")[0] == "pooler" or ".pooler." in k for k in info.get("missing_keys", ()))
+    node = "pooler_output" if trained else "class token (the checkpoint has no trained pooler)"
+    return HFVisionFeatures(model.eval(), trained), prep, {"weights": weights, "node": node, "family": "transformers",
+                                                           "architecture": type(model).__name__}
 
 
 POOLING = {  # what each stored image vector is, recorded in the provenance

@@ -43,7 +43,10 @@ def standard_error(row: dict, folds: int) -> float:
 
 def n_parameters(cfg: HeadConfig, text_dim: int, image_dim: int, n_classes: int) -> int:
     """Learned parameters of a configuration's head: the measure of "simpler" in the one-SE rule."""
-    if head_info(cfg.fusion).training == "closed-form":  # a linear model: one weight per feature and class
+    training = head_info(cfg.fusion).training
+    if training == "none":  # zeroshot: nothing learned
+        return 0
+    if training == "closed-form":  # a linear model: one weight per feature and class
         return (text_dim + image_dim + 1) * n_classes
     from ..heads import create_head
     return sum(p.numel() for p in create_head(cfg.fusion, text_dim, image_dim, n_classes, cfg).parameters())

@@ -100,7 +100,7 @@ class FeatureSet:
         tname, iname = resolve_feature(t, "text", text_feature), resolve_feature(i, "image", image_feature)
         return cls(t.features(f"text/{tname}"), i.features(f"image/{iname}"), t.labels if t.labelled else None,
                    list(t.guids), t.label_names, compose_provenance(t.provenance, i.provenance),
-                   f"{t.path} + {i.path}", tname, iname, prompts_of(t))
+                   f"{t.path} + {i.path}", tname, iname, prompts_of(t, i))
 
     def __len__(self) -> int:
         return len(self.guids)
@@ -120,13 +120,17 @@ class FeatureSet:
                                    y=None if self.y is None else self.y[idx], guids=[self.guids[i] for i in idx])
 
 
-def prompts_of(cache: FeatureCache) -> dict | None:
-    """The class prompts' embeddings and logit scale a cache holds, or None."""
+def prompts_of(cache: FeatureCache, image_cache: FeatureCache | None = None) -> dict | None:
+    """The class prompts' embeddings and logit scale a cache holds, or None; ``image_matches``: whether the
+    image vectors (of ``image_cache``, default the same cache) come from the model that embedded the prompts."""
     zs = cache.provenance.get("zeroshot")
     if not zs or "zeroshot/text" not in cache.extras:
         return None
+    weights = ((image_cache or cache).provenance.get("image", {}).get("weights") or {})
+    made_by = zs.get("weights_sha256")
+    matches = made_by is None or not isinstance(weights, dict) or weights.get("sha256") in (None, made_by)
     return {"embeddings": cache.extras["zeroshot/text"], "prompts": zs["prompts"], "logit_scale": zs["logit_scale"],
-            "logit_bias": zs["logit_bias"]}
+            "logit_bias": zs["logit_bias"], "image_matches": bool(matches)}
 
 
 def _few(names, k: int = 6) -> str:

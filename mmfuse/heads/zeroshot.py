@@ -35,6 +35,9 @@ class ZeroShotHead:
         if not prompts:
             raise MmfuseError("the zeroshot head needs class prompts in the cache: extract it with a two-tower model "
                               "(--model CLIP_OR_SIGLIP) and --class-prompts 'a photo that feels {}'")
+        if self.cfg.zeroshot_from != "text" and not prompts.get("image_matches", True):
+            raise MmfuseError("the class prompts were embedded by another model than the image vectors: zeroshot "
+                              "--zeroshot-from image/both needs one two-tower checkpoint for both (extract --model)")
         emb = np.asarray(prompts["embeddings"], np.float32)  # (C, D)
         if len(emb) != self.n_out:
             raise MmfuseError(f"the cache holds {len(emb)} class prompts for {self.n_out} classes: extract it again "
@@ -57,7 +60,10 @@ class ZeroShotHead:
         p = torch.nn.functional.normalize(torch.from_numpy(self.prompts_), dim=1)  # (C, D)
         sims = [torch.nn.functional.normalize(x.float(), dim=1) @ p.T  # (N, C)
                 for x in {"image": (i,), "text": (t,), "both": (i, t)}[self.cfg.zeroshot_from]]
-        return (torch.stack(sims).mean(0) * self.scale_ + self.bias_).numpy().astype(np.float32)
+        logits = torch.stack(sims).mean(0) * self.scale_ + self.bias_  # (N, C)
+        if self.task == "multilabel" and self.bias_ == 0:  # CLIP: no sigmoid bias was trained; per-row centring
+            logits = logits - logits.mean(1, keepdim=True)  # keeps sigmoid(logit) away from 1.0 for every label
+        return logits.numpy().astype(np.float32)
 
     def save(self, folder: Path) -> None:
         np.savez(folder / "zeroshot.npz", prompts=self.prompts_, scale=np.float32(self.scale_),
