@@ -13,7 +13,7 @@ HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*li
 # learns (zeroshot needs a two-tower cache with class prompts: the demo's offline backbones have none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving bench-e2e bench-backbones bench-precision clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -62,6 +62,15 @@ extract: install ## features of every split of DATA into $(FEATURES)/{split}.h5 
 
 bench-extract: install ## extraction speed vs the naive way on $(MVSA) (skips when absent)
 	$(BIN)/python bench/speed/extract.py --data $(MVSA)
+
+bench-e2e: install ## `mmfuse extract` end to end on 801- and 60-row splits of $(MVSA): default (auto) vs fp32
+	$(BIN)/python bench/speed/extract_e2e.py --data $(MVSA)
+
+bench-backbones: install ## CLIP, SigLIP, HF and timm image/text paths vs each library's own loop (random weights)
+	$(BIN)/python bench/speed/backbones.py --data $(MVSA)
+
+bench-precision: install ## bf16 vs fp32 caches of $(MVSA): vector cosines and the same heads on the same folds
+	$(BIN)/python bench/experiments/precision.py --data $(MVSA)
 
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
 	$(BIN)/python bench/speed/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5

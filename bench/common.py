@@ -79,6 +79,21 @@ def grid_axes(extra: list[str]) -> dict[str, list]:
     return axes
 
 
+# --- timing and fidelity ------------------------------------------------------------------------------------
+def timed(fn):
+    """(fn(), its wall time in seconds)."""
+    import time
+
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) arrays."""
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
 # --- command-line options ------------------------------------------------------------------------------------
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose --help prints the script's docstring as written."""

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
-from common import add_data, cpu_line, parser
+from common import add_data, cosine, cpu_line, parser, timed
 from mmfuse.data import open_image, read_course
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
@@ -138,14 +137,18 @@ def mmfuse_texts(name: str):
     return run
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+def measure(rows: list, what: str, unit: str, ref_loop, mm_run, items, warm: int, bf16: bool) -> None:
+    """Time the reference loop and mmfuse (fp32, and bf16 when asked) on ``items``; append the table rows."""
+    ref_loop(items[:warm]), mm_run(items[:warm], "fp32")  # warm-up
+    ref, t_ref = timed(lambda: ref_loop(items))
+    mm, t_mm = timed(lambda: mm_run(items, "fp32"))
+    rows.append((f"{what} fp32 ({unit}/s)", len(items) / t_ref, len(items) / t_mm,
+                 f"cosine to reference: min {cosine(ref, mm).min():.5f}"))
+    if bf16:
+        b16, t_bf = timed(lambda: mm_run(items, "bf16"))
+        cos = cosine(mm, b16)
+        rows.append((f"{what} bf16 ({unit}/s)", len(items) / t_ref, len(items) / t_bf,
+                     f"cosine to fp32: min {cos.min():.4f}, mean {cos.mean():.4f}"))
 
 
 def main() -> int:
@@ -169,31 +172,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for kind in args.models.split(","):
             name = build(kind, Path(tmp) / kind.replace(":", "-"))
-            ref_loop, mm_run = reference_images(name), mmfuse_images(name)
-            ref_loop(paths[:8]), mm_run(paths[:8], "fp32")  # warm-up
-            ref, t_ref = timed(lambda: ref_loop(paths))
-            mm, t_mm = timed(lambda: mm_run(paths, "fp32"))
-            cos = cosine(ref, mm)
-            rows.append((f"{kind} image fp32 (img/s)", len(paths) / t_ref, len(paths) / t_mm,
-                         f"cosine to reference: min {cos.min():.5f}"))
-            if bf16:
-                b16, t_bf = timed(lambda: mm_run(paths, "bf16"))
-                cos = cosine(mm, b16)
-                rows.append((f"{kind} image bf16 (img/s)", len(paths) / t_ref, len(paths) / t_bf,
-                             f"cosine to fp32: min {cos.min():.4f}, mean {cos.mean():.4f}"))
+            measure(rows, f"{kind} image", "img", reference_images(name), mmfuse_images(name), paths, 8, bf16)
             if kind in ("clip", "siglip"):
-                ref_loop, mm_run = reference_texts(name), mmfuse_texts(name)
-                ref_loop(texts[:32]), mm_run(texts[:32], "fp32")  # warm-up
-                ref, t_ref = timed(lambda: ref_loop(texts))
-                mm, t_mm = timed(lambda: mm_run(texts, "fp32"))
-                cos = cosine(ref, mm)
-                rows.append((f"{kind} text fp32 (texts/s)", len(texts) / t_ref, len(texts) / t_mm,
-                             f"cosine to reference: min {cos.min():.5f}"))
-                if bf16:
-                    b16, t_bf = timed(lambda: mm_run(texts, "bf16"))
-                    cos = cosine(mm, b16)
-                    rows.append((f"{kind} text bf16 (texts/s)", len(texts) / t_ref, len(texts) / t_bf,
-                                 f"cosine to fp32: min {cos.min():.4f}, mean {cos.mean():.4f}"))
+                measure(rows, f"{kind} text", "texts", reference_texts(name), mmfuse_texts(name), texts, 32, bf16)
             print(*rows[-1], flush=True)
 
     print(f"\n{cpu_line()}; torch {torch.__version__}, {torch.get_num_threads()} threads")

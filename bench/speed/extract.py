@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,11 @@ import torch
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
-from common import add_data, cpu_line, parser
+from common import add_data, cosine, cpu_line, parser, timed
 from mmfuse.data import open_image, read_course
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, image_runtime, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
 from mmfuse.precision import native_bf16
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def naive_texts(texts, tokenizer, model, bs=32):
@@ -63,10 +56,6 @@ def mmfuse_images(paths, model, prep, cfg, precision):
         assert not errors, errors
         parts.update(zip(pos.tolist(), feats["pooled"]))
     return np.stack([parts[i] for i in range(len(paths))])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
 def main() -> int:
