@@ -10,7 +10,7 @@ from ..errors import MmfuseError
 from ..extract.image import feature_extractor, load_image_model
 from ..extract.text import load_text_encoder, pool_text, resolve_text_feature
 from ..heads import HeadConfig, create_head
-from ..heads.registry import get_head_class
+from ..heads.registry import get_head_class, list_heads
 from ..precision import autocast
 from .config import ALL, FineTuneConfig
 

@@ -200,7 +200,7 @@ def _check_folder(out: Path, cache: FeatureCache, folds: int, seed: int, precisi
     header = results_header(out)
     if header is not None:
         current = result_columns(cache.multilabel, backbones is not None)
-        if header not in (current, [c for c in current if c not in LATER_FIELDS]):
+        if header != [c for c in current if c in header or c not in LATER_FIELDS]:  # today's, less fields added later
             other = ("backbone" in header) != (backbones is not None)
             by = f"a grid over {'several caches' if 'backbone' in header else 'one cache'}" if other else \
                 "another version of mmfuse"

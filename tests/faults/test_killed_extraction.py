@@ -32,6 +32,7 @@ CHILD = textwrap.dedent("""
     ex = importlib.import_module("mmfuse.extract")  # the package (mmfuse.extract is also the function)
     cache.CHUNK_ROWS = ex.CHUNK_ROWS = 4
     ex.TEXT_BLOCK = 8
+    importlib.import_module("mmfuse.extract.image").OPTIMIZE_MIN_IMAGES = 1  # the TorchScript path, as before
     data, out, kill, bert = sys.argv[1:5]
     count = [0]
     setitem = h5py.Dataset.__setitem__
@@ -62,7 +63,8 @@ CHILD = textwrap.dedent("""
 
     cache.CacheWriter.open = ex.CacheWriter.open = announce
     ex.extract(data, "train", out, text=ex.TextExtractorConfig(bert, 32, 4),
-               image=ex.ImageExtractorConfig("resnet18", "none", 4, 0), progress=False, log=lambda s: None)
+               image=ex.ImageExtractorConfig("resnet18", "none", 4, 0), precision="fp32", progress=False,
+               log=lambda s: None)
     print("done", flush=True)
 """)
 
