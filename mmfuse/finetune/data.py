@@ -7,7 +7,6 @@ import math
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torchvision.transforms import v2
 
 from ..data import DataSet, open_image
 from ..errors import DataError
@@ -20,11 +19,15 @@ class AugmentedImages(ImageFiles):
     """Training images with random resized crop, horizontal flip and colour jitter."""
 
     def __init__(self, paths, resize, crop, draft):
+        from torchvision.transforms import v2  # torchvision loads every model: imported when used
+
         super().__init__(paths, resize, crop, draft)
         self.augment = v2.Compose([v2.RandomResizedCrop(crop, scale=(0.5, 1.0), antialias=True),
                                    v2.RandomHorizontalFlip(), v2.ColorJitter(0.3, 0.3, 0.3)])
 
     def __getitem__(self, i: int):
+        from torchvision.transforms import v2
+
         try:
             img = open_image(self.paths[i], self.resize if self.draft else None)
             return i, v2.functional.pil_to_tensor(self.augment(img)), ""
