@@ -184,6 +184,8 @@ def test_class_prompts_are_stored_with_the_cache(clean_course_dir, tmp_path, tin
     zs = cache.provenance["zeroshot"]
     assert zs["prompts"] == [f"a photo that feels {n}" for n in cache.label_names]
     assert cache.extras["zeroshot/text"].shape == (3, cache.dims["text/proj"])
+    info = runner.invoke(app, ["info", str(out)])
+    assert "zeroshot prompts" in info.output and "a photo that feels neutral" in info.output
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("good\nbad\n")
     result = extract(clean_course_dir, tmp_path / "p2.h5", "--model", str(tiny_clip), "--class-prompts",

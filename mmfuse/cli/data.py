@@ -183,6 +183,8 @@ def info(path: Path = typer.Argument(..., help="A feature cache (.h5).")):
                f"text encodings {json.dumps(d['encodings'])}")
     typer.echo(f"built: {p['created']} on {p['device']}, precision {p['precision']}, "
                f"versions {json.dumps(p['versions'])}")
+    if p.get("zeroshot"):
+        typer.echo(f"zeroshot prompts ({p['zeroshot']['model']}): " + "; ".join(p["zeroshot"]["prompts"]))
     for guid, reason in cache.skipped:
         typer.echo(f"skipped guid {guid}: {reason}")
     now = current_fingerprint(d)
