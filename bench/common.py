@@ -105,6 +105,19 @@ def add_data(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--data", default=MVSA, help="the mvsa data set (course format) [default: %(default)s]")
 
 
+def add_bf16(ap: argparse.ArgumentParser) -> None:
+    """--bf16 auto|yes|no: whether to time the bf16 path too (``wants_bf16``)."""
+    ap.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"),
+                    help="time the bf16 path too: auto = only where this CPU has native bf16 (emulated bf16 runs "
+                         "at a fraction of fp32's rate)")
+
+
+def wants_bf16(args: argparse.Namespace) -> bool:
+    from mmfuse.precision import native_bf16
+
+    return args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
+
+
 def add_cache(ap: argparse.ArgumentParser) -> None:
     """--cache: mvsa's training features (the scripts that also take --data extract it when missing, with
     ``ensure_cache``)."""

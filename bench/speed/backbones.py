@@ -24,11 +24,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
-from common import add_data, cosine, cpu_line, parser, timed
+from common import add_bf16, add_data, cosine, cpu_line, parser, timed, wants_bf16
 from mmfuse.data import open_image, read_course
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
-from mmfuse.precision import native_bf16
 
 
 def build(kind: str, folder: Path) -> str:
@@ -157,10 +156,9 @@ def main() -> int:
     ap.add_argument("--texts", type=int, default=256, help="texts timed per variant")
     ap.add_argument("--images", type=int, default=96, help="images timed per variant and model")
     ap.add_argument("--models", default="clip,siglip,vit,dinov2,timm:convnext_tiny,timm:vit_small_patch16_224")
-    ap.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"),
-                    help="time bf16 too: auto = only where this CPU has native bf16")
+    add_bf16(ap)
     args = ap.parse_args()
-    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
+    bf16 = wants_bf16(args)
     if not (Path(args.data) / "train.txt").is_file():
         print(f"skip: data set not found at {args.data}")
         return 0

@@ -22,11 +22,11 @@ import torch
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/: the shared module, common.py
-from common import add_data, cosine, cpu_line, parser, timed
+from common import add_bf16, add_data, cosine, cpu_line, parser, timed, wants_bf16
 from mmfuse.data import open_image, read_course
 from mmfuse.extract.image import ImageExtractorConfig, encode_images, image_runtime, load_image_encoder
 from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_encoder
-from mmfuse.precision import autocast, native_bf16
+from mmfuse.precision import autocast
 
 
 def naive_texts(texts, tokenizer, model, bs=32):
@@ -98,10 +98,9 @@ def main() -> int:
     ap.add_argument("--texts", type=int, default=640, help="texts timed per variant")
     ap.add_argument("--images", type=int, default=480, help="images timed per variant and model")
     ap.add_argument("--image-models", default="resnet50,efficientnet-lite0")
-    ap.add_argument("--bf16", default="auto", choices=("auto", "yes", "no"),
-                    help="time the bf16 image path: auto = only where this CPU has native bf16")
+    add_bf16(ap)
     args = ap.parse_args()
-    bf16 = args.bf16 == "yes" or (args.bf16 == "auto" and native_bf16())
+    bf16 = wants_bf16(args)
     if not (Path(args.data) / "train.txt").is_file():
         print(f"skip: data set not found at {args.data}")
         return 0

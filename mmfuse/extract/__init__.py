@@ -20,8 +20,9 @@ from ..data import CsvFormat, read_data
 from ..errors import DataError
 from ..precision import native_bf16
 from .common import library_versions, resolve_device
+from . import towers
 from .fidelity import resolve_precision
-from .image import ImageExtractorConfig, encode_images, load_image_encoder, optimize_pays
+from .image import ImageExtractorConfig, encode_images, load_image_encoder, optimizable, optimize_pays
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 
 STORE_DTYPES = ("float32", "float16")
@@ -88,7 +89,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     if precision == "bf16" and dev.type == "cpu" and not native_bf16():
         log("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and slower than "
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
-    prompts = _class_prompts(class_prompts, ds.label_names) if class_prompts else None  # checked before any load
+    prompts = towers.class_prompts(class_prompts, ds.label_names) if class_prompts else None  # before any load
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
     extras = {}
@@ -113,7 +114,7 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     # the one-time TorchScript optimisation only where the split is long enough to pay for it
     image = dataclasses.replace(image, optimize=image.optimize and optimize_pays(len(records)))
     numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"
-                and precision == "fp32" and image_prov["family"] == "torchvision" else "eager",
+                and precision == "fp32" and optimizable(image_model) else "eager",
                 "channels_last": image.channels_last}
     provenance = {"text": text_prov, "image": image_prov, "data": data_prov, "precision": precision,
                   "precision_choice": precision_choice,
@@ -183,21 +184,13 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     return report
 
 
-def _class_prompts(spec: str, label_names) -> list[str]:
-    from .towers import class_prompts
-
-    return class_prompts(spec, label_names)
-
-
 def _prompts(prompts: list[str], tokenizer, text_model, text: TextExtractorConfig, text_prov: dict):
     """(provenance entry, (C, D) embeddings) of the class prompts, by the two-tower text tower (fp32, CPU)."""
-    from .towers import encode_prompts, logit_scale
-
     if not hasattr(text_model, "features"):
         raise DataError(f"--class-prompts needs a two-tower text model (a CLIP or SigLIP checkpoint); {text.model} "
                         "is a text encoder only")
-    emb = encode_prompts(prompts, tokenizer, text_model, text_model.max_length, text_model.pad_to_max_length)
-    scale, bias = logit_scale(text_model.model)
+    emb = towers.encode_prompts(prompts, tokenizer, text_model)
+    scale, bias = towers.logit_scale(text_model.model)
     return {"prompts": prompts, "logit_scale": scale, "logit_bias": bias, "model": text.model,
             "weights_sha256": text_prov.get("weights_sha256"), "source": text_prov.get("source"),
             "feature": "text/proj"}, emb

@@ -84,14 +84,9 @@ def _paired_text(cfg: TextExtractorConfig, tokenizer):
     from .towers import PairedText, load_paired, pads_to_max_length, text_dims, text_max_length
 
     model, source, local, base = load_paired(cfg.model)
-    longest = text_max_length(model) or cfg.max_length
-    max_length = min(cfg.max_length, longest)
-    tower = PairedText(model, tokenizer.pad_token_id)
-    pad_max = pads_to_max_length(model)
-    tower.pad_to_max_length, tower.max_length = pad_max, max_length
-    enc = tokenizer(["a photo", "two words here"], truncation=True, max_length=max_length,
-                    padding="max_length" if pad_max else True, return_tensors="pt")
-    tower.verify({k: v for k, v in enc.items() if k in tokenizer.model_input_names})
+    max_length, pad_max = min(cfg.max_length, text_max_length(model) or cfg.max_length), pads_to_max_length(model)
+    tower = PairedText(model, tokenizer.pad_token_id, max_length, pad_max)
+    tower.verify(tower.batch(tokenizer, ["a photo", "two words here"]))
     dims = text_dims(model)
     provenance = {**base, "tower": "text", "hidden_size": dims["text/pooled"], "dims": dims,
                   "max_length": max_length, "max_chars": max_chars(max_length), "pad_to_max_length": pad_max,
@@ -186,7 +181,7 @@ def encode_texts(texts: list[str], tokenizer, model, cfg: TextExtractorConfig, d
     enc = tokenize(tokenizer, texts, max_length)
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc
             and (not paired or k in tokenizer.model_input_names)]
-    pad = {"padding": "max_length", "max_length": max_length} if getattr(model, "pad_to_max_length", False) else {}
+    pad = {"padding": "max_length", "max_length": max_length} if paired and model.pad_to_max_length else {}
     order = np.argsort([len(ids) for ids in enc["input_ids"]], kind="stable")
     model.to(device)
     halve = HalveOnOOM("text model", log)

@@ -57,13 +57,21 @@ def _pad_mask(batch: dict, pad_id) -> torch.Tensor:
 
 
 class PairedText(nn.Module):
-    """A two-tower model's text tower: ``features(batch)`` -> {"pooled", "mean", "proj"} (B, D) each."""
+    """A two-tower model's text tower: ``features(batch)`` -> {"pooled", "mean", "proj"} (B, D) each; texts at
+    most ``max_length`` tokens, padded to it where the tower was trained so (SigLIP)."""
 
-    def __init__(self, model: nn.Module, pad_id):
+    def __init__(self, model: nn.Module, pad_id, max_length: int, pad_to_max_length: bool):
         super().__init__()
         self.model, self.pad_id = model, pad_id
+        self.max_length, self.pad_to_max_length = max_length, pad_to_max_length
         self.projection = getattr(model, "text_projection", None)
         self.own_call = False
+
+    def batch(self, tokenizer, texts: list[str]) -> dict:
+        """A few short texts (prompts, the load-time check) as one batch of the tower's inputs."""
+        enc = tokenizer(texts, truncation=True, max_length=self.max_length,
+                        padding="max_length" if self.pad_to_max_length else True, return_tensors="pt")
+        return {k: v for k, v in enc.items() if k in tokenizer.model_input_names}
 
     def features(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self.model.text_model(**batch)
@@ -159,11 +167,9 @@ def class_prompts(spec: str, label_names) -> list[str]:
     return lines
 
 
-def encode_prompts(prompts: list[str], tokenizer, tower: PairedText, max_length: int, pad_max: bool) -> np.ndarray:
+def encode_prompts(prompts: list[str], tokenizer, tower: PairedText) -> np.ndarray:
     """The prompts' projected text embeddings (C, D), in fp32."""
-    enc = tokenizer(prompts, truncation=True, max_length=max_length,
-                    padding="max_length" if pad_max else True, return_tensors="pt")
     device = next(tower.parameters()).device
-    batch = {k: v.to(device) for k, v in enc.items() if k in tokenizer.model_input_names}
+    batch = {k: v.to(device) for k, v in tower.batch(tokenizer, prompts).items()}
     with torch.inference_mode():
         return tower.features(batch)["proj"].float().cpu().numpy()
