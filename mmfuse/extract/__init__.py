@@ -97,11 +97,6 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
         zeroshot, extras["zeroshot/text"] = _prompts(prompts, tokenizer, text_model, text, text_prov)
     precision, precision_choice = resolve_precision(precision, dev, ds.records, (tokenizer, text_model, text),
                                                     (image_model, prep, image), log)
-    if precision_choice["requested"] == "auto":
-        log(f"precision auto: {precision} ({precision_choice['reason']}"
-            + (f"; first rows' cosine to fp32 >= {precision_choice['min_cosine_first_rows']:.4f}"
-               if "min_cosine_first_rows" in precision_choice and precision == precision_choice["chosen"] else "")
-            + ")")
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
                  "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),

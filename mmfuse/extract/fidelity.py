@@ -49,7 +49,7 @@ def _collect(batches) -> dict[str, np.ndarray]:
 
 
 def resolve_precision(requested: str, dev: torch.device, records, text_parts, image_parts, log) -> tuple[str, dict]:
-    """(precision, how it was chosen) for ``requested``; ``records``: the whole split's (every shard checks the
+    """(precision, how it was chosen) for ``requested``, the choice of ``auto`` logged in one line; ``records``: the whole split's (every shard checks the
     same rows); ``text_parts`` = (tokenizer, model, config) and
     ``image_parts`` = (model, preprocessing, config) as extraction loaded them."""
     if requested != AUTO:
@@ -62,6 +62,7 @@ def resolve_precision(requested: str, dev: torch.device, records, text_parts, im
                   f"no native bf16 on this CPU (torch capability {torch.backends.cpu.get_cpu_capability()})")
     info = {"requested": AUTO, "chosen": chosen, "reason": reason}
     if chosen == "fp32":
+        log(f"precision auto: fp32 ({reason})")
         return "fp32", info
     usable = [r for r in records if not r.error]
     texts, paths = [r.text for r in usable[:CHECK_ROWS]], [r.image_path for r in usable[:CHECK_IMAGES]]
@@ -78,5 +79,7 @@ def resolve_precision(requested: str, dev: torch.device, records, text_parts, im
         log(f"precision auto: {chosen} vectors differ from fp32 on the first rows (cosine {worst:.4f} < "
             f"{MIN_COSINE}): extracting in fp32")
         info["fallback"] = "fp32"
+        log(f"precision auto: fp32 ({reason})")
         return "fp32", info
+    log(f"precision auto: {chosen} ({reason}; first rows' cosine to fp32 >= {worst:.4f})")
     return chosen, info
