@@ -22,7 +22,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[offline,grid,backbones,dev]'
+	$(BIN)/python -m pip install -q -e '.[offline,grid,backbones,formats,dev]'
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backbones and the test tools
