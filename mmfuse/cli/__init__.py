@@ -6,11 +6,13 @@ library, options declared once."""
 from __future__ import annotations
 
 from ._common import app
-# each module registers its commands on app, in this order in --help: data in, heads, grids, fine-tuning
+# each module registers its commands on app, in this order in --help: data in, heads, grids, fine-tuning,
+# features out
 from . import data  # noqa: E402,F401  isort:skip
 from . import runs  # noqa: E402,F401  isort:skip
 from . import grid  # noqa: E402,F401  isort:skip
 from . import finetune  # noqa: E402,F401  isort:skip
+from . import export  # noqa: E402,F401  isort:skip
 
 
 def main() -> None:
