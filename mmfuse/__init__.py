@@ -1,11 +1,14 @@
-"""mmfuse: extract text and image features once, then train fusion heads on them in seconds."""
-from .cache import FeatureCache
-from .errors import BackboneError, CacheError, DataError, MmfuseError
-from .extract import ExtractReport, ImageExtractorConfig, TextExtractorConfig, extract
-from .heads import FeatureSet, Head, HeadConfig, list_heads, train_head
-from .runs import evaluate_run, load_run, predict_run
+"""mmfuse: extract text and image features once, then train fusion heads on them in seconds.
+
+The names below are imported on first use (``mmfuse._lazy``): ``import mmfuse`` stays light.
+"""
+from ._lazy import attach
 
 __version__ = "0.1.0"
-__all__ = ["FeatureCache", "extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig",
-           "MmfuseError", "DataError", "CacheError", "BackboneError", "FeatureSet", "Head", "HeadConfig",
-           "train_head", "evaluate_run", "predict_run", "load_run", "list_heads"]
+__getattr__, __dir__, __all__ = attach(__name__, {
+    ".cache": ["FeatureCache"],
+    ".errors": ["MmfuseError", "DataError", "CacheError", "BackboneError"],
+    ".extract": ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig"],
+    ".heads": ["FeatureSet", "Head", "HeadConfig", "list_heads", "train_head"],
+    ".runs": ["evaluate_run", "predict_run", "load_run"],
+})

@@ -14,7 +14,6 @@ random, from ``seed``). Rows with no label left are spread over the parts that w
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from .splits import iterative_stratification  # noqa: F401 - its home is mmfuse.splits
 
@@ -42,6 +41,7 @@ def tune_thresholds(y: np.ndarray, proba: np.ndarray, mode: str = "global", min_
     ``fixed``: 0.5. ``global``: the candidate (GRID and the probabilities' percentiles) with the best
     micro-F1 (ties: the one nearest 0.5). ``per-label``: for a label with at least MIN_POSITIVES positives, the value with its best
     F1; for the others, the global one."""
+    from sklearn.metrics import f1_score  # scikit-learn on first use: extraction never needs it
     L = y.shape[1]
     if mode not in THRESHOLDS:
         raise ValueError(f"thresholds must be one of {', '.join(THRESHOLDS)}, not {mode!r}")

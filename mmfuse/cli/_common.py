@@ -22,7 +22,8 @@ from ..heads.config import (CLASS_WEIGHTS, COMBINES, IMAGE_FEATURES, LOSSES, MON
 from ..precision import PRECISIONS
 
 app = typer.Typer(help="Image+text classification on cached features.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+                  pretty_exceptions_enable=False, add_completion=False,
+                  rich_markup_mode=None)  # help texts are plain: "[default: ...]" in them is text, not markup
 
 
 @contextlib.contextmanager

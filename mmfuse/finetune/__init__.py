@@ -12,12 +12,17 @@ By job: ``config`` (FineTuneConfig), ``model`` (the model, freezing, prediction)
 of texts + images), ``loop`` (the training loop and its checkpoint), ``run`` (``finetune()``, the run
 folder, FineTunedRun). Precision (names, autocast, the auto rule) is ``mmfuse.precision``'s.
 """
-from ..precision import autocast as _autocast, choose_precision
-from .config import ALL, PRECISIONS, FineTuneConfig
-from .data import AugmentedImages, Batches, PairLoader
-from .model import FineTuneModel, _train_mode, build_model, freeze, image_stages, predict_loader, text_layers
-from .run import FineTunedRun, finetune
+from ..precision import autocast as _autocast, choose_precision  # noqa: F401 - light, and re-exported
+from .._lazy import attach
 
+# imported on first use (mmfuse._lazy): the CLI reads a few constants without the whole package
+__getattr__, __dir__, _names = attach(__name__, {
+    ".config": ["ALL", "PRECISIONS", "FineTuneConfig"],
+    ".data": ["AugmentedImages", "Batches", "PairLoader"],
+    ".model": ["FineTuneModel", "_train_mode", "build_model", "freeze", "image_stages", "predict_loader",
+               "text_layers"],
+    ".run": ["FineTunedRun", "finetune"],
+})
 __all__ = ["finetune", "FineTuneConfig", "FineTunedRun", "FineTuneModel", "PairLoader", "Batches", "AugmentedImages",
            "build_model", "freeze", "text_layers", "image_stages", "predict_loader", "choose_precision", "ALL",
            "PRECISIONS"]

@@ -26,29 +26,29 @@ The folds themselves live in :mod:`mmfuse.splits`.
 """
 from __future__ import annotations
 
-from ..splits import fold_fingerprint, make_folds, splits
-from ._backbones import PAIRS, Backbones, open_backbones, pair_dims
-from ._fit import VAL_FRACTION, Workers, evaluate_split, fit_split, fold_fits
-from ._fit import _DATA, _evaluate, _features, _sigint_ignored  # noqa: F401 - imported from here by tests
-from ._precision import BF16_SPEEDUP, default_precision, fast_precision
-from ._refitting import REFITS, refit
-from ._refitting import _refit  # noqa: F401
-from ._search import BACKENDS, FILE_OPTIONS, SEARCHES, GridConfig, GridResult, grid_configs, run_grid
-from ._search import _run_grid  # noqa: F401
-from ._select import (PICKS, final_rows, n_parameters, one_se_pick, primary, ranked, score, standard_error,
-                      stopped_rows)
-from ._spec import (CASTS, DEFAULT_GRID, LATER_FIELDS, METRICS, MULTILABEL_METRICS, MULTILABEL_ONLY, GridCell,
-                    config_id, expand_grid, for_task, load_grid_file, parse_values, row_cell, row_config,
-                    task_metrics)
-from ._spec import _float_or_auto  # noqa: F401
-from ._store import (GRID_FILES, SplitState, read_results, record_configs, repair_results, result_columns,
-                     results_header, writable_columns)
-from ._store import _check_folder, _halving, _state, _write_json  # noqa: F401
-from ._successive_halving import HALVING_FACTOR, halving_note, halving_plan, rungs
-from ._successive_halving import _rung_score  # noqa: F401
-from ._summary import backbones_note, heatmap_axis, plot_backbones, plot_grid, varied_fields, write_summary
-from ._summary import _uses, _varied  # noqa: F401 - _varied: varied_fields' former name
+from .._lazy import attach
 
+# imported on first use (mmfuse._lazy): the CLI reads a few constants without the whole package
+__getattr__, __dir__, _names = attach(__name__, {
+    "..splits": ["fold_fingerprint", "make_folds", "splits"],
+    "._backbones": ["PAIRS", "Backbones", "open_backbones", "pair_dims"],
+    "._fit": ["VAL_FRACTION", "Workers", "evaluate_split", "fit_split", "fold_fits", "_DATA", "_evaluate",
+              "_features", "_sigint_ignored"],
+    "._precision": ["BF16_SPEEDUP", "default_precision", "fast_precision"],
+    "._refitting": ["refit", "_refit"],
+    "._search": ["BACKENDS", "FILE_OPTIONS", "GridConfig", "GridResult", "grid_configs", "run_grid",
+                 "_run_grid"],
+    "._select": ["PICKS", "final_rows", "n_parameters", "one_se_pick", "primary", "ranked", "score",
+                 "standard_error", "stopped_rows"],
+    "._spec": ["REFITS", "SEARCHES", "CASTS", "DEFAULT_GRID", "LATER_FIELDS", "METRICS", "MULTILABEL_METRICS",
+               "MULTILABEL_ONLY", "GridCell", "config_id", "expand_grid", "for_task", "load_grid_file", "parse_values", "row_cell",
+               "row_config", "task_metrics", "_float_or_auto"],
+    "._store": ["GRID_FILES", "SplitState", "read_results", "record_configs", "repair_results", "result_columns",
+                "results_header", "writable_columns", "_check_folder", "_halving", "_state", "_write_json"],
+    "._successive_halving": ["HALVING_FACTOR", "halving_note", "halving_plan", "rungs", "_rung_score"],
+    "._summary": ["backbones_note", "heatmap_axis", "plot_backbones", "plot_grid", "varied_fields", "write_summary",
+                  "_uses", "_varied"],
+})
 __all__ = [
     # the search
     "GridConfig", "GridResult", "grid_configs", "run_grid", "SEARCHES", "BACKENDS", "FILE_OPTIONS",

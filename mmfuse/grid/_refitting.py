@@ -16,10 +16,9 @@ from ..multilabel import tune_thresholds
 from ..outputs import folder_kind, new_folder, write_text_atomic
 from ..splits import splits, stratified_split
 from ._fit import VAL_FRACTION, _features, fold_fits
-from ._spec import row_config
+from ._spec import REFITS, row_config  # noqa: F401 - REFITS: read here by callers
 
 # what best/ holds: the fold models averaged (the default) or one full refit (bench/experiments/refit.py)
-REFITS = ("folds", "full")
 
 
 def refit(cache, row: dict, out: Path, fold: np.ndarray, mode: str = "folds", oof: np.ndarray | None = None) -> Path:

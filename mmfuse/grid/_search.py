@@ -19,13 +19,12 @@ from ._fit import Workers, _evaluate
 from ._precision import default_precision, fast_precision
 from ._refitting import REFITS, refit
 from ._select import PICKS, final_rows, n_parameters, one_se_pick, primary, stopped_rows
-from ._spec import DEFAULT_GRID, expand_grid, for_task, load_grid_file, parse_values, row_config
+from ._spec import DEFAULT_GRID, SEARCHES, expand_grid, for_task, load_grid_file, parse_values, row_config
 from ._store import _check_folder, record_configs, repair_results
 from ._successive_halving import halving_note, halving_plan, rungs
 from ._summary import backbones_note, plot_grid, write_summary
 
 # full, the default; halving for grids too large to run in full (bench/experiments/selection.py)
-SEARCHES = ("full", "halving")
 BACKENDS = ("local", "dask")
 FILE_OPTIONS = ("folds", "repeats", "seed", "jobs")  # what a grid file may set besides its axes
 

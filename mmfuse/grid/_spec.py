@@ -19,6 +19,9 @@ METRICS = ("macro_f1", "accuracy", "weighted_f1", "balanced_accuracy")  # single
 MULTILABEL_METRICS = ("micro_f1", "macro_f1", "samples_f1", "map")  # multi-label; ranked by micro-F1
 MULTILABEL_ONLY = ("thresholds", "min_labels", "combine")  # the decision rule of multi-label heads
 
+SEARCHES = ("full", "halving")  # every configuration on every split, or successive halving over splits
+REFITS = ("folds", "full")  # the shipped model: the k fold models, or one model refit on every row
+
 
 def task_metrics(multilabel: bool) -> tuple[str, ...]:
     """The metrics a grid scores every split by, the first being the one it ranks by."""

@@ -8,12 +8,11 @@ files read back), ``bagging``
 from . import modules  # noqa: F401  (registers the torch heads)
 from . import linear  # noqa: F401  (registers logreg)
 from . import zeroshot  # noqa: F401  (registers zeroshot)
-from .bagging import BaggedHead
+from .._lazy import attach
 from .config import HeadConfig
-from .estimator import Head
-from .features import FeatureSet
 from .registry import create_head, list_heads, register_head
-from .run import train_head
 
-__all__ = ["HeadConfig", "FeatureSet", "Head", "BaggedHead", "create_head", "list_heads", "register_head",
-           "train_head"]
+# the estimator and what builds on it import scikit-learn: on first use (mmfuse._lazy)
+__getattr__, __dir__, _later = attach(__name__, {".bagging": ["BaggedHead"], ".estimator": ["Head"],
+                                                 ".features": ["FeatureSet"], ".run": ["train_head"]})
+__all__ = ["HeadConfig", "create_head", "list_heads", "register_head", *_later]
