@@ -229,6 +229,8 @@ def test_the_lazy_packages_still_export_every_name():
         missing = [name for name in package.__all__ if getattr(package, name, None) is None]
         assert not missing, f"{package.__name__} lists names it cannot import: {missing}"
     assert mmfuse.grid.REFITS == ("folds", "full") and "Head" in dir(mmfuse.heads)
+    import mmfuse.extract.text  # noqa: F401 - a submodule import must not shadow the function of its name
+    assert callable(mmfuse.extract) and callable(mmfuse.finetune.finetune)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         mmfuse.grid.nope
 
