@@ -7,6 +7,7 @@ without decoding pixels) and hashed for duplicates. Writes PNGs, ``summary.md`` 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import CsvFormat, DataSet, read_data
+from .data import Columns, CsvFormat, DataSet, data_kind, read_data
 from .outputs import new_folder
 
 IMAGE_BINS = (64, 128, 224, 256, 512, 1024)  # image sides worth knowing: below the model's crop, above
@@ -37,12 +38,13 @@ def _split_stats(ds: DataSet, tokenizer, max_length: int, progress: bool) -> dic
         if r.text.strip():
             text_rows[" ".join(r.text.lower().split())].append(r.guid)
         try:
-            with Image.open(r.image_path) as img:  # the header only: no pixels decoded
+            raw = r.image_path.read_bytes()  # a file, or an image inside a tar / Parquet / Arrow file
+            with Image.open(io.BytesIO(raw)) as img:  # the header only: no pixels decoded
                 widths.append(img.width)
                 heights.append(img.height)
                 formats[img.format or "?"] += 1
                 modes[img.mode] += 1
-            image_hash[hashlib.sha1(r.image_path.read_bytes()).hexdigest()].append(r.guid)
+            image_hash[hashlib.sha1(raw).hexdigest()].append(r.guid)
         except Exception as e:  # noqa: BLE001 - every unreadable file is listed with its error
             failed.append({"guid": r.guid, "file": str(r.image_path), "error": f"{type(e).__name__}: {e}"})
     texts, limit, n_cut = [r.text for r in ds.records], None, 0
@@ -72,26 +74,27 @@ def _split_stats(ds: DataSet, tokenizer, max_length: int, progress: bool) -> dic
 
 
 def inspect_data(source: str | Path, out: str | Path, *, csv_format: CsvFormat | None = None,
-                 splits: tuple[str, ...] | None = None, tokenizer=None, tokenizer_name: str = "words",
-                 max_length: int = 128, progress: bool = True, log: Callable[[str], None] = print,
-                 overwrite: bool = False) -> Path:
-    """EDA of a course folder (both splits, and the leak check between them) or a CSV file into ``out``;
+                 columns: Columns | None = None, splits: tuple[str, ...] | None = None, tokenizer=None,
+                 tokenizer_name: str = "words", max_length: int = 128, progress: bool = True,
+                 log: Callable[[str], None] = print, overwrite: bool = False) -> Path:
+    """EDA of a course folder (both splits, and the leak check between them), a CSV file, or WebDataset /
+    Parquet / datasets data (``columns``; the ``train`` split, or ``splits``) into ``out``;
     returns the path of ``summary.md``. ``tokenizer``: a Hugging Face tokenizer (None: words). ``out`` is
     written beside itself and renamed into place when complete; an existing one is replaced only with
     ``overwrite``."""
     out = Path(out)
     with new_folder(out, "inspect folder", overwrite) as tmp:
-        _inspect(source, tmp, csv_format, splits, tokenizer, tokenizer_name, max_length, progress)
+        _inspect(source, tmp, csv_format, columns, splits, tokenizer, tokenizer_name, max_length, progress)
     log(f"wrote {out / 'summary.md'} and {', '.join(sorted(p.name for p in out.glob('*.png')))} in {out}")
     return out / "summary.md"
 
 
-def _inspect(source, out: Path, csv_format, splits, tokenizer, tokenizer_name: str, max_length: int,
+def _inspect(source, out: Path, csv_format, columns, splits, tokenizer, tokenizer_name: str, max_length: int,
              progress: bool) -> None:
     if splits is None:
-        splits = ("train",) if csv_format else tuple(
+        splits = ("train",) if data_kind(source, "train", csv_format) != "course" else tuple(
             s for s, f in (("train", "train.txt"), ("test", "test_without_label.txt")) if (Path(source) / f).is_file())
-    stats = [_split_stats(read_data(source, s, csv_format), tokenizer, max_length, progress) for s in splits]
+    stats = [_split_stats(read_data(source, s, csv_format, columns), tokenizer, max_length, progress) for s in splits]
     leaks = {}
     if len(stats) == 2:
         a, b = stats

@@ -11,16 +11,27 @@ from .cache import CHUNK_ROWS, MODALITIES, CacheWriter, FeatureCache, _open, fea
 from .errors import CacheError, MmfuseError
 
 
-SHARDINGS = ("round-robin", "contiguous")  # how a data set's rows are dealt to the shards
+SHARDINGS = ("round-robin", "contiguous", "whole-files")  # how a data set's rows are dealt to the shards
 
 
-def shard_rows(n: int, rank: int, world: int, how: str = "round-robin") -> np.ndarray:
+def shard_rows(n: int, rank: int, world: int, how: str = "round-robin", groups=None) -> np.ndarray:
     """The rows (ascending) of an n-row data set that shard ``rank`` of ``world`` extracts: every
-    world-th row from ``rank`` (round-robin), or the rank-th of ``world`` near-equal contiguous runs."""
+    world-th row from ``rank`` (round-robin), the rank-th of ``world`` near-equal contiguous runs, or
+    (whole-files) the rows of every world-th input file from ``rank``; ``groups``: each row's input file
+    (tar shard, Parquet file), so that a rank reads whole files of its own."""
     if world < 1 or not 0 <= rank < world:
         raise MmfuseError(f"--shard {rank}/{world}: the rank must be 0..{world - 1} and the world at least 1")
     if how not in SHARDINGS:
         raise MmfuseError(f"unknown sharding {how!r}: choose {', '.join(SHARDINGS)}")
+    if how == "whole-files":
+        files = np.unique(groups) if groups is not None else []
+        if len(files) < 2:
+            raise MmfuseError("--sharding whole-files deals input files (tar shards, Parquet files) to the ranks: "
+                              "this data set is not several such files; use round-robin or contiguous")
+        if world > len(files):
+            raise MmfuseError(f"--shard {rank}/{world}: {len(files)} input files cannot give each of {world} shards "
+                              "a file; use fewer shards, or --sharding round-robin")
+        return np.flatnonzero(np.isin(np.asarray(groups), files[rank::world]))
     if world > n:
         raise MmfuseError(f"--shard {rank}/{world}: {n} rows cannot give each of {world} shards a row; use fewer shards")
     if how == "round-robin":

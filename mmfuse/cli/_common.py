@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..shards import SHARDINGS
-from ..data import CsvFormat, parse_label_names
+from ..data import Columns, CsvFormat, parse_label_names
 from ..errors import MmfuseError
 from ..extract import STORE_DTYPES
 from ..finetune import FineTuneConfig
@@ -82,20 +82,35 @@ DropoutRate = Annotated[float, typer.Option(help="The head's dropout.")]
 LossKind = Annotated[Loss, typer.Option(help="ce (softmax cross-entropy) or hinge (multiclass SVM).")]
 ClassWeighting = Annotated[ClassWeight, typer.Option(help="balanced (inverse class frequency) or none.")]
 Images = Annotated[Optional[Path], typer.Option(help="CSV data: the folder of the images named by the id column.")]
-IdCol = Annotated[str, typer.Option(help="CSV data: the image id column.")]
-LabelsCol = Annotated[str, typer.Option(help="CSV data: the labels column (absent: an unlabelled file).")]
-TextCol = Annotated[str, typer.Option(help="CSV data: the text column.")]
-LabelSep = Annotated[str, typer.Option(help="CSV data: separator between labels in a cell (' ': whitespace).")]
-LabelNames = Annotated[Optional[str], typer.Option(help="CSV data: the label set in column order, as a comma list "
-                                                   "(1,2,...,19) or a file with one name per line; use the same for "
-                                                   "train and test [default: the labels seen, sorted].")]
+IdCol = Annotated[Optional[str], typer.Option(help="The id column: CSV: the image id [default: ImageID]; Parquet, "
+                                               "datasets, WebDataset .json: the guid [default: id, key, ... if there "
+                                               "is one, else the row index; WebDataset: the key].")]
+LabelsCol = Annotated[Optional[str], typer.Option(help="The labels column [CSV default: Labels; others: label, labels, "
+                                                  "cls, ... if there is one]; absent: unlabelled.")]
+TextCol = Annotated[Optional[str], typer.Option(help="The text column [CSV default: Caption; others: text, caption, "
+                                                "...; WebDataset: KEY.txt, else this .json field].")]
+LabelSep = Annotated[Optional[str], typer.Option(help="Separator between labels in a cell (' ': whitespace) [CSV "
+                                                 "default: ' '; others: none, a list cell is multi-label].")]
+ImageCol = Annotated[Optional[str], typer.Option(help="Parquet / datasets: the image column: bytes, a {bytes, path} "
+                                                 "struct or a path [default: image, img, ..., or the one bytes "
+                                                 "column; imagefolder: file_name].")]
+LabelNames = Annotated[Optional[str], typer.Option(help="The label set in column order, as a comma list (1,2,...,19) "
+                                                   "or a file with one name per line; class indices map into it; use "
+                                                   "the same for train and test [default: ClassLabel names, else the "
+                                                   "labels seen, sorted].")]
 
 
 def csv_format(images, id_col, labels_col, text_col, label_sep, label_names) -> CsvFormat | None:
-    """The CSV options as the reader's CsvFormat (None without --images: a course-format folder)."""
+    """The CSV options as the reader's CsvFormat (None without --images: another format)."""
     if images is None:
         return None
-    return CsvFormat(images, id_col, labels_col, text_col, label_sep, parse_label_names(label_names))
+    return CsvFormat(images, id_col or CSV["id_col"], labels_col or CSV["labels_col"], text_col or CSV["text_col"],
+                     CSV["label_sep"] if label_sep is None else label_sep, parse_label_names(label_names))
+
+
+def table_columns(id_col, labels_col, text_col, label_sep, label_names, image_col) -> Columns:
+    """The column options of WebDataset, Parquet and datasets folders (None: found by name)."""
+    return Columns(id_col, text_col, labels_col, image_col, label_sep, parse_label_names(label_names))
 
 
 def _number_or_auto(value: str, option: str):

@@ -10,8 +10,8 @@ import typer
 from ..errors import MmfuseError
 from ..extract import ImageExtractorConfig, TextExtractorConfig
 from ..precision import AUTO_PRECISIONS
-from ._common import (CSV, IdCol, Images, LabelNames, LabelSep, LabelsCol, OnError, Progress, Sharding, StoreDtype,
-                      TextCol, app, choices, csv_format, user_errors)
+from ._common import (IdCol, ImageCol, Images, LabelNames, LabelSep, LabelsCol, OnError, Progress, Sharding,
+                      StoreDtype, TextCol, app, choices, csv_format, table_columns, user_errors)
 
 T, I = TextExtractorConfig(), ImageExtractorConfig()  # the CLI's defaults are the configs' defaults
 ExtractPrecision = choices("ExtractPrecision", AUTO_PRECISIONS)
@@ -20,8 +20,12 @@ ExtractPrecision = choices("ExtractPrecision", AUTO_PRECISIONS)
 @app.command()
 def extract(
     data_dir: Path = typer.Argument(..., help="Course-format folder (train.txt, test_without_label.txt, data/), "
-                                    "or a multi-label CSV (ImageID,Labels,Caption) with --images."),
-    split: str = typer.Option("train", help="train or test (course format)."),
+                                    "a multi-label CSV (ImageID,Labels,Caption) with --images, WebDataset tar shards "
+                                    "('DIR/{00000..00009}.tar', a folder of .tar or one .tar), Parquet (a file or a "
+                                    "folder), or a Hugging Face datasets folder (save_to_disk, or images with "
+                                    "metadata.jsonl|csv)."),
+    split: str = typer.Option("train", help="train or test (course format); the DatasetDict split or the files "
+                              "named after it (other formats)."),
     out: Optional[Path] = typer.Option(None, help="Cache file to write [default: features/{split}.h5]."),
     text_model: str = typer.Option(T.model, help="HF hub id or local folder (BERT-family, sentence-transformers, "
                                    "or a CLIP/SigLIP checkpoint's text tower), or 'minilm' (offline)."),
@@ -49,15 +53,17 @@ def extract(
     on_error: OnError = typer.Option(OnError("raise"), help="raise: stop at a bad record; skip: record and skip it."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache (kept until the new one is complete)."),
     images: Images = None,
-    id_col: IdCol = CSV["id_col"],
-    labels_col: LabelsCol = CSV["labels_col"],
-    text_col: TextCol = CSV["text_col"],
-    label_sep: LabelSep = CSV["label_sep"],
+    id_col: IdCol = None,
+    labels_col: LabelsCol = None,
+    text_col: TextCol = None,
+    label_sep: LabelSep = None,
     label_names: LabelNames = None,
+    image_col: ImageCol = None,
     shard: Optional[str] = typer.Option(None, help="RANK/WORLD: extract this share of the rows into "
                                         "OUT.shard-RANK-of-WORLD.h5 [default under torchrun: $RANK/$WORLD_SIZE]."),
     sharding: Sharding = typer.Option(Sharding("round-robin"), help="How rows are dealt to shards: round-robin "
-                                      "(every WORLD-th row) or contiguous runs."),
+                                      "(every WORLD-th row), contiguous runs, or whole-files (every WORLD-th input "
+                                      "tar / Parquet file: each rank reads only its own files)."),
     merge: bool = typer.Option(False, help="Under torchrun: once every shard is done, rank 0 merges them into OUT."),
     progress: Progress = True,
 ):
@@ -69,6 +75,7 @@ def extract(
             "(nothing is computed twice)")
     with user_errors(kept):
         csv = csv_format(images, id_col, labels_col, text_col, label_sep, label_names)
+        columns = table_columns(id_col, labels_col, text_col, label_sep, label_names, image_col)
         parts = parse_shard(shard)
         if merge and parts is None:
             raise MmfuseError("--merge merges the shards of a sharded run: give --shard or start it with torchrun")
@@ -79,7 +86,7 @@ def extract(
             on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo, csv_format=csv,
             text=TextExtractorConfig(text_model, max_length, batch_size or T.batch_size),
             image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize),
-            shard=parts, sharding=sharding.value)
+            shard=parts, sharding=sharding.value, columns=columns)
     speed = ", ".join(f"{m} {report.computed[m]} in {s:.1f} s ({report.computed[m] / max(s, 1e-9):.1f}/s)"
                       for m, s in report.seconds.items())
     typer.echo(f"wrote {report.path}: {report.rows} rows, {len(report.skipped)} skipped; computed {speed}")
@@ -108,19 +115,21 @@ def merge_cmd(
 
 @app.command()
 def inspect(
-    data_dir: Path = typer.Argument(..., help="Course-format folder (both splits and the leak check between them) "
-                                    "or a multi-label CSV with --images."),
+    data_dir: Path = typer.Argument(..., help="Course-format folder (both splits and the leak check between them), "
+                                    "a multi-label CSV with --images, or WebDataset / Parquet / datasets data (as for "
+                                    "extract; one split)."),
     out: Path = typer.Option(Path("eda"), help="Folder for the PNGs, summary.md and eda.json."),
     text_model: str = typer.Option(T.model, help="Tokenizer to count tokens with: HF hub id, local folder or "
                                    "'minilm' (the one you will extract with)."),
     max_length: int = typer.Option(T.max_length, help="The --max-length you will extract with: the share of texts "
                                    "it cuts."),
     images: Images = None,
-    id_col: IdCol = CSV["id_col"],
-    labels_col: LabelsCol = CSV["labels_col"],
-    text_col: TextCol = CSV["text_col"],
-    label_sep: LabelSep = CSV["label_sep"],
+    id_col: IdCol = None,
+    labels_col: LabelsCol = None,
+    text_col: TextCol = None,
+    label_sep: LabelSep = None,
     label_names: LabelNames = None,
+    image_col: ImageCol = None,
     progress: Progress = True,
     overwrite: bool = typer.Option(False, help="Replace an existing inspect folder at --out."),
 ):
@@ -130,12 +139,13 @@ def inspect(
 
     with user_errors():
         csv = csv_format(images, id_col, labels_col, text_col, label_sep, label_names)
+        columns = table_columns(id_col, labels_col, text_col, label_sep, label_names, image_col)
         try:
             tokenizer, name = load_tokenizer(text_model), Path(text_model).name
         except MmfuseError as e:
             typer.secho(f"warning: {e}; counting words instead of tokens", fg="yellow", err=True)
             tokenizer, name = None, "whitespace words"
-        summary = inspect_data(data_dir, out, csv_format=csv, tokenizer=tokenizer, tokenizer_name=name,
+        summary = inspect_data(data_dir, out, csv_format=csv, columns=columns, tokenizer=tokenizer, tokenizer_name=name,
                                max_length=max_length, progress=progress, log=typer.echo, overwrite=overwrite)
     typer.echo(summary.read_text())
 

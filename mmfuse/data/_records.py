@@ -3,6 +3,7 @@ the texts and images they point to."""
 from __future__ import annotations
 
 import hashlib
+import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,10 +24,42 @@ FALLBACK_ENCODINGS = ("gb18030", "cp1252", "latin-1")
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """An image stored inside a container file: a tar member (read with one seek+read at ``offset``),
+    a Parquet cell (row group + row) or a cell of a Hugging Face datasets Arrow file (row)."""
+
+    kind: str  # "tar", "parquet" or "arrow"
+    container: Path  # the tar, Parquet or Arrow file
+    member: str  # tar: the member name; else "row N" (N: the row in the data set), for messages
+    size: int = -1  # bytes (-1: not known before reading)
+    offset: int = -1  # tar: where the member's data starts
+    row_group: int = 0  # parquet: the row group
+    row: int = 0  # parquet: the row within the row group; arrow: the row within the file
+    column: str = ""  # parquet, arrow: the image column
+
+    def __str__(self) -> str:
+        return f"{self.container}:{self.member}"
+
+    def read_bytes(self) -> bytes:
+        """The image's encoded bytes (a tar member: one seek and read; a table cell: see ``_cells``)."""
+        if self.kind == "tar":
+            with open(self.container, "rb") as f:
+                f.seek(self.offset)
+                raw = f.read(self.size)
+            if len(raw) != self.size:
+                raise DataError(f"{self}: truncated ({len(raw)} of {self.size} bytes): the tar changed since it "
+                                "was read")
+            return raw
+        from ._cells import read_cell
+
+        return read_cell(self)
+
+
+@dataclass(frozen=True)
 class Record:
     guid: str
     text: str  # decoded text ("" when the text file is missing: see error)
-    image_path: Path
+    image_path: Path | ImageRef  # a file, or an image inside a tar / Parquet / Arrow file
     labels: tuple[str, ...]  # tag names; empty when unlabelled, one tag in single-label sets
     source: str  # "file:line" of the row, for messages
     encoding: str = "utf-8"  # encoding the text was decoded with
@@ -45,7 +78,10 @@ class DataSet:
     multilabel: bool = False
     encodings: Counter = field(default_factory=Counter)  # encoding -> number of texts
     labelled: bool = True  # multi-label: whether the rows carry label sets (an empty set is a label set)
-    format: str = "course"  # course or csv
+    format: str = "course"  # course, csv, webdataset, parquet, hf-datasets or imagefolder
+    sources: tuple[Path, ...] = ()  # webdataset, parquet, hf-datasets, imagefolder: the files read
+    groups: tuple[int, ...] = ()  # per record, the index in ``sources`` of its input file (empty: one file)
+    options: dict = field(default_factory=dict)  # how to read it again (resolved columns, label set)
 
     @property
     def errors(self) -> list[Record]:
@@ -56,12 +92,29 @@ class DataSet:
         """How many texts were not valid UTF-8 and needed a fallback encoding."""
         return sum(n for enc, n in self.encodings.items() if enc != "utf-8")
 
+    @property
+    def fingerprint_method(self) -> str:
+        if self.sources:
+            return "sha256: input files' names, sizes and mtimes; rows' guid, text, labels and image size"
+        return "sha256: split file bytes; rows' guid, text and image file size"
+
     def fingerprint(self) -> str:
-        """sha256 over the split file and every record's guid, decoded text and image file size."""
-        h = hashlib.sha256(self.split_file.read_bytes())
+        """sha256 over the split file and every record's guid, decoded text and image file size; with
+        ``sources`` (tar shards, Parquet / Arrow files), over their names, sizes and mtimes instead of a
+        split file, plus each record's labels: no image byte is read."""
+        if not self.sources:
+            h = hashlib.sha256(self.split_file.read_bytes())
+        else:
+            h = hashlib.sha256(b"files\n")
+            for p in self.sources:
+                st = p.stat()
+                h.update(f"{p.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         for r in self.records:
-            size = r.image_path.stat().st_size if r.image_path.is_file() else -1
+            image = r.image_path
+            size = image.size if isinstance(image, ImageRef) else image.stat().st_size if image.is_file() else -1
             h.update(f"{r.guid}\t{len(r.text)}\t{size}\n{r.text}\n".encode())
+            if self.sources:
+                h.update(("\t".join(r.labels) + "\n").encode())
         return h.hexdigest()
 
     def label_array(self) -> np.ndarray:
@@ -101,8 +154,9 @@ def decode_text(raw: bytes, fallbacks: tuple[str, ...] = FALLBACK_ENCODINGS) -> 
     return raw.decode("latin-1"), "latin-1"
 
 
-def open_image(path: Path, draft_size: int | None = None) -> Image.Image:
-    """Open any image Pillow reads (also PNG/GIF saved as .jpg, grayscale, CMYK, RGBA, 16-bit) as RGB.
+def open_image(path: Path | ImageRef, draft_size: int | None = None) -> Image.Image:
+    """Open any image Pillow reads (also PNG/GIF saved as .jpg, grayscale, CMYK, RGBA, 16-bit) as RGB, from a
+    file or an :class:`ImageRef` (an image inside a tar, Parquet or Arrow file).
 
     Transparent pixels become white; 16-bit images are scaled to 8 bits; an animated image gives its
     first frame; the EXIF orientation tag is not applied (the stored pixels are used, as torchvision's
@@ -114,7 +168,7 @@ def open_image(path: Path, draft_size: int | None = None) -> Image.Image:
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(path)
+        img = Image.open(io.BytesIO(path.read_bytes()) if isinstance(path, ImageRef) else path)
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         if img.mode.startswith("I;16") or img.mode in ("I", "F"):  # 16-bit / 32-bit grey: Pillow's convert

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
 from ..shards import shard_path, shard_rows
-from ..data import CsvFormat, read_data
+from ..data import Columns, CsvFormat, read_data
 from ..errors import DataError
 from ..precision import native_bf16
 from .common import library_versions, resolve_device
@@ -46,17 +46,19 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
             device: str = "auto", precision: str = "auto", store_dtype: str = "float32",
             on_error: str = "raise", overwrite: bool = False, progress: bool = True,
             csv_format: CsvFormat | None = None, shard: tuple[int, int] | None = None,
-            sharding: str = "round-robin", class_prompts: str | None = None,
+            sharding: str = "round-robin", class_prompts: str | None = None, columns: Columns | None = None,
             log: Callable[[str], None] = print) -> ExtractReport:
     """Extract text and image features of one split into ``out`` (default features/{split}.h5).
 
-    ``data_dir``: a course-format folder (``split`` names the split), or a multi-label CSV file read
-    with ``csv_format`` (its images folder, columns and label names; the default out is named after it).
+    ``data_dir``: a course-format folder (``split`` names the split), a multi-label CSV file read
+    with ``csv_format`` (its images folder, columns and label names; the default out is named after it),
+    or WebDataset tar shards, Parquet files or a Hugging Face datasets folder, read with ``columns``.
 
     Resumes an interrupted run with the same configuration; refuses to replace a cache of another
     configuration unless ``overwrite``. ``on_error="skip"`` skips bad records and records why.
 
-    ``shard=(rank, world)``: extract only this shard's rows (``sharding``: round-robin or contiguous)
+    ``shard=(rank, world)``: extract only this shard's rows (``sharding``: round-robin, contiguous, or
+    whole-files: whole input files (tar shards, Parquet files) dealt to the ranks)
     into ``{out stem}.shard-RANK-of-WORLD.h5``, resumable on its own; ``mmfuse.cache.merge_shards``
     joins the shards. On a GPU the shard takes ``cuda:$LOCAL_RANK`` (torchrun's); on CPU each of the
     machine's shard processes ($LOCAL_WORLD_SIZE, else ``world``) gets an equal share of the cores.
@@ -68,10 +70,11 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     text, image = text or TextExtractorConfig(), image or ImageExtractorConfig()
     if store_dtype not in STORE_DTYPES:
         raise DataError(f"unknown store dtype {store_dtype!r}: choose {', '.join(STORE_DTYPES)}")
-    ds = read_data(data_dir, split, csv_format)
+    ds = read_data(data_dir, split, csv_format, columns)
     out = Path(out or f"features/{ds.split}.h5")
     ds.check(on_error)  # raises on bad records unless skipping
-    whole = np.arange(len(ds.records)) if shard is None else shard_rows(len(ds.records), *shard, sharding)
+    whole = np.arange(len(ds.records)) if shard is None else shard_rows(len(ds.records), *shard, sharding,
+                                                                        ds.groups or None)
     records = [ds.records[i] for i in whole]  # this run's rows: all, or the shard's
     whole_out = out
     if shard is not None:
@@ -99,11 +102,13 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                                                     (image_model, prep, image), log)
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
-                 "fingerprint": ds.fingerprint(), "encodings": dict(ds.encodings),
+                 "fingerprint": ds.fingerprint(), "fingerprint_method": ds.fingerprint_method,
+                 "encodings": dict(ds.encodings),
                  "label_names": list(ds.label_names), "multilabel": ds.multilabel,
                  **({"columns": {"id": csv_format.id_col, "labels": csv_format.labels_col, "text": csv_format.text_col},
                      "label_sep": csv_format.label_sep, "images": str(Path(csv_format.images).resolve())}
-                    if ds.format == "csv" else {})}
+                    if ds.format == "csv" else {}),
+                 **({"options": ds.options, "files": [p.name for p in ds.sources]} if ds.sources else {})}
     # numerics of this run that change features slightly without changing what they are: resuming
     # under other ones would mix rows computed two ways, so they are part of the resume identity
     # the one-time TorchScript optimisation only where the split is long enough to pay for it
@@ -117,7 +122,9 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
                   "text_config": asdict(text), "image_config": asdict(image), "on_error": on_error,
                   "device": str(dev), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   **({"zeroshot": zeroshot} if class_prompts else {})}
-    identity_src = {"features": feature_identity(provenance), "data": data_prov, "numerics": numerics,
+    # the fingerprint method follows from the format: left out, so caches of older versions still resume
+    identity_src = {"features": feature_identity(provenance), "numerics": numerics,
+                    "data": {k: v for k, v in data_prov.items() if k != "fingerprint_method"},
                     **({"zeroshot": zeroshot} if class_prompts else {})}
     identity = hashlib.sha256(json.dumps(identity_src, sort_keys=True, default=str).encode()).hexdigest()
     spec = None
