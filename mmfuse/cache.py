@@ -43,24 +43,18 @@ import numpy as np
 
 from .errors import CacheError, MmfuseError, write_failed
 from .identity import describe as _describe, feature_identity, feature_mismatch  # noqa: F401 (feature_mismatch: re-exported)
-from .outputs import LockedError, TargetLock, describe_holder, lock_holder
+from .outputs import LockedError, TargetLock, describe_holder, lock_holder  # noqa: F401 (re-exported)
+# the read side and what both sides share live in cache_read; importable from here as before
+from .cache_read import (EXTRAS, FORMAT, MODALITIES, READ_ROWS, FeatureCache, _final, _is_complete,  # noqa: F401
+                         _open, partial_path, read_rows)
 
-FORMAT = "mmfuse-cache"
 VERSION = 3  # 3: space allocated at creation, fixed-length skip reasons, ``complete`` a dataset
 REASON_BYTES = 512  # a skip reason longer than this is cut (at a character boundary)
-MODALITIES = ("text", "image")
-EXTRAS = ("zeroshot/text",)  # datasets that are not per row, copied as they are by merges
 CHUNK_ROWS = 256  # rows per HDF5 chunk; also the unit of buffered writes
 _str = h5py.string_dtype()
 
 
 # --- one writer at a time --------------------------------------------------------------------------
-def partial_path(path: str | Path) -> Path:
-    """Where a cache is written until it is complete: ``{cache}.partial``, renamed to ``{cache}`` at the end."""
-    path = Path(path)
-    return path.with_name(path.name + ".partial")
-
-
 def acquire_writer_lock(path: Path, what: str = "extraction",
                         advice: str = "wait for it to finish or stop it; `mmfuse info` shows its progress") -> TargetLock:
     """Take ``path``'s writer lock (``{path}.lock``) or raise CacheError naming the process that holds it.
@@ -73,25 +67,6 @@ def acquire_writer_lock(path: Path, what: str = "extraction",
 
 def release_writer_lock(path: Path, lock: TargetLock) -> None:
     lock.release()
-
-
-def _open(path: Path, mode: str, locked: bool = False, **kw) -> h5py.File:
-    """Open an HDF5 file; an error names the extraction writing it, unless ``locked`` (we are that writer)."""
-    try:
-        return h5py.File(path, mode, **kw)
-    except OSError as e:
-        holder = None if locked else lock_holder(_final(path))
-        if holder is not None:
-            raise CacheError(describe_holder(_final(path), holder, "extraction") + ": wait for it to finish "
-                             "(`mmfuse info` shows its progress)") from None
-        raise CacheError(f"cannot open feature cache {path}: {str(e).splitlines()[0][:160]}. It is damaged or not "
-                         "an HDF5 file: re-run the extract command that made it with --overwrite (the file is "
-                         "kept until the new cache is complete).") from None
-
-
-def _final(path: Path) -> Path:
-    """The cache a ``.partial`` file becomes."""
-    return path.with_name(path.name[:-len(".partial")]) if path.name.endswith(".partial") else path
 
 
 _REASON = h5py.string_dtype("utf-8", REASON_BYTES)
@@ -108,10 +83,6 @@ def _early():
     dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
     dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
     return dcpl
-
-
-def _is_complete(f: h5py.File) -> bool:
-    return bool(f["complete"][0]) if "complete" in f else bool(f.attrs.get("complete", False))  # version 2: attr
 
 
 class CacheWriter:
@@ -325,114 +296,3 @@ def metadata_bytes(path: str | Path) -> bytes:
                 off = ds.id.get_offset()
                 data[off:off + ds.id.get_storage_size()] = bytes(ds.id.get_storage_size())
     return bytes(data)
-
-
-class FeatureCache:
-    """Read API over a finished cache. Skipped rows are left out of everything but ``skipped``.
-
-    >>> cache = FeatureCache("features/train.h5")
-    >>> X = cache.features("text/cls")          # (N, D) float32 numpy
-    >>> y = cache.labels                          # (N,) int, -1 unlabelled
-    """
-
-    def __init__(self, path: str | Path, allow_incomplete: bool = False):
-        self.path = Path(path)
-        if not self.path.is_file():
-            holder, partial = lock_holder(self.path), partial_path(self.path)
-            if holder is not None:
-                raise CacheError(describe_holder(self.path, holder, "extraction") + ": wait for it to finish "
-                                 "(`mmfuse info` shows its progress)")
-            if not partial.is_file():
-                raise CacheError(f"feature cache not found: {self.path}")
-            self.path = partial
-        with _open(self.path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise CacheError(f"{self.path} is not an mmfuse feature cache")
-            try:
-                self._read(f, allow_incomplete)
-            except (KeyError, ValueError, TypeError, IndexError) as e:
-                part = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0][:160]
-                raise CacheError(f"{self.path} is a damaged mmfuse cache ({part}): extract it again with "
-                                 "--overwrite") from None
-
-    def _read(self, f: h5py.File, allow_incomplete: bool) -> None:
-        self.complete = _is_complete(f)
-        if not self.complete and not allow_incomplete:
-            done = int(np.sum(f["done/text"][:] & f["done/image"][:] | f["skipped"][:]))
-            raise CacheError(f"{_final(self.path)} is incomplete ({done}/{len(f['guid'])} rows): they are kept in "
-                             f"{self.path.name}; re-run the same extract command to resume it.")
-        self.provenance: dict = json.loads(f.attrs["provenance"])
-        self.identity: str = str(f.attrs["identity"])  # features + data + run numerics: resume key
-        self.feature_identity = feature_identity(self.provenance)  # what must match to compare features
-        self.label_names: tuple[str, ...] = tuple(json.loads(f.attrs["label_names"]))
-        self.multilabel = bool(f.attrs["multilabel"])
-        all_guids = [g.decode() if isinstance(g, bytes) else g for g in f["guid"][:]]
-        skipped = f["skipped"][:]
-        reasons = [r.decode() if isinstance(r, bytes) else r for r in f["skip_reason"][:]]
-        if not (len(all_guids) == len(skipped) == len(reasons) == len(f["label"])):
-            raise ValueError("its guid, label and skipped datasets differ in length")
-        self._keep = np.flatnonzero(~skipped)
-        self.guids: list[str] = [all_guids[i] for i in self._keep]
-        self.labels: np.ndarray = f["label"][:][self._keep]
-        self.skipped: list[tuple[str, str]] = [(all_guids[i], reasons[i]) for i in np.flatnonzero(skipped)]
-        self.feature_names: list[str] = []
-        f.visititems(lambda name, obj: self.feature_names.append(name)
-                     if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and name.split("/")[0] in MODALITIES
-                     else None)
-        self.dims = {n: f[n].shape[1] for n in self.feature_names}
-        self.extras = {n: f[n][:] for n in EXTRAS if n in f}  # not per row: zeroshot/text (C, D)
-        self.dtypes = {n: str(f[n].dtype) for n in self.feature_names}
-        for n in self.feature_names:
-            if f[n].shape[0] != len(all_guids):
-                raise ValueError(f"{n} has {f[n].shape[0]} rows for {len(all_guids)} guids")
-        for name in ("done/text", "done/image"):
-            if name not in f:
-                raise KeyError(name)
-
-    def __len__(self) -> int:
-        return len(self.guids)
-
-    @staticmethod
-    def progress(path: str | Path, holder: dict | None = None) -> dict:
-        """Rows done per modality of a cache, also while another process is writing it
-        ({"rows", "text", "image", "skipped", "complete", "writer"}). Read without HDF5's file lock, so
-        a number may lag the writer by a chunk; nothing here is used as features. ``holder``: the
-        writer, when the caller has already asked ``lock_holder``."""
-        path = Path(path)
-        holder = holder or lock_holder(path)
-        if partial_path(path).is_file() and (holder or not path.is_file()):  # the cache being written (an
-            path = partial_path(path)  # --overwrite run writes beside the finished one)
-        with _open(path, "r", locking=False) if holder else _open(path, "r") as f:
-            skipped = f["skipped"][:]
-            return {"rows": len(skipped), "skipped": int(skipped.sum()), "complete": _is_complete(f),
-                    "writer": holder, **{m: int(f[f"done/{m}"][:].sum()) for m in MODALITIES}}
-
-    def features(self, name: str, torch: bool = False, dtype=np.float32):
-        """The (N, D) features ``name`` (e.g. "text/cls") of the kept rows, as numpy or torch."""
-        if name not in self.feature_names:
-            raise CacheError(f"{self.path} has no features {name!r}; it has {', '.join(self.feature_names)}")
-        with _open(self.path, "r") as f:
-            x = f[name][:][self._keep].astype(dtype)
-        if torch:
-            import torch as _torch
-            return _torch.from_numpy(x)
-        return x
-
-    @property
-    def labelled(self) -> bool:
-        """Whether every kept row has a label (multi-label: an all-zero row is a label set, -1 is none)."""
-        if self.multilabel and (self.labels.ndim != 2 or not self.labels.shape[1]):
-            return False  # an unlabelled CSV read without label names: no label columns at all
-        return bool(np.all(self.labels >= 0))
-
-    def class_counts(self) -> dict[str, int]:
-        """Rows per label name (multi-label: rows carrying it), plus 'unlabelled' if any."""
-        if self.multilabel:
-            labelled = self.labels[(self.labels >= 0).all(1)]
-            counts = {n: int(c) for n, c in zip(self.label_names, labelled.sum(0))}
-            return {**counts, **({"unlabelled": len(self.labels) - len(labelled)} if len(labelled) < len(self.labels) else {})}
-        counts = {n: int(np.sum(self.labels == i)) for i, n in enumerate(self.label_names)}
-        unlabelled = int(np.sum(self.labels < 0))
-        if unlabelled:
-            counts["unlabelled"] = unlabelled
-        return counts

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import shutil
 import signal
 import threading
 import time
@@ -27,15 +28,19 @@ from ._spec import config_id, row_cell, task_metrics
 from ._store import _state, read_results, writable_columns
 
 VAL_FRACTION = 0.15  # of each training part, for early stopping (the held-out fold is never seen)
+SHARED = "shared"  # the grid folder's folder of features shared by its worker processes (removed at the end)
 
 _DATA: dict[tuple, FeatureSet] = {}  # per process: features loaded once, not once per fit
 
 
 def _features(source, text_feature: str = "auto", identity: str | None = None, image_feature: str = "auto",
-              backbone: str = "") -> FeatureSet:
+              backbone: str = "", shared: str | Path | None = None) -> FeatureSet:
     """The features of ``source`` (a FeatureSet; a cache path read once per process; or a grid's Backbones,
     of which the pair named ``backbone`` is read: text from one cache, images from another). Keyed by the
-    caches' identities too, so a cache re-extracted to the same path is read again, never served stale."""
+    caches' identities too, so a cache re-extracted to the same path is read again, never served stale.
+    ``shared``: a folder where they are kept as float32 ``.npy`` copies that every process memory-maps
+    (:meth:`FeatureCache.shared`), so a machine's worker processes hold one copy between them; features this
+    process read without it are replaced by those."""
     if isinstance(source, FeatureSet):
         return source
     sides = source.sides(backbone) if isinstance(source, Backbones) else ((str(source), identity),) * 2
@@ -45,7 +50,7 @@ def _features(source, text_feature: str = "auto", identity: str | None = None, i
             opened[path] = FeatureCache(path)
     (tp, tid), (ip, iid) = ((p, known or opened[p].identity) for p, known in sides)
     key = (tp, tid, ip, iid, text_feature, image_feature)
-    if key not in _DATA:
+    if key not in _DATA or (shared is not None and not _mapped_from(_DATA[key], shared)):
         for path, known in ((tp, tid), (ip, iid)):
             if path not in opened:
                 opened[path] = FeatureCache(path)
@@ -53,25 +58,39 @@ def _features(source, text_feature: str = "auto", identity: str | None = None, i
                 raise MmfuseError(f"{path} was re-extracted while the grid ran: run the grid again")
         for old in [k for k in _DATA if (k[0], k[2]) == (tp, ip) and (k[1], k[3]) != (tid, iid)]:
             del _DATA[old]  # an older extraction of these paths
-        _DATA[key] = FeatureSet.from_caches(opened[tp], opened[ip], text_feature, image_feature)
+        _DATA[key] = FeatureSet.from_caches(opened[tp], opened[ip], text_feature, image_feature, shared)
     return _DATA[key]
 
 
+def _mapped_from(data: FeatureSet, folder: str | Path) -> bool:
+    """Whether ``data``'s features are memory-mapped from files in ``folder``."""
+    return all(isinstance(a, np.memmap) and Path(a.filename).parent.resolve() == Path(folder).resolve()
+               for a in (data.text, data.image))
+
+
+def release_shared(folder: Path) -> None:
+    """Forget the features this process memory-mapped from ``folder`` and remove it: a grid's shared copies,
+    once its fits and its refit are done (a killed grid leaves them; the next run reuses them)."""
+    for key in [k for k, data in _DATA.items() if _mapped_from(data, folder)]:
+        del _DATA[key]
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 def evaluate_split(source, cfg: dict, fold: np.ndarray, split: int, threads: int = 1,
-                   identity: str | None = None) -> dict:
+                   identity: str | None = None, shared: str | None = None) -> dict:
     """Fit one configuration on one split (see :func:`mmfuse.splits.splits`) and score its held-out rows: the
     unit of work of every search and backend. Returns {config_id, split, scores (metric -> value), proba
-    (held-out rows, C), seconds, best_epoch}."""
+    (held-out rows, C), seconds, best_epoch}. ``shared``: see :func:`_features`."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # one thread per fit: the same numbers in every backend
     try:
         data = _features(source, cfg["text_feature"], identity, cfg.get("image_feature", "auto"),
-                         cfg.get("backbone", ""))
+                         cfg.get("backbone", ""), shared)
         config = row_cell(cfg)  # a HeadConfig, or a GridCell (a configuration on a backbone pair)
         head, test, seconds = fit_split(data, config, fold, split)
-        part = data.subset(test)
+        part = data.view(test)
         proba = head.predict_proba(part)
         m = metrics_for(part.y, proba, data.label_names, head.decide)  # multi-label: the fold's thresholds
         return {"config_id": config_id(config), "split": split, "proba": proba.astype(np.float32),
@@ -84,11 +103,12 @@ def evaluate_split(source, cfg: dict, fold: np.ndarray, split: int, threads: int
 def fit_split(data: FeatureSet, config: HeadConfig, fold: np.ndarray, split: int) -> tuple[Head, np.ndarray, float]:
     """(fitted head, held-out rows, seconds) of one split: the head is fit on the split's training rows,
     early-stopped on a stratified VAL_FRACTION of them (the held-out rows are never seen). A split's model
-    depends on nothing but its configuration and its rows, so any subset of splits can run, in any order."""
+    depends on nothing but its configuration and its rows, so any subset of splits can run, in any order.
+    The parts are views of ``data`` (:meth:`FeatureSet.view`): a fit copies no features."""
     train, test = splits(fold)[split]
     fit, val = stratified_split(data.y[train], VAL_FRACTION, config.seed)
     t0 = time.perf_counter()
-    head = Head(config).fit(data.subset(train[fit]), val=data.subset(train[val]))
+    head = Head(config).fit(data.view(train[fit]), val=data.view(train[val]))
     return head, test, time.perf_counter() - t0
 
 
@@ -114,16 +134,23 @@ def _sigint_ignored():
         signal.signal(signal.SIGINT, old)
 
 
+def _vectors(c: HeadConfig) -> tuple[str, str, str]:
+    """What a configuration reads: its backbone pair (a grid over several caches) and its two vectors."""
+    return getattr(c, "backbone", ""), c.text_feature, c.image_feature
+
+
 class Workers:
     """Where a grid's fits run, kept for the whole run (every rung of successive halving): this process
-    (jobs 1), a pool of ``jobs`` spawned processes (one torch thread each, the features loaded once per
-    process), or a Dask cluster (the features broadcast to its workers once per pair and vectors). ``cache``:
-    a cache path, or a grid's :class:`Backbones` (``identity`` None: they carry their own)."""
+    (jobs 1), a pool of ``jobs`` spawned processes (one torch thread each), or a Dask cluster (the features
+    broadcast to its workers once per pair and vectors). ``cache``: a cache path, or a grid's
+    :class:`Backbones` (``identity`` None: they carry their own). The pool's processes read the features
+    once each, or with ``share`` (a folder) memory-map the float32 copies this process writes there once
+    (:func:`_features`): one copy per machine, in the page cache."""
 
     def __init__(self, cache: Path | Backbones, identity: str | None, fold: np.ndarray, jobs: int,
-                 backend: str = "local", scheduler: str | None = None):
+                 backend: str = "local", scheduler: str | None = None, share: Path | None = None):
         self.cache, self.identity, self.fold, self.jobs = cache, identity, fold, jobs
-        self.backend, self.scheduler = backend, scheduler
+        self.backend, self.scheduler, self.share = backend, scheduler, share
         self.pool = self.client = None
         self.data: dict = {}
 
@@ -148,12 +175,15 @@ class Workers:
             for cfg, split in todo:
                 yield evaluate_split(self.cache, asdict(cfg), self.fold, split, identity=self.identity)
         else:
+            source = self.cache if isinstance(self.cache, Backbones) else str(self.cache)
+            shared = None if self.share is None else str(self.share)
+            for backbone, tf, vf in sorted({_vectors(c) for c, _ in todo} if shared else ()):
+                _features(self.cache, tf, self.identity, vf, backbone, shared)  # the copies written once, here
             with _sigint_ignored():  # workers start (on submit) ignoring Ctrl-C: this process handles it alone
                 if self.pool is None:
                     self.pool = ProcessPoolExecutor(self.jobs, mp_context=get_context("spawn"))
-                source = self.cache if isinstance(self.cache, Backbones) else str(self.cache)
                 futures = [self.pool.submit(evaluate_split, source, asdict(cfg), self.fold, split, 1,
-                                            self.identity) for cfg, split in todo]
+                                            self.identity, shared) for cfg, split in todo]
             try:
                 for fut in as_completed(futures):
                     yield fut.result()
@@ -169,14 +199,11 @@ class Workers:
         if self.client is None:
             self.client = (Client(self.scheduler) if self.scheduler
                            else Client(processes=True, threads_per_worker=1))
-        def key(c: HeadConfig) -> tuple[str, str, str]:
-            return getattr(c, "backbone", ""), c.text_feature, c.image_feature
-
-        for k in sorted({key(c) for c, _ in todo} - set(self.data)):
+        for k in sorted({_vectors(c) for c, _ in todo} - set(self.data)):
             # the features travel once to every worker, so no shared filesystem is needed
             data = _features(self.cache, k[1], self.identity, k[2], k[0])
             self.data[k] = self.client.scatter(data, broadcast=True)
-        futures = [self.client.submit(evaluate_split, self.data[key(c)], asdict(c), self.fold, split,
+        futures = [self.client.submit(evaluate_split, self.data[_vectors(c)], asdict(c), self.fold, split,
                                       pure=False) for c, split in todo]
         for fut in dask_completed(futures):
             yield fut.result()

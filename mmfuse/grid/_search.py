@@ -15,7 +15,7 @@ from ..heads import HeadConfig
 from ..safe import load_npy, read_json
 from ..splits import splits
 from ._backbones import Backbones, open_backbones, pair_dims
-from ._fit import Workers, _evaluate
+from ._fit import SHARED, Workers, _evaluate, release_shared
 from ._precision import default_precision, fast_precision
 from ._refitting import REFITS, refit
 from ._select import PICKS, final_rows, n_parameters, one_se_pick, primary, stopped_rows
@@ -175,6 +175,7 @@ def run_grid(cache: str | Path | list[str | Path], configs: list[HeadConfig] | N
     try:
         return _run_grid(fc, backbones or paths[0], configs, out, config, plan, progress, log)
     finally:
+        release_shared(out / SHARED)  # the workers' shared features (a killed run leaves them for the next)
         release_writer_lock(out / "grid", lock)
 
 
@@ -196,7 +197,9 @@ def _run_grid(fc: FeatureCache, source: Path | Backbones, configs: list[HeadConf
     if config.pick not in PICKS:
         raise MmfuseError(f"unknown pick {config.pick!r}: choose {', '.join(PICKS)}")
     t0, n_splits = time.perf_counter(), len(splits(fold))
-    with Workers(source, None if backbones else fc.identity, fold, jobs, config.backend, config.scheduler) as workers:
+    share = out / SHARED if jobs > 1 and config.backend == "local" else None  # one copy of the features per machine
+    with Workers(source, None if backbones else fc.identity, fold, jobs, config.backend, config.scheduler,
+                 share) as workers:
         if plan:  # successive halving over splits; each rung's finished splits are kept for the next
             fits = rungs(fc, configs, plan, out, fold, workers, progress, log)
         else:

@@ -7,7 +7,9 @@ a run folder. ``X`` is a :class:`FeatureSet` (which scikit-learn can index by ro
 ``cross_val_score(Head(), X, X.y)`` works) or a ``(text, image)`` pair of arrays.
 
 The rest of a head lives beside it: ``features`` (FeatureSet, check_compatible), ``train`` (the
-training loop), ``files`` (the run files read back), ``linear`` (logreg, saved linear models).
+training loop), ``files`` (the run files read back), ``linear`` (logreg, saved linear models), ``rows`` (the
+features by rows and blocks: a fit standardises its batches as it takes them, and scores a block of rows at a
+time, so it holds no second copy of its features).
 """
 from __future__ import annotations
 
@@ -21,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.preprocessing import StandardScaler
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, column_or_1d
 
@@ -33,6 +34,7 @@ from .config import HeadConfig
 from .features import FeatureSet, check_compatible, features_for
 from .files import load_config, read_meta, read_scalers
 from .registry import create_head
+from .rows import Standardised, all_finite, blocks, fit_scaler, standardise
 from .train import class_weights, train_module
 
 # names that lived here before heads/ was split by job, still importable from here
@@ -83,23 +85,31 @@ class Head(ClassifierMixin, BaseEstimator):
                 raise InputError(f"X has {len(fs)} rows but y has {len(y)} labels")
             fs = dataclasses.replace(fs, y=y)
         for name, a in (("text", fs.text), ("image", fs.image)):
-            if not np.all(np.isfinite(a)):
+            if not all_finite(a):
                 raise InputError(f"{fs.source or 'X'}: {name} features hold NaN or infinite values")
         return fs
 
     # --- fitting -------------------------------------------------------------------------------
-    def _standardise(self, X: FeatureSet):
+    def _standardise(self, X: FeatureSet, rows: slice = slice(None), joined: bool = False):
+        """(text (n, Dt), image (n, Di)) float32 tensors of X's ``rows``, standardised by the training
+        statistics; ``joined``: column views of one (n, Dt + Di) array, which logreg fits on as it is."""
         check_is_fitted(self, "model_")
         dims = {"text": X.text.shape[1], "image": X.image.shape[1]}
         if dims != self.dims_:
             raise InputError(f"X has {sum(dims.values())} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input (text, image: {dims} vs {self.dims_}"
                              f"{', ' + X.source if X.source else ''})")
+        text, image = X.text[rows], X.image[rows]  # copies of Rows; views of arrays
         if getattr(self.model_, "raw_features", False):  # zeroshot: cosines of the embeddings as extracted
-            return torch.from_numpy(X.text.astype(np.float32)), torch.from_numpy(X.image.astype(np.float32))
-        t = self.text_scaler_.transform(X.text).astype(np.float32)
-        i = self.image_scaler_.transform(X.image).astype(np.float32)
-        return torch.from_numpy(t), torch.from_numpy(i)  # (N, Dt), (N, Di)
+            return torch.from_numpy(np.array(text, np.float32)), torch.from_numpy(np.array(image, np.float32))
+        if not joined:
+            return (torch.from_numpy(standardise(text, self.text_scaler_)),  # (n, Dt), (n, Di)
+                    torch.from_numpy(standardise(image, self.image_scaler_)))
+        both = np.empty((len(text), dims["text"] + dims["image"]), np.float32)  # (n, Dt + Di)
+        standardise(text, self.text_scaler_, both[:, :dims["text"]])
+        standardise(image, self.image_scaler_, both[:, dims["text"]:])
+        both = torch.from_numpy(both)
+        return both[:, :dims["text"]], both[:, dims["text"]:]
 
     def _encode(self, fs: FeatureSet) -> np.ndarray:
         """Labels as class indices 0..C-1 (a FeatureSet's are already; other labels are mapped); multi-label:
@@ -153,8 +163,8 @@ class Head(ClassifierMixin, BaseEstimator):
         valid = None if val is None else self._as_features(val)
         if valid is not None and valid.y is None:
             raise MmfuseError(f"validation features {valid.source} are unlabelled")
-        self.text_scaler_ = StandardScaler().fit(train.text)
-        self.image_scaler_ = StandardScaler().fit(train.image)
+        self.text_scaler_ = fit_scaler(train.text)  # StandardScaler's numbers, a block of columns at a time
+        self.image_scaler_ = fit_scaler(train.image)
         self.dims_ = {"text": train.text.shape[1], "image": train.image.shape[1]}
         self.n_features_in_ = sum(self.dims_.values())
         self.provenance_ = train.provenance
@@ -170,13 +180,14 @@ class Head(ClassifierMixin, BaseEstimator):
                                       "multilabel" if self.multilabel_ else "single")
             if getattr(self.model_, "kind", "module") == "sklearn":
                 extra = {"prompts": train.prompts} if getattr(self.model_, "raw_features", False) else {}
-                self.model_.fit(*self._standardise(train), y_idx, weight, **extra)
+                self.model_.fit(*self._standardise(train, joined=True), y_idx, weight, **extra)
                 self.history_, self.best_epoch_ = [], 0
             else:
                 vt = None if valid is None else (*self._standardise(valid), torch.from_numpy(self._encode(valid)))
                 w = None if weight is None else torch.tensor(weight, dtype=torch.float32)
-                self.history_, self.best_epoch_ = train_module(self.model_, *self._standardise(train),
-                                                               torch.from_numpy(y_idx), vt, cfg, w, schedule)
+                batches = Standardised(train.text, self.text_scaler_), Standardised(train.image, self.image_scaler_)
+                self.history_, self.best_epoch_ = train_module(self.model_, *batches, torch.from_numpy(y_idx), vt,
+                                                               cfg, w, schedule)
         if self.multilabel_ and valid is not None:  # the decision rule, from the validation rows
             self.thresholds_ = tune_thresholds(self._encode(valid), self.predict_proba(valid), cfg.thresholds,
                                                cfg.min_labels)
@@ -184,19 +195,24 @@ class Head(ClassifierMixin, BaseEstimator):
 
     # --- using -----------------------------------------------------------------------------------
     def logits(self, X, zero: str | None = None) -> np.ndarray:
-        """Logits (N, C). ``zero="text"|"image"`` sets that modality's standardised features to 0
-        (the training mean), the ablation of a fused head without that modality."""
-        t, i = self._standardise(self._as_features(X))
+        """Logits (N, C), a block of rows at a time (:func:`mmfuse.heads.rows.blocks`). ``zero="text"|"image"``
+        sets that modality's standardised features to 0 (the training mean), the ablation of a fused head
+        without that modality."""
+        if zero not in (None, "text", "image"):
+            raise MmfuseError(f"--zero must be text or image, not {zero!r}")
+        X = self._as_features(X)
+        return np.concatenate([self._logits(X, slice(lo, hi), zero) for lo, hi in blocks(len(X))])
+
+    def _logits(self, X: FeatureSet, rows: slice, zero: str | None) -> np.ndarray:
+        t, i = self._standardise(X, rows)
         if zero == "text":
             t = torch.zeros_like(t)
         elif zero == "image":
             i = torch.zeros_like(i)
-        elif zero is not None:
-            raise MmfuseError(f"--zero must be text or image, not {zero!r}")
         if getattr(self.model_, "kind", "module") == "sklearn":
             return self.model_.decision_function(t, i)
         with torch.no_grad():
-            return self.model_(t, i).logits.numpy()  # (N, C)
+            return self.model_(t, i).logits.numpy()  # (n, C)
 
     def decision_function(self, X) -> np.ndarray:
         """scikit-learn's convention: (N, C) logits, or (N,) for two classes (logit of class 1 - class 0);

@@ -15,6 +15,7 @@ from ..cache import FeatureCache, feature_mismatch
 from ..errors import CacheError
 from ..identity import feature_identity
 from .config import IMAGE_FEATURES, TEXT_FEATURES
+from .rows import view
 
 IMAGE_FEATURE = "image/pooled"  # the image vector every cache holds (what heads read before image_feature existed)
 OPTIONS = {"text": ("--text-feature", TEXT_FEATURES), "image": ("--image-feature", IMAGE_FEATURES)}
@@ -58,9 +59,11 @@ def open_cache(cache) -> FeatureCache:
 
 @dataclass
 class FeatureSet:
-    """The in-memory features a head reads: text (N, Dt), image (N, Di), labels (N,) or None.
+    """The features a head reads: text (N, Dt), image (N, Di), labels (N,) or None. The features are
+    arrays (in memory, or memory-mapped: :meth:`FeatureCache.shared`) or :class:`~mmfuse.heads.rows.Rows` of
+    them (:meth:`view`: some rows, not copied).
 
-    Row-indexable like an array (``shape``, ``X[rows]``), so scikit-learn's splitters and
+    Row-indexable like an array (``shape``, ``X[rows]``, a view), so scikit-learn's splitters and
     ``cross_val_score`` / ``GridSearchCV`` can pass subsets of it to a :class:`Head`.
     """
 
@@ -78,27 +81,32 @@ class FeatureSet:
 
     @classmethod
     def from_cache(cls, cache: FeatureCache | str | Path, text_feature: str = "auto",
-                   image_feature: str = "auto") -> "FeatureSet":
-        """Both modalities from one cache (:func:`resolve_feature` names the vectors)."""
+                   image_feature: str = "auto", shared: str | Path | None = None) -> "FeatureSet":
+        """Both modalities from one cache (:func:`resolve_feature` names the vectors), read into memory, or
+        with ``shared`` (a folder) memory-mapped from float32 copies kept there (:meth:`FeatureCache.shared`:
+        processes reading the same cache this way share one copy per machine)."""
         cache = open_cache(cache)
         y = cache.labels if cache.labelled else None
         tname, iname = resolve_feature(cache, "text", text_feature), resolve_feature(cache, "image", image_feature)
-        return cls(cache.features(f"text/{tname}"), cache.features(f"image/{iname}"), y, list(cache.guids),
-                   cache.label_names, cache.provenance, str(cache.path), tname, iname, prompts_of(cache))
+        return cls(_read(cache, f"text/{tname}", shared), _read(cache, f"image/{iname}", shared), y,
+                   list(cache.guids), cache.label_names, cache.provenance, str(cache.path), tname, iname,
+                   prompts_of(cache))
 
     @classmethod
     def from_caches(cls, text_cache: FeatureCache | str | Path, image_cache: FeatureCache | str | Path,
-                    text_feature: str = "auto", image_feature: str = "auto") -> "FeatureSet":
+                    text_feature: str = "auto", image_feature: str = "auto",
+                    shared: str | Path | None = None) -> "FeatureSet":
         """The text features of ``text_cache`` with the image features of ``image_cache``, two caches of the
         same rows (:func:`check_same_rows`), e.g. MiniLM's text with CLIP's images. The provenance is
         composed (:func:`compose_provenance`), so a head trained on it records both backbones. The same
-        cache twice: :meth:`from_cache`."""
+        cache twice: :meth:`from_cache`. ``shared``: as :meth:`from_cache`'s."""
         t, i = open_cache(text_cache), open_cache(image_cache)
         if t.path.resolve() == i.path.resolve():
-            return cls.from_cache(t, text_feature, image_feature)
+            return cls.from_cache(t, text_feature, image_feature, shared)
         check_same_rows([t, i])
         tname, iname = resolve_feature(t, "text", text_feature), resolve_feature(i, "image", image_feature)
-        return cls(t.features(f"text/{tname}"), i.features(f"image/{iname}"), t.labels if t.labelled else None,
+        return cls(_read(t, f"text/{tname}", shared), _read(i, f"image/{iname}", shared),
+                   t.labels if t.labelled else None,
                    list(t.guids), t.label_names, compose_provenance(t.provenance, i.provenance),
                    f"{t.path} + {i.path}", tname, iname, prompts_of(t, i))
 
@@ -113,11 +121,24 @@ class FeatureSet:
         if isinstance(rows, tuple):  # scikit-learn indexes rows as X[rows, ...]
             rows = rows[0]
         idx = np.arange(len(self))[rows]
-        return self.subset(np.atleast_1d(idx))
+        return self.view(np.atleast_1d(idx))
 
     def subset(self, idx: np.ndarray) -> "FeatureSet":
-        return dataclasses.replace(self, text=self.text[idx], image=self.image[idx],
+        """Rows ``idx`` as a FeatureSet of their own (the features copied)."""
+        return dataclasses.replace(self, text=np.asarray(self.text[idx]), image=np.asarray(self.image[idx]),
                                    y=None if self.y is None else self.y[idx], guids=[self.guids[i] for i in idx])
+
+    def view(self, idx: np.ndarray) -> "FeatureSet":
+        """Rows ``idx`` without copying their features (:class:`~mmfuse.heads.rows.Rows`): how a head's
+        training part, validation part and a grid's folds are taken, so the features are held once."""
+        idx = np.arange(len(self))[idx]
+        return dataclasses.replace(self, text=view(self.text, idx), image=view(self.image, idx),
+                                   y=None if self.y is None else self.y[idx], guids=[self.guids[i] for i in idx])
+
+
+def _read(cache: FeatureCache, name: str, shared: str | Path | None) -> np.ndarray:
+    """A cache's features ``name``: read into memory, or memory-mapped from a copy in the folder ``shared``."""
+    return cache.features(name) if shared is None else cache.shared(name, shared)
 
 
 def prompts_of(cache: FeatureCache, image_cache: FeatureCache | None = None) -> dict | None:

@@ -29,7 +29,7 @@ class LogRegHead:
     def fit(self, t: torch.Tensor, i: torch.Tensor, y: np.ndarray, weight: np.ndarray | None) -> "LogRegHead":
         from sklearn.linear_model import LogisticRegression
 
-        X = torch.cat([t, i], 1).numpy()  # (N, Dt + Di)
+        X = joined(t, i)  # (N, Dt + Di)
         if y.ndim == 2:
             self.model_ = OneVsRest(self.cfg, weight is not None).fit(X, y)
             return self
@@ -61,6 +61,17 @@ class LogRegHead:
                 and (self.task != "multilabel" or len(c) == self.n_classes)):
             raise corrupt(path, f"its classes {c.tolist()!r:.60} do not fit head.json's {self.n_classes} labels")
         return self
+
+
+def joined(t: torch.Tensor, i: torch.Tensor) -> np.ndarray:
+    """[t, i] side by side, (N, Dt + Di): without a copy where they are the two column blocks of one array
+    (as Head standardises a training set for a closed-form head), else concatenated."""
+    n, dt, di = len(t), t.shape[1], i.shape[1]
+    if (t.dim() == i.dim() == 2 and t.stride() == i.stride() == (dt + di, 1) and len(i) == n
+            and t.untyped_storage().data_ptr() == i.untyped_storage().data_ptr()
+            and i.storage_offset() == t.storage_offset() + dt):
+        return t.as_strided((n, dt + di), (dt + di, 1)).numpy()
+    return torch.cat([t, i], 1).numpy()
 
 
 class OneVsRest:

@@ -58,7 +58,7 @@ def _train_head(cache, config: HeadConfig | None, val_split: float, val, out: Pa
         if data.y is None:
             raise MmfuseError(f"{data.source} has unlabelled rows: train on a labelled split")
         tr, va = stratified_split(data.y, val_split, cfg.seed)
-        train, valid = data.subset(tr), data.subset(va)
+        train, valid = data.view(tr), data.view(va)  # rows of the features read once, not copies
     else:
         train, valid = data, None
     t0 = time.perf_counter()

@@ -20,8 +20,10 @@ from .config import HeadConfig
 
 
 def train_module(module, Xt, Xi, y, val, cfg: HeadConfig, weight, schedule: tuple[int, int] | None = None):
-    """Train ``module`` on standardised tensors Xt (N, Dt), Xi (N, Di); early-stop on the validation score
-    (cfg.monitor); restore the best. ``y``: (N,) class indices, or (N, L) float multi-hot (multi-label: BCE).
+    """Train ``module`` on standardised features Xt (N, Dt), Xi (N, Di): tensors, or sources whose ``[idx]`` is
+    a batch's tensor (:class:`mmfuse.heads.rows.Standardised`: rows standardised as they are taken, no copy of
+    the set); early-stop on the validation score (cfg.monitor); restore the best. ``y``: (N,) class indices,
+    or (N, L) float multi-hot (multi-label: BCE).
 
     ``val`` is (Xt, Xi, y) or None. ``schedule`` = (steps of the cosine schedule, step to stop at)
     replaces cfg.epochs' (a refit repeating a CV fit's schedule on more rows). Returns (history, best_epoch).
