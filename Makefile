@@ -8,12 +8,13 @@ IMAGE_MODEL ?= resnet50
 FEATURES ?= features
 MVSA ?= ../shared/datasets/mvsa
 DEMO ?= demo
+ROWS ?= 10000,100000,1000000
 OFFLINE := --text-model minilm --image-model efficientnet-lite0
 HEADS = $(shell $(BIN)/python -c "from mmfuse.heads import list_heads; print(*list_heads(trained=True))")  # every head that
 # learns (zeroshot needs a two-tower cache with class prompts: the demo's offline backbones have none)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving bench-e2e bench-backbones bench-precision clean
+.PHONY: help install test demo extract bench-extract bench-heads bench-grid bench-cache bench-refit bench-defaults bench-finetune bench-multilabel bench-crash bench-selection bench-scale bench-halving bench-e2e bench-backbones bench-precision bench-rows clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -72,6 +73,11 @@ bench-backbones: install ## CLIP, SigLIP, HF and timm image/text paths vs each l
 bench-precision: install ## bf16 vs fp32 caches of $(MVSA): vector cosines and the same heads on the same folds
 	$(BIN)/python bench/experiments/precision.py --data $(MVSA)
 
+bench-runtimes: install ## OpenVINO and ONNX Runtime (fp32, calibrated int8) vs torch for both towers on $(MVSA), native and AVX2
+	$(BIN)/python -m pip install -q openvino nncf onnxruntime onnx
+	$(BIN)/python bench/experiments/cpu_runtimes.py --data $(MVSA)
+	$(BIN)/python bench/experiments/cpu_runtimes.py --data $(MVSA) --isa avx2
+
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
 	$(BIN)/python bench/speed/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
 
@@ -82,6 +88,9 @@ bench-grid: install ## the default grid and the 180-fit grid with dropout, full 
 
 bench-cache: install ## bytes the cache writes and reads per MiB of features (goal: at most 2x)
 	$(BIN)/python bench/speed/cache_io.py
+
+bench-rows: install ## time and peak memory of train-head, a 12-configuration grid, ensemble and predict on synthetic caches of 10k, 100k and 1M rows (ROWS=)
+	$(BIN)/python bench/speed/rows.py --rows $(ROWS)
 
 bench-refit: install ## grid best/ and ensembles as fold models vs a step-matched refit, on held-out $(MVSA) rows
 	$(BIN)/python bench/experiments/refit.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5
