@@ -1,6 +1,6 @@
 """Extraction from WebDataset tars and Parquet files against the same images as files (the course folder).
 
-    python bench/speed/formats.py [--data ../shared/datasets/mvsa] [--rows 800] [--workers 0 2] [--repeats 3]
+    python bench/speed/formats.py [--data ../shared/datasets/mvsa] [--rows 800] [--workers 0 2] [--repeats 3] [--threads N]
 
 The first ``--rows`` rows of the mvsa training split are written as 4 tar shards and as Parquet files
 (image bytes in a column; one row group, and row groups of 100 rows as ``datasets`` writes them), then
@@ -8,7 +8,8 @@ timed three ways: reading the data set (``read_data``: index, texts, labels), th
 decoded, resized and cropped per second through extraction's ``ImageFiles`` with 0..N DataLoader workers,
 no model) and extraction's image loop (``encode_images``: efficientnet-lite0, fp32, batch 8, decoding in
 the process itself; the model loaded once, so that the formats are compared on the same loop), in wall
-seconds and in the process's CPU seconds (which other work on a shared machine barely moves). Every image
+seconds and in the process's CPU seconds (with ``--threads 1``, the work done, which other work on a shared
+machine moves far less than the wall time). Every image
 is read once before any timing (all from the page cache), and the formats take turns over ``--repeats``
 rounds: the table gives the medians, and each format's median ratio to the files in the same round. Prints the
 CPU. Skips (exit 0) without the data set.
@@ -89,11 +90,14 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=800)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch threads for the model [default: torch's]")
     args = p.parse_args()
     if not (Path(args.data) / "train.txt").is_file():
         print(f"skip: no data set at {args.data}")
         return
-    print(cpu_line())
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(cpu_line() + f", {torch.get_num_threads()} torch threads")
     config = ImageExtractorConfig("efficientnet-lite0", batch_size=8, num_workers=0, optimize=False)
     model, prep, _ = load_image_encoder(config)
     with tempfile.TemporaryDirectory() as tmp:
