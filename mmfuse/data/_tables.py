@@ -58,6 +58,20 @@ def pick(names, given: str | None, candidates: tuple[str, ...], option: str, whe
     return next((lower[c] for c in candidates if c in lower), None)
 
 
+def input_files(source: str | Path, split: str, suffix: str, what: str) -> list[Path]:
+    """``source`` itself if it is a file, or the sorted ``*{suffix}`` files of a folder (those of ``split``
+    where the names carry splits); ``what`` names them in errors (``"Parquet file"``, ``"tar shard"``)."""
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(source.glob(f"*{suffix}"))
+        if not files:
+            raise DataError(f"{source} holds no {suffix} files")
+        return split_files(files, split, source)
+    if not source.is_file():
+        raise DataError(f"{what} not found: {source}")
+    return [source]
+
+
 def split_files(files: list[Path], split: str, source) -> list[Path]:
     """The files of ``split`` in a folder: those named after it (``train-00000-of-00002.parquet``, ``test.tar``)
     where some files are named after a split, else all of them."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ._records import DataSet, ImageRef, decode_text
-from ._tables import ID_NAMES, IMAGE_NAMES, LABEL_NAMES, TEXT_NAMES, Columns, Row, build, need, pick, split_files
+from ._tables import ID_NAMES, IMAGE_NAMES, LABEL_NAMES, TEXT_NAMES, Columns, Row, build, input_files, need, pick
 
 SCAN_ROWS = 256  # rows read at a time while indexing
 
@@ -21,15 +21,7 @@ SCAN_ROWS = 256  # rows read at a time while indexing
 def parquet_files(source: str | Path, split: str = "train") -> list[Path]:
     """A ``.parquet`` file, or the ``.parquet`` files of a folder (those of ``split`` where the names carry
     splits, ``train-00000-of-00002.parquet``), sorted."""
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(source.glob("*.parquet"))
-        if not files:
-            raise DataError(f"{source} holds no .parquet files")
-        return split_files(files, split, source)
-    if not source.is_file():
-        raise DataError(f"Parquet file not found: {source}")
-    return [source]
+    return input_files(source, split, ".parquet", "Parquet file")
 
 
 def hf_class_names(schema, column: str | None) -> tuple[str, ...] | None:

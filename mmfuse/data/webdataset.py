@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ._records import DataSet, ImageRef, decode_text
-from ._tables import LABEL_NAMES, TEXT_NAMES, Columns, Row, build, split_files
+from ._tables import LABEL_NAMES, TEXT_NAMES, Columns, Row, build, input_files
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")  # in the order of preference when a key has several
 SMALL_EXTS = ("txt", "json", "cls")  # read while indexing
@@ -55,15 +55,7 @@ def tar_files(source: str | Path, split: str = "train") -> list[Path]:
         if missing:
             raise DataError(f"{source}: {len(missing)} of {len(files)} shards not found, e.g. {missing[0]}")
         return files
-    source = Path(source)
-    if source.is_dir():
-        files = sorted(source.glob("*.tar"))
-        if not files:
-            raise DataError(f"{source} holds no .tar shards")
-        return split_files(files, split, source)
-    if not source.is_file():
-        raise DataError(f"tar shard not found: {source}")
-    return [source]
+    return input_files(source, split, ".tar", "tar shard")
 
 
 def index_tar(path: Path) -> dict[str, dict[str, tuple]]:
