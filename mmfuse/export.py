@@ -89,6 +89,8 @@ class _Reader:
     def __init__(self, f: h5py.File, path: Path, names: tuple[str, ...], multilabel: bool):
         self.f, self.path, self.names, self.multilabel = f, path, names, multilabel
         self.skipped = f["skipped"][:]
+        # a shard's rows are numbered in the whole data set (the merged cache's numbering), not within the shard
+        self.data_rows = f["shard_rows"][:] if "shard_rows" in f else None
         width = f["label"].shape[1] if f["label"].ndim == 2 else 0
         if multilabel and width and width != len(names):
             raise CacheError(f"{path} has {width} label columns but names {len(names)} labels: extract it again")
@@ -127,7 +129,8 @@ class _Reader:
                 raise CacheError(f"{self.path}: row {int(rows[bad[0]])} (guid {guids[bad[0]]}) has label "
                                  f"{int(labels[bad[0]])} but the cache names {len(names)} labels: extract it again")
             index, label = labels, [names[i] if i >= 0 else None for i in labels]
-        return pa.table([rows, guids, label, index, skipped, [r if s else None for r, s in zip(reasons, skipped)]],
+        numbers = rows if self.data_rows is None else self.data_rows[rows]
+        return pa.table([numbers, guids, label, index, skipped, [r if s else None for r, s in zip(reasons, skipped)]],
                         schema=schema)
 
     def features(self, name: str, rows: np.ndarray, lo: int, hi: int, sel) -> np.ndarray:

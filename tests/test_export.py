@@ -19,7 +19,7 @@ NAMES = ("positive", "neutral", "negative")
 
 
 def make_cache(path: Path, n: int = 23, skip: dict[int, str] | None = None, multilabel: bool = False,
-               dtype: str = "float32", finish: bool = True) -> Path:
+               dtype: str = "float32", finish: bool = True, shard: dict | None = None) -> Path:
     """A cache of ``n`` rows written through the cache's writer. Rows in ``skip`` get their text vectors
     written and are then skipped (as a row whose image fails to decode after its text was computed)."""
     skip = {3: "image: truncated JPEG", 17: "text: undecodable bytes"} if skip is None else skip
@@ -34,7 +34,7 @@ def make_cache(path: Path, n: int = 23, skip: dict[int, str] | None = None, mult
             "data": {"root": str(path.parent), "split": "train", "fingerprint": "f" * 64}, "store_dtype": dtype}
     w = CacheWriter.open(path, guids=[f"g{i}" for i in range(n)], labels=labels, label_names=NAMES,
                          multilabel=multilabel, skipped={}, dims={"text/cls": 8, "image/pooled": 5},
-                         store_dtype=dtype, provenance=prov, identity="export-test")
+                         store_dtype=dtype, provenance=prov, identity="export-test", shard=shard)
     rows = np.arange(n)
     w.write("text", rows, {"text/cls": rng.normal(size=(n, 8))})
     for row, reason in skip.items():
@@ -225,3 +225,14 @@ def test_without_pyarrow_one_line_says_what_to_install(tmp_path, monkeypatch):
     result, out = export(cache, tmp_path / "emb", "--to", "parquet")
     assert result.exit_code == 1 and "pip install 'mmfuse[formats]'" in out and len(out.strip().splitlines()) == 1
     assert not (tmp_path / "emb").exists()
+
+
+def test_a_shards_rows_are_numbered_in_the_whole_data_set(tmp_path):
+    whole = np.arange(1, 70, 3)  # shard 1 of 3, round-robin, of a 69-row data set: rows 1, 4, 7, ...
+    shard = {"rows": whole, "rank": 1, "world": 3, "how": "round-robin", "total": 69, "identity": "whole"}
+    cache = make_cache(tmp_path / "sh.shard-1-of-3.h5", shard=shard)
+    result, out = export(cache, tmp_path / "emb", "--to", "parquet")
+    assert result.exit_code == 0, out
+    table = pq.read_table(tmp_path / "emb" / "0000.parquet")
+    assert table["row"].to_pylist() == whole.tolist()
+    assert table["guid"].to_pylist() == [f"g{i}" for i in range(23)]
