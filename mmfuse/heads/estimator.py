@@ -34,7 +34,7 @@ from .config import HeadConfig
 from .features import FeatureSet, check_compatible, features_for
 from .files import load_config, read_meta, read_scalers
 from .registry import create_head
-from .rows import Standardised, all_finite, blocks, fit_scaler, standardise
+from .rows import Standardised, all_finite, blocks, fit_scaler, standardise, view_of
 from .train import class_weights, train_module
 
 # names that lived here before heads/ was split by job, still importable from here
@@ -99,7 +99,7 @@ class Head(ClassifierMixin, BaseEstimator):
             raise InputError(f"X has {sum(dims.values())} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input (text, image: {dims} vs {self.dims_}"
                              f"{', ' + X.source if X.source else ''})")
-        text, image = X.text[rows], X.image[rows]  # copies of Rows; views of arrays
+        text, image = view_of(X.text, rows), view_of(X.image, rows)  # no copies: standardise reads them by blocks
         if getattr(self.model_, "raw_features", False):  # zeroshot: cosines of the embeddings as extracted
             return torch.from_numpy(np.array(text, np.float32)), torch.from_numpy(np.array(image, np.float32))
         if not joined:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 BLOCK_ROWS = 8192  # rows checked, standardised or scored at a time (blocks are evened out: none under half)
-SCALER_BYTES = 2 ** 28  # float64 bytes of one column block in :func:`fit_scaler` (its largest temporary)
+SCALER_BYTES = 2 ** 27  # float64 bytes of one column block in :func:`fit_scaler` (its largest temporary)
 
 
 class Rows:
@@ -52,6 +52,11 @@ def view(a, idx) -> Rows:
     if isinstance(a, Rows):
         return Rows(a.base, a.rows[idx])
     return Rows(a, np.arange(len(a))[idx])
+
+
+def view_of(a, rows: slice):
+    """Rows ``rows`` (a slice) of ``a`` without copying them: a view of an array, :class:`Rows` of Rows."""
+    return Rows(a.base, a.rows[rows]) if isinstance(a, Rows) else a[rows]
 
 
 def blocks(n: int, size: int | None = None) -> list[tuple[int, int]]:
