@@ -1,7 +1,7 @@
 """Cost against rows: train-head, a grid, ensemble and predict on synthetic caches of 10k, 100k and 1M rows.
 
-    python bench/speed/rows.py [--rows 10000,100000,1000000] [--tmp /tmp] [--epochs 2] [--folds 2]
-                               [--top 3] [--keep]
+    python bench/speed/rows.py [--rows 10000,100000,1000000] [--tmp /tmp] [--head-epochs 5] [--epochs 1]
+                               [--folds 2] [--top 3] [--threads N] [--keep]
 
 For each size, a synthetic cache is written through the cache's own writer (``CacheWriter``): a
 minilm-shaped text/cls and text/mean (384-d) and a lite0-shaped image/pooled (1280-d), float32, three
@@ -9,10 +9,11 @@ classes in mvsa's proportions (60/30/10), each row its class's mean plus unit no
 tenths apart in both modalities, so the labels are learnable from either and best from both). Then each
 command runs as its own process (``python -m mmfuse.cli ...``), timed, with its peak memory:
 
-- ``train-head --fusion concat`` and ``--fusion logreg`` (the defaults: 20% validation, concat up to 30
-  epochs with early stopping, logreg C 1e-3);
+- ``train-head --fusion concat --epochs H`` (``--head-epochs``, default 5: a fixed number of epochs, so
+  that the time compares across sizes; 0: train-head's own default, up to 30 with early stopping) and
+  ``--fusion logreg`` (its defaults: C 1e-3); both with the default 20% validation part;
 - ``grid --jobs 2``: the default grid's 12 configurations (concat, weighted, gated, late x lr 1e-4, 3e-4,
-  1e-3) with ``--folds F --epochs E`` (default 2 and 2: 24 fits; the same at every size);
+  1e-3) with ``--folds F --epochs E`` (default 2 folds, 1 epoch: 24 fits; the same at every size);
 - ``ensemble`` of the grid's top ``--top`` configurations (each saved as its F fold models, refit);
 - ``predict`` with the concat run on the same cache (every row).
 
@@ -21,8 +22,10 @@ from /proc/PID/smaps_rollup) of the command's process and all its children: page
 processes (the grid's memory-mapped features) are counted once between them, so this is what the
 command takes from the machine. Beside it, the largest peak RSS of any one of its processes (getrusage).
 Prints the CPU line, a table per command and the growth from one size to the next (seconds and MB per
-1k rows, and the ratio of each to the size's). Linux only (/proc). The caches go in ``--tmp`` and are
-deleted after each size (``--keep`` keeps them).
+1k rows, and the ratio of each to the size's). ``--threads N`` runs every command with N OpenMP threads
+(``OMP_NUM_THREADS``; the grid's workers use one each anyway): on a machine shared with other jobs, torch's
+threads wait on each other. Linux only (/proc). The caches go in ``--tmp`` and are deleted after each size
+(``--keep`` keeps them).
 """
 from __future__ import annotations
 
@@ -107,12 +110,12 @@ def pss_mb(pids: list[int]) -> float:
     return total / 1024
 
 
-def run(cmd: list[str], log: Path) -> dict:
+def run(cmd: list[str], log: Path, env: dict | None = None) -> dict:
     """Run ``cmd``; its seconds, peak summed PSS of its process tree (MB) and largest one-process RSS (MB:
     ``wait4``'s, the command's process and the children it waited for)."""
     t0, peak = time.perf_counter(), 0.0
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -130,24 +133,29 @@ def measure(n: int, root: Path, args) -> dict:
     cache = write_cache(root / f"rows-{n}.h5", n)
     cli = [sys.executable, "-m", "mmfuse.cli"]
     grid = ["--folds", str(args.folds), "--epochs", str(args.epochs), "--jobs", "2", "--no-progress"]
-    cmds = {"train-head concat": ["train-head", cache, "--fusion", "concat", "--out", root / "concat"],
+    head = ["--epochs", str(args.head_epochs)] if args.head_epochs else []
+    cmds = {"train-head concat": ["train-head", cache, "--fusion", "concat", "--out", root / "concat", *head],
             "train-head logreg": ["train-head", cache, "--fusion", "logreg", "--out", root / "logreg"],
             "grid": ["grid", cache, "--out", root / "grid", *grid],
             "ensemble": ["ensemble", root / "grid", "--top", str(args.top), "--out", root / "ens"],
             "predict": ["predict", root / "concat", cache, "--out", root / "pred.txt"]}
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     out = {"rows": n, "cache_mb": cache.stat().st_size / 2**20,
            "read_mb": n * sum(DIMS.values()) * 4 / 2**20}  # the vectors a head reads, float32
     for name, cmd in cmds.items():
-        out[name] = run([*cli, *map(str, cmd)], root / f"{name.replace(' ', '-')}.log")
+        out[name] = run([*cli, *map(str, cmd)], root / f"{name.replace(' ', '-')}.log", env)
         print(f"  {n} rows, {name}: {out[name]['seconds']:.1f} s, {out[name]['pss_mb']:.0f} MB", flush=True)
     for run_dir in ("concat", "logreg"):
-        out[f"{run_dir}_macro_f1"] = json.loads((root / run_dir / "metrics.json").read_text())["validation"]["macro_f1"]
+        metrics = json.loads((root / run_dir / "metrics.json").read_text())
+        out[f"{run_dir}_macro_f1"], out[f"{run_dir}_epochs"] = metrics["validation"]["macro_f1"], metrics["epochs_run"]
     return out
 
 
 def report(results: list[dict], args) -> None:
-    print(f"\n{cpu_line()}; grid: the default 12 configurations x {args.folds} folds, up to {args.epochs} epochs, "
-          f"--jobs 2; ensemble: top {args.top}, fold models refit; predict: the concat run on the same cache\n")
+    print(f"\n{cpu_line()}; train-head: {f'--epochs {args.head_epochs}' if args.head_epochs else 'the defaults'}; "
+          f"grid: the default 12 configurations x {args.folds} folds, up to {args.epochs} epochs, --jobs 2; ensemble: "
+          f"top {args.top}, fold models refit; predict: the concat run on the same cache"
+          + (f"; OMP_NUM_THREADS={args.threads}" if args.threads else "") + "\n")
     print("| rows | cache MB | read MB | command | seconds | s per 1k rows | peak MB (PSS, all processes) | "
           "peak / cache | peak / read | largest one-process RSS MB |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
@@ -158,7 +166,8 @@ def report(results: list[dict], args) -> None:
                   f"{1000 * m['seconds'] / r['rows']:.3f} | {m['pss_mb']:.0f} | {m['pss_mb'] / r['cache_mb']:.2f} | "
                   f"{m['pss_mb'] / r['read_mb']:.2f} | {m['rss_mb']:.0f} |")
     print("\nvalidation macro-F1 (learnable labels): " + "; ".join(
-        f"{r['rows']:,} rows: concat {r['concat_macro_f1']:.3f}, logreg {r['logreg_macro_f1']:.3f}" for r in results))
+        f"{r['rows']:,} rows: concat {r['concat_macro_f1']:.3f} ({r['concat_epochs']} epochs), logreg "
+        f"{r['logreg_macro_f1']:.3f}" for r in results))
     if len(results) < 2:
         return
     print("\ngrowth from one size to the next: x time and x memory for x rows; the marginal cost per 1k more rows\n")
@@ -176,9 +185,12 @@ def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--rows", default="10000,100000,1000000", help="comma list of sizes [default: %(default)s]")
     ap.add_argument("--tmp", default=tempfile.gettempdir(), help="where the caches go [default: %(default)s]")
-    ap.add_argument("--epochs", type=int, default=2, help="the grid's epochs [default: %(default)s]")
+    ap.add_argument("--head-epochs", type=int, default=5, help="train-head concat's --epochs (0: its default, up to "
+                    "30 with early stopping) [default: %(default)s]")
+    ap.add_argument("--epochs", type=int, default=1, help="the grid's epochs [default: %(default)s]")
     ap.add_argument("--folds", type=int, default=2, help="the grid's folds [default: %(default)s]")
     ap.add_argument("--top", type=int, default=3, help="the ensemble's members [default: %(default)s]")
+    ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of every command [default: unset]")
     ap.add_argument("--keep", action="store_true", help="keep the caches and folders")
     args = ap.parse_args()
     if not Path("/proc/self/smaps_rollup").exists():
