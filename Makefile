@@ -23,7 +23,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[offline,grid,backbones,formats,dev]'
+	$(BIN)/python -m pip install -q -e '.[offline,grid,backbones,formats,openvino,onnxruntime,dev]'
 	touch $@
 
 install: $(BIN)/.installed ## create .venv and install mmfuse, the offline backbones and the test tools
@@ -73,10 +73,11 @@ bench-backbones: install ## CLIP, SigLIP, HF and timm image/text paths vs each l
 bench-precision: install ## bf16 vs fp32 caches of $(MVSA): vector cosines and the same heads on the same folds
 	$(BIN)/python bench/experiments/precision.py --data $(MVSA)
 
-bench-runtimes: install ## OpenVINO and ONNX Runtime (fp32, calibrated int8) vs torch for both towers on $(MVSA), native and AVX2
+bench-runtimes: install ## OpenVINO and ONNX Runtime (fp32, calibrated int8) vs torch for both towers on $(MVSA), native and AVX2; --image-runtime per image model
 	$(BIN)/python -m pip install -q openvino nncf onnxruntime onnx
 	$(BIN)/python bench/experiments/cpu_runtimes.py --data $(MVSA)
 	$(BIN)/python bench/experiments/cpu_runtimes.py --data $(MVSA) --isa avx2
+	$(BIN)/python bench/speed/image_runtimes.py
 
 bench-heads: install ## every head: 20-epoch fit time and 5-fold macro-F1 on $(MVSA) features
 	$(BIN)/python bench/speed/heads.py --data $(MVSA) --cache $(FEATURES)/mvsa-train.h5

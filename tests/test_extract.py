@@ -199,19 +199,21 @@ def test_optimized_cpu_runtime_gives_the_eager_features(clean_course_dir, extrac
 
     monkeypatch.setattr(image, "OPTIMIZE_MIN_IMAGES", 1)  # a dozen images: optimised all the same
     fast, eager = tmp_path / "fast.h5", tmp_path / "eager.h5"
-    assert invoke(extract_args(clean_course_dir, fast, "--precision", "fp32")).exit_code == 0
+    assert invoke(extract_args(clean_course_dir, fast, "--optimize", "--precision", "fp32")).exit_code == 0
     assert FeatureCache(fast).provenance["numerics"]["image_runtime"] == "torchscript-optimized"
     assert invoke(extract_args(clean_course_dir, eager, "--no-optimize", "--precision", "fp32")).exit_code == 0
     np.testing.assert_allclose(FeatureCache(fast).features("image/pooled"),
                                FeatureCache(eager).features("image/pooled"), rtol=1e-3, atol=1e-4)
 
 
-def test_the_optimisation_runs_only_where_the_split_pays_for_it(clean_course_dir, extract_args, tmp_path):
-    from mmfuse.extract.image import OPTIMIZE_MIN_IMAGES, optimize_pays
+def test_the_optimisation_is_opt_in_and_runs_only_where_the_split_pays_for_it(clean_course_dir, extract_args,
+                                                                                tmp_path):
+    from mmfuse.extract.image import OPTIMIZE_MIN_IMAGES, ImageExtractorConfig, optimize_pays
 
+    assert ImageExtractorConfig("resnet18").optimize is False  # eager unless asked for
     assert not optimize_pays(OPTIMIZE_MIN_IMAGES - 1) and optimize_pays(OPTIMIZE_MIN_IMAGES)
-    out = tmp_path / "small.h5"
-    assert invoke(extract_args(clean_course_dir, out, "--precision", "fp32")).exit_code == 0
+    out = tmp_path / "small.h5"  # asked for, on a dozen images: skipped all the same
+    assert invoke(extract_args(clean_course_dir, out, "--optimize", "--precision", "fp32")).exit_code == 0
     prov = FeatureCache(out).provenance
     assert prov["numerics"]["image_runtime"] == "eager" and prov["image_config"]["optimize"] is False
 

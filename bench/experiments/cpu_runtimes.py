@@ -4,7 +4,8 @@ mmfuse's torch path, on the same inputs, in one run.
     python bench/experiments/cpu_runtimes.py --data ../shared/datasets/mvsa [--texts 640] [--images 320]
         [--calibration 300] [--rows 800] [--repeats 3] [--isa native|avx2] [--no-downstream] [--max-wait 300]
 
-Needs ``pip install openvino nncf onnxruntime onnx`` (not mmfuse extras: none of them is adopted). The towers are
+Needs ``pip install openvino nncf onnxruntime onnx`` (openvino, onnxruntime and onnx are mmfuse's extras since their
+fp32 image paths were adopted as ``--image-runtime``; nncf is for this script's int8 only). The towers are
 the offline backbones, minilm (text/cls and text/mean of the last layer, mmfuse's pooling inside the graph) and
 efficientnet-lite0 (image/pooled). Rows: a seeded permutation of mvsa's labelled training rows; the first
 ``--calibration`` calibrate the int8 models (NNCF ``nncf.quantize`` for OpenVINO; ``quantize_static`` with a

@@ -7,10 +7,13 @@ fingerprint, cache creation and the features).
 Each split is the first N labelled rows of mvsa's train.txt in a course-format folder of links. Prints the
 CPU line, wall times, rows/s, the default's speed-up over fp32, and each split's per-row rate relative to
 the largest split's (issue goals: the default 1.6x fp32 on 801 rows where the CPU has native bf16, never
-slower elsewhere; 60 rows at least 0.3x the 801-row per-row rate). Skips (exit 0) when the data set is absent.
+slower elsewhere; 60 rows at least 0.3x the 801-row per-row rate). Where OpenVINO or ONNX Runtime is installed,
+also ``--image-runtime openvino|onnxruntime`` (with the default --precision auto, which is fp32 for them).
+Skips (exit 0) when the data set is absent.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -23,6 +26,11 @@ from common import add_data, cpu_line, parser
 
 MMFUSE = [sys.executable, "-m", "mmfuse.cli"] if not Path(sys.executable).with_name("mmfuse").exists() else \
     [str(Path(sys.executable).with_name("mmfuse"))]
+
+
+# the optional image runtimes (mmfuse[openvino], mmfuse[onnxruntime]) where installed, with the default precision
+RUNTIMES = [(f"--image-runtime {rt}", ("--image-runtime", rt)) for rt in ("openvino", "onnxruntime")
+            if importlib.util.find_spec(rt)]
 
 
 def split_folder(data: Path, rows: int, root: Path) -> Path:
@@ -78,8 +86,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             folder = split_folder(data, n, Path(tmp))
-            for label, options in (("fp32", ("--precision", "fp32")), ("default (auto)", ())):
-                results[n, label] = run(folder, Path(tmp) / f"{n}-{label[:4]}.h5", *options)
+            for label, options in (("fp32", ("--precision", "fp32")), ("default (auto)", ()), *RUNTIMES):
+                results[n, label] = run(folder, Path(tmp) / f"{n}-{label.split()[-1].strip('()')}.h5", *options)
                 print(n, label, f"{results[n, label]:.1f} s", flush=True)
     floor = startup()
     import torch
@@ -93,6 +101,13 @@ def main() -> int:
     for n in sizes:
         fp32, auto = results[n, "fp32"], results[n, "default (auto)"]
         print(f"| {n} | {fp32:.1f} | {auto:.1f} | {fp32 / auto:.2f}x | {n / auto:.1f} | {n / auto / base:.2f}x |")
+    if RUNTIMES:
+        print("\n| rows | " + " | ".join(f"{label} (s) | vs fp32 | vs default" for label, _ in RUNTIMES) + " |\n|---:|"
+              + "---:|---:|---:|" * len(RUNTIMES))
+        for n in sizes:
+            cells = [f"{results[n, label]:.1f} | {results[n, 'fp32'] / results[n, label]:.2f}x | "
+                     f"{results[n, 'default (auto)'] / results[n, label]:.2f}x" for label, _ in RUNTIMES]
+            print(f"| {n} | " + " | ".join(cells) + " |")
     big, small = sizes[0], sizes[-1]
     if len(sizes) > 1:  # the fixed cost F a split of `small` rows may have, for its per-row rate to reach 0.3x
         per_row = (results[big, "default (auto)"] - results[small, "default (auto)"]) / (big - small)

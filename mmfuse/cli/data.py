@@ -8,13 +8,14 @@ from typing import List, Optional
 import typer
 
 from ..errors import MmfuseError
-from ..extract import ImageExtractorConfig, TextExtractorConfig
+from ..extract import RUNTIMES, ImageExtractorConfig, TextExtractorConfig
 from ..precision import AUTO_PRECISIONS
 from ._common import (IdCol, ImageCol, Images, LabelNames, LabelSep, LabelsCol, OnError, Progress, Sharding,
                       StoreDtype, TextCol, app, choices, csv_format, table_columns, user_errors)
 
 T, I = TextExtractorConfig(), ImageExtractorConfig()  # the CLI's defaults are the configs' defaults
 ExtractPrecision = choices("ExtractPrecision", AUTO_PRECISIONS)
+ImageRuntime = choices("ImageRuntime", RUNTIMES)
 
 
 @app.command()
@@ -48,8 +49,14 @@ def extract(
     store_dtype: StoreDtype = typer.Option(StoreDtype("float32"), help="dtype of the stored features."),
     num_workers: int = typer.Option(I.num_workers, help="Image decode processes [default: cores // 4 on CPU, "
                                     "min(8, cores) with CUDA]."),
-    optimize: bool = typer.Option(I.optimize, help="CPU fp32: run the image model through TorchScript's "
-                                  "optimize_for_inference (verified against eager)."),
+    optimize: bool = typer.Option(I.optimize, help="CPU fp32, 512+ images: run the image model through "
+                                  "TorchScript's optimize_for_inference (verified against eager). Off by default: "
+                                  "eager was as fast or faster on the CPUs measured (docs/benchmarks.md)."),
+    image_runtime: ImageRuntime = typer.Option(ImageRuntime(I.runtime), help="Run the image model (torchvision, "
+                                               "EfficientNet-Lite) on CPU in fp32 through OpenVINO or ONNX Runtime "
+                                               "(pip install 'mmfuse[openvino]' or '[onnxruntime]'), the same vectors: "
+                                               "Lite0 2.5-3.5x, ResNet-50 1.1-1.5x torch's fp32; pays on "
+                                               "hundreds of images (docs/extraction.md#cpu-runtimes)."),
     on_error: OnError = typer.Option(OnError("raise"), help="raise: stop at a bad record; skip: record and skip it."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache (kept until the new one is complete)."),
     images: Images = None,
@@ -85,7 +92,8 @@ def extract(
             data_dir, split, out, class_prompts=class_prompts, device=device, precision=precision.value, store_dtype=store_dtype.value,
             on_error=on_error.value, overwrite=overwrite, progress=progress, log=typer.echo, csv_format=csv,
             text=TextExtractorConfig(text_model, max_length, batch_size or T.batch_size),
-            image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize),
+            image=ImageExtractorConfig(image_model, image_weights, batch_size, num_workers, optimize=optimize,
+                                       runtime=image_runtime.value),
             shard=parts, sharding=sharding.value, columns=columns)
     speed = ", ".join(f"{m} {report.computed[m]} in {s:.1f} s ({report.computed[m] / max(s, 1e-9):.1f}/s)"
                       for m, s in report.seconds.items())

@@ -18,11 +18,12 @@ from ..cache import CHUNK_ROWS, CacheWriter, feature_identity
 from ..shards import shard_path, shard_rows
 from ..data import Columns, CsvFormat, read_data
 from ..errors import DataError
-from ..precision import native_bf16
+from ..precision import AUTO, native_bf16
 from .common import library_versions, resolve_device
 from . import towers
 from .fidelity import resolve_precision
 from .image import ImageExtractorConfig, encode_images, load_image_encoder, optimizable, optimize_pays
+from .runtimes import RUNTIMES, check_runtime
 from .text import TextExtractorConfig, encode_texts, load_text_encoder
 
 STORE_DTYPES = ("float32", "float16")
@@ -92,14 +93,20 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     if precision == "bf16" and dev.type == "cpu" and not native_bf16():
         log("warning: this CPU has no native bf16 (no AVX512-BF16 or AMX): bf16 is emulated and slower than "
             "fp32 here (measured on an AVX2 EPYC: 0.17-0.29x the fp32 images/s); --precision fp32 is faster")
+    check_runtime(image.runtime, dev, precision)  # before any load
     prompts = towers.class_prompts(class_prompts, ds.label_names) if class_prompts else None  # before any load
     tokenizer, text_model, text_prov = load_text_encoder(text)
     image_model, prep, image_prov = load_image_encoder(image)
     extras = {}
     if prompts:  # on the CPU in fp32, before the precision check moves the model
         zeroshot, extras["zeroshot/text"] = _prompts(prompts, tokenizer, text_model, text, text_prov)
-    precision, precision_choice = resolve_precision(precision, dev, ds.records, (tokenizer, text_model, text),
-                                                    (image_model, prep, image), log)
+    if image.runtime != "torch" and precision == AUTO:  # it runs fp32, faster than torch's bf16 (runtimes.py)
+        precision, precision_choice = "fp32", {"requested": AUTO, "chosen": "fp32",
+                                               "reason": f"--image-runtime {image.runtime} runs fp32"}
+        log(f"precision auto: fp32 (--image-runtime {image.runtime} runs fp32)")
+    else:
+        precision, precision_choice = resolve_precision(precision, dev, ds.records, (tokenizer, text_model, text),
+                                                        (image_model, prep, image), log)
     data_prov = {"format": ds.format, "root": str(Path(data_dir).resolve()), "split": ds.split,
                  "split_file": ds.split_file.name, "rows": len(ds.records),
                  "fingerprint": ds.fingerprint(), "fingerprint_method": ds.fingerprint_method,
@@ -113,8 +120,9 @@ def extract(data_dir: str | Path, split: str = "train", out: str | Path | None =
     # under other ones would mix rows computed two ways, so they are part of the resume identity
     # the one-time TorchScript optimisation only where the split is long enough to pay for it
     image = dataclasses.replace(image, optimize=image.optimize and optimize_pays(len(records)))
-    numerics = {"device": dev.type, "image_runtime": "torchscript-optimized" if image.optimize and dev.type == "cpu"
-                and precision == "fp32" and optimizable(image_model) else "eager",
+    numerics = {"device": dev.type, "image_runtime": image.runtime if image.runtime != "torch" else
+                "torchscript-optimized" if image.optimize and dev.type == "cpu" and precision == "fp32"
+                and optimizable(image_model) else "eager",
                 "channels_last": image.channels_last}
     provenance = {"text": text_prov, "image": image_prov, "data": data_prov, "precision": precision,
                   "precision_choice": precision_choice,
@@ -198,4 +206,4 @@ def _prompts(prompts: list[str], tokenizer, text_model, text: TextExtractorConfi
             "feature": "text/proj"}, emb
 
 
-__all__ = ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig"]
+__all__ = ["extract", "ExtractReport", "TextExtractorConfig", "ImageExtractorConfig", "RUNTIMES"]

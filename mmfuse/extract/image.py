@@ -44,10 +44,15 @@ class ImageExtractorConfig:
     #                        only steal the model's cores), min(8, cores) with CUDA
     draft: bool = True  # decode JPEGs at reduced DCT scale when still >= the resize size
     channels_last: bool = True  # NHWC layout: faster convolutions on CPU and GPU
-    optimize: bool = True  # CPU fp32, torchvision and Lite models, splits of OPTIMIZE_MIN_IMAGES+ images: TorchScript
-    #                        optimize_for_inference (conv-BN folding, oneDNN fusion), checked against eager on the first
-    #                        batch; eager when it fails
+    optimize: bool = False  # opt-in (--optimize). CPU fp32, torchvision and Lite models, splits of OPTIMIZE_MIN_IMAGES+
+    #                         images: TorchScript optimize_for_inference (conv-BN folding, oneDNN fusion), checked against
+    #                         eager on the first batch; eager when it fails. Off: bench/speed/extract.py ("TorchScript
+    #                         optimisation" rows, AMD EPYC, AVX-512 and restricted to AVX2) ran eager as fast or faster
+    #                         (lite0: the copy never breaks even; resnet50: 7% faster once traced, after 775-1008 images)
     seed: int = 0  # initialisation seed for weights=none, so that a resumed run uses the same model
+    runtime: str = "torch"  # torch, or openvino / onnxruntime (extras; CPU fp32, torchvision and Lite models):
+    #                         bench/experiments/cpu_runtimes.py ran lite0 at 2.6-3.5x torch's fp32 with the same
+    #                         vectors; opt-in, since they are optional packages (see runtimes.py)
 
 
 def _load_state_dict(path: Path, model: nn.Module, name: str) -> None:
@@ -233,7 +238,10 @@ class ImageFiles(Dataset):
 def image_runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, device: torch.device,
              precision: str, log=None):
     """The callable that runs the model (-> {name: tensor}): eager, or a verified TorchScript-optimised copy
-    of a torchvision or Lite model on CPU fp32."""
+    of a torchvision or Lite model on CPU fp32, or a copy on another runtime (``cfg.runtime``: :mod:`.runtimes`)."""
+    if cfg.runtime != "torch":
+        from .runtimes import runtime_copy
+        return runtime_copy(model.to(device), x, cfg.runtime, cfg.model)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=fmt)
     if not (cfg.optimize and device.type == "cpu" and precision == "fp32" and optimizable(model)):
@@ -251,8 +259,9 @@ def image_runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, 
     return traced
 
 
-# bench/speed/extract.py ("TorchScript optimisation" rows): tracing, optimising and checking the copy cost
-# 230-375 images' worth of the time it saves per image (efficientnet-lite0, resnet50, CPU fp32)
+# where it is asked for (--optimize), bench/speed/extract.py ("TorchScript optimisation" rows): tracing, optimising and
+# checking the copy cost 230-375 images' worth of the time it saved per image on an Intel Xeon (efficientnet-lite0,
+# resnet50, CPU fp32); 775-1008 images for resnet50 on an AMD EPYC, where lite0 never gains
 OPTIMIZE_MIN_IMAGES = 512
 
 

@@ -25,7 +25,7 @@ from ..precision import FINETUNE_PRECISIONS as PRECISIONS
 
 ALL = -1  # --unfreeze-... all
 # the extractor configurations' fields that only extraction uses: not part of a fine-tune run's identity
-EXTRACTION_ONLY = ("batch_size", "num_workers", "draft", "channels_last", "optimize")
+EXTRACTION_ONLY = ("batch_size", "num_workers", "draft", "channels_last", "optimize", "runtime")
 # the flat fields earlier runs saved in finetune.json -> (nested config, its field)
 FLAT_FIELDS = {"text_model": ("text", "model"), "max_length": ("text", "max_length"),
                "image_model": ("image", "model"), "image_weights": ("image", "weights")}
