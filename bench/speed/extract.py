@@ -10,7 +10,10 @@ moved to the GPU before the clock starts.
 Naive = every text padded to 128 tokens; per-sample PIL open + Resize((224, 224)), no workers,
 no channels_last; batch 32. Peers, in the same run: sentence-transformers' own ``encode`` (batch 64, fp32 and
 under bf16 autocast) for the text tower, and a plain torchvision DataLoader loop (PIL Resize + CenterCrop +
-Normalize, batch 32, cores // 4 workers) for the image tower, each with the cosine of mmfuse's vectors to theirs. Prints the machine, throughput, the ratios, and the cosine similarity of
+Normalize, batch 32, cores // 4 workers) for the image tower, each with the cosine of mmfuse's vectors to theirs;
+on CPU the opt-in TorchScript copy (--optimize) and, where installed, mmfuse's OpenVINO and ONNX Runtime image paths
+(--image-runtime, conversion included) against mmfuse's default torch path. Prints the machine, throughput, the
+ratios, and the cosine similarity of
 the bf16 path's features to float32; ``--bf16 auto`` times bf16 only where the CPU has it natively
 (emulated bf16 runs at a fraction of fp32's rate, and extraction warns against it). Skips (exit 0)
 when the data set is absent.
@@ -18,6 +21,7 @@ when the data set is absent.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -34,6 +38,8 @@ from mmfuse.extract.text import TextExtractorConfig, encode_texts, load_text_enc
 from mmfuse.precision import autocast, choose_precision
 
 DEV = torch.device("cpu")  # --device: every side of the comparison runs here
+# mmfuse's optional image runtimes (--image-runtime), timed where installed
+RUNTIMES = [rt for rt in ("openvino", "onnxruntime") if importlib.util.find_spec(rt)]
 
 
 def naive_texts(texts, tokenizer, model, bs=32):
@@ -167,6 +173,14 @@ def main() -> int:
             cos = cosine(f32, b16)
             rows.append((f"image {label} {fast} (img/s)", len(paths) / t_naive, len(paths) / t_bf,
                          f"cosine to fp32: min {cos.min():.4f}, mean {cos.mean():.4f}"))
+        for rt in RUNTIMES if DEV.type == "cpu" else ():  # --image-runtime, where installed: against torch's fp32
+            rcfg = dataclasses.replace(icfg, runtime=rt)
+            vecs, t_rt = timed(lambda: mmfuse_images(paths, model, prep, rcfg, "fp32"))
+            model.to(memory_format=torch.channels_last)
+            cos = cosine(f32, vecs)
+            rows.append((f"image {label} fp32: --image-runtime {rt} against mmfuse's torch path (img/s, "
+                         "conversion included)", len(paths) / t_mm, len(paths) / t_rt,
+                         f"cosine to torch's fp32: min {cos.min():.5f}"))
         for precision, mine, t_mine in (("fp32", f32, t_mm), *(((fast, b16, t_bf),) if bf16 else ())):
             ref, t_plain = timed(lambda: plain_loader_images(paths, model, prep, precision))
             cos = cosine(ref, mine)
