@@ -58,8 +58,8 @@ def test_resume_refuses_another_image_runtime(clean_course_dir, extract_args, tm
 
     monkeypatch.setattr(image, "OPTIMIZE_MIN_IMAGES", 1)  # optimised although the split is small
     out = tmp_path / "train.h5"
-    assert runner.invoke(app, extract_args(clean_course_dir, out, "--precision", "fp32")).exit_code == 0
-    result = runner.invoke(app, extract_args(clean_course_dir, out, "--no-optimize", "--precision", "fp32"))
+    assert runner.invoke(app, extract_args(clean_course_dir, out, "--optimize", "--precision", "fp32")).exit_code == 0
+    result = runner.invoke(app, extract_args(clean_course_dir, out, "--precision", "fp32"))  # eager, the default
     assert result.exit_code == 1 and "another configuration" in result.output
 
 

@@ -32,7 +32,8 @@ CHILD = textwrap.dedent("""
     ex = importlib.import_module("mmfuse.extract")  # the package (mmfuse.extract is also the function)
     cache.CHUNK_ROWS = ex.CHUNK_ROWS = 4
     ex.TEXT_BLOCK = 8
-    importlib.import_module("mmfuse.extract.image").OPTIMIZE_MIN_IMAGES = 1  # the TorchScript path, as before
+    importlib.import_module("mmfuse.extract.image").OPTIMIZE_MIN_IMAGES = 1  # the opt-in TorchScript path: its trace
+    # keeps the run long enough for the outside kills to land mid-run (eager, the default, can finish first)
     data, out, kill, bert = sys.argv[1:5]
     count = [0]
     setitem = h5py.Dataset.__setitem__
@@ -63,7 +64,7 @@ CHILD = textwrap.dedent("""
 
     cache.CacheWriter.open = ex.CacheWriter.open = announce
     ex.extract(data, "train", out, text=ex.TextExtractorConfig(bert, 32, 4),
-               image=ex.ImageExtractorConfig("resnet18", "none", 4, 0), precision="fp32", progress=False,
+               image=ex.ImageExtractorConfig("resnet18", "none", 4, 0, optimize=True), precision="fp32", progress=False,
                log=lambda s: None)
     print("done", flush=True)
 """)
