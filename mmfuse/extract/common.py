@@ -12,6 +12,12 @@ from ..errors import BackboneError, MmfuseError
 from ..precision import PRECISIONS, autocast, native_bf16  # noqa: F401 - their home is mmfuse.precision
 
 
+def close_to(a: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> bool:
+    """Whether a copy's or another call's features ``a`` equal ``ref`` up to float reordering: within 1e-3
+    relative and 1e-4 of ``ref``'s largest magnitude (plus ``floor``) absolute."""
+    return bool(torch.allclose(a.float(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + floor))
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data import open_image
 from ..errors import BackboneError
 from ..precision import autocast
-from .common import HalveOnOOM, finetune_run, sha256_files
+from .common import HalveOnOOM, close_to, finetune_run, sha256_files
 from .vision import POOLING, is_hf_checkpoint, is_timm, load_hf_vision, load_timm
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -48,7 +48,7 @@ class ImageExtractorConfig:
     #                         images: TorchScript optimize_for_inference (conv-BN folding, oneDNN fusion), checked against
     #                         eager on the first batch; eager when it fails. Off: bench/speed/extract.py ("TorchScript
     #                         optimisation" rows, AMD EPYC, AVX-512 and restricted to AVX2) ran eager as fast or faster
-    #                         (lite0: the copy never breaks even; resnet50: 7% faster once traced, after 775-1008 images)
+    #                         (lite0: the copy never breaks even; resnet50: 1-7% faster once traced, after 286-1008 images)
     seed: int = 0  # initialisation seed for weights=none, so that a resumed run uses the same model
     runtime: str = "torch"  # torch, or openvino / onnxruntime (extras; CPU fp32, torchvision and Lite models):
     #                         bench/experiments/cpu_runtimes.py ran lite0 at 2.6-3.5x torch's fp32 with the same
@@ -251,7 +251,7 @@ def image_runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, 
         try:
             traced = torch.jit.optimize_for_inference(torch.jit.trace(model, x, strict=False))
             fast, ref = traced(x)["pooled"].flatten(1), model(x)["pooled"].flatten(1)
-            ok = bool(torch.allclose(fast, ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max())))
+            ok = close_to(fast, ref)
         except Exception:  # noqa: BLE001 - any tracing failure falls back to eager
             ok = False
     if not ok:
@@ -261,7 +261,7 @@ def image_runtime(model: nn.Module, x: torch.Tensor, cfg: ImageExtractorConfig, 
 
 # where it is asked for (--optimize), bench/speed/extract.py ("TorchScript optimisation" rows): tracing, optimising and
 # checking the copy cost 230-375 images' worth of the time it saved per image on an Intel Xeon (efficientnet-lite0,
-# resnet50, CPU fp32); 775-1008 images for resnet50 on an AMD EPYC, where lite0 never gains
+# resnet50, CPU fp32); 286-1008 images for resnet50 on an AMD EPYC, where lite0 never gains
 OPTIMIZE_MIN_IMAGES = 512
 
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
+from .common import close_to
 
-RUNTIMES = ("torch", "openvino", "onnxruntime")
-_EXTRA = {"openvino": "openvino", "onnxruntime": "onnxruntime"}  # runtime -> mmfuse's pip extra
+RUNTIMES = ("torch", "openvino", "onnxruntime")  # each optional one is also the name of its package and mmfuse's extra
 
 
 def check_runtime(runtime: str, device: torch.device, precision: str) -> None:
@@ -31,7 +31,7 @@ def check_runtime(runtime: str, device: torch.device, precision: str) -> None:
     if runtime == "torch":
         return
     if importlib.util.find_spec(runtime) is None:
-        raise BackboneError(f"--image-runtime {runtime} needs its package: pip install 'mmfuse[{_EXTRA[runtime]}]'")
+        raise BackboneError(f"--image-runtime {runtime} needs its package: pip install 'mmfuse[{runtime}]'")
     if device.type != "cpu":
         raise BackboneError(f"--image-runtime {runtime} runs on the CPU: drop it with --device {device.type}")
     if precision not in ("auto", "fp32"):
@@ -60,7 +60,7 @@ def _openvino(tower: nn.Module, x: torch.Tensor, threads: int):
     # f32: OpenVINO otherwise runs bf16 where the CPU has it (cosine mean 0.99877 to fp32 on lite0)
     compiled = ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
                                                          "INFERENCE_NUM_THREADS": threads})
-    return lambda a: [r for r in compiled(a).to_tuple()]
+    return lambda a: compiled(a).to_tuple()
 
 
 def _onnxruntime(tower: nn.Module, x: torch.Tensor, names: list[str], threads: int):
@@ -98,8 +98,7 @@ def runtime_copy(model: nn.Module, x: torch.Tensor, runtime: str, label: str):
         raise BackboneError(f"--image-runtime {runtime} could not convert {label}: {str(e).splitlines()[0]}; "
                             "drop the option to run it on torch") from None
     for k, y in zip(names, got):
-        r = ref[k].flatten(1)
-        if not torch.allclose(torch.from_numpy(np.asarray(y)), r, rtol=1e-3, atol=1e-4 * float(r.abs().max())):
+        if not close_to(torch.from_numpy(np.asarray(y)), ref[k].flatten(1)):
             raise BackboneError(f"--image-runtime {runtime}: {label}'s {k} differs from torch's on the first batch; "
                                 "drop the option to run it on torch")
     return lambda t: {k: torch.from_numpy(np.asarray(y)) for k, y in zip(names, run(t.float().contiguous().numpy()))}

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import BackboneError
-from .common import sha256_files
+from .common import close_to, sha256_files
 from .hub import from_pretrained, load_config, quiet_transformers, weight_files
 
 HINT = "pass the checkpoint's local folder (a save_pretrained folder with its tokenizer and image processor)"
@@ -88,11 +88,7 @@ class PairedText(nn.Module):
         """Use the model's own get_text_features where tower + projection does not reproduce it (fp32)."""
         with torch.inference_mode():
             ref = _as_tensor(self.model.get_text_features(**batch)).float()
-            self.own_call = not _close(self.features(batch)["proj"], ref)
-
-
-def _close(a: torch.Tensor, ref: torch.Tensor) -> bool:
-    return bool(torch.allclose(a.float(), ref, rtol=1e-3, atol=1e-4 * float(ref.abs().max()) + 1e-6))
+            self.own_call = not close_to(self.features(batch)["proj"], ref, 1e-6)
 
 
 class PairedVision(nn.Module):
@@ -120,7 +116,7 @@ class PairedVision(nn.Module):
         """Use the model's own get_image_features where tower + projection does not reproduce it (fp32)."""
         with torch.inference_mode():
             ref = _as_tensor(self.model.get_image_features(pixel_values=x)).float()
-            self.own_call = not _close(self(x)["proj"], ref)
+            self.own_call = not close_to(self(x)["proj"], ref, 1e-6)
 
 
 def text_max_length(model: nn.Module) -> int | None:
